@@ -1,0 +1,295 @@
+//! The supervisor's configuration file, `drover.toml`.
+//!
+//! Every field has a default, so an empty file (or none at all) is a working configuration:
+//! API on `127.0.0.1:8080` in production mode, SQLite in `./drover-data`, the embedded Vast.ai
+//! simulator (no money can be spent), the cost gate at its 95% floor, no drivers. Unknown
+//! keys are errors, so a typo never silently falls back to a default. Secrets are never read
+//! from this file: the Vast.ai key comes only from `VASTAI_API_KEY`, and API tokens appear
+//! only as SHA-256 digests.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::ids::DriverName;
+
+/// The whole configuration file.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where the supervisor keeps its state and which identity it drops to.
+    #[serde(default)]
+    pub supervisor: SupervisorConfig,
+    /// The HTTP API.
+    #[serde(default)]
+    pub api: ApiConfig,
+    /// Persistence.
+    #[serde(default)]
+    pub store: StoreConfig,
+    /// Where GPUs are rented.
+    #[serde(default)]
+    pub provider: ProviderConfig,
+    /// The cost gate and global spending caps.
+    #[serde(default)]
+    pub gate: GateConfig,
+    /// The drivers the supervisor runs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub drivers: Vec<DriverConfig>,
+}
+
+/// Where the supervisor keeps its state and which identity it drops to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SupervisorConfig {
+    /// Directory for the store and other state. Default `./drover-data`.
+    #[serde(default = "default_data_dir")]
+    #[schemars(length(min = 1, max = 4096))]
+    pub data_dir: String,
+    /// User id the supervisor drops to when started as root. Default 65534 (`nobody`).
+    #[serde(default = "default_unprivileged_id")]
+    #[schemars(range(min = 1, max = 4_294_967_294_u32))]
+    pub uid: u32,
+    /// Group id the supervisor drops to when started as root. Default 65534 (`nogroup`).
+    #[serde(default = "default_unprivileged_id")]
+    #[schemars(range(min = 1, max = 4_294_967_294_u32))]
+    pub gid: u32,
+}
+
+impl Default for SupervisorConfig {
+    fn default() -> Self {
+        Self { data_dir: default_data_dir(), uid: 65534, gid: 65534 }
+    }
+}
+
+fn default_data_dir() -> String {
+    "./drover-data".to_owned()
+}
+fn default_unprivileged_id() -> u32 {
+    65534
+}
+
+/// The HTTP API.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Socket address to listen on. Default `127.0.0.1:8080`.
+    #[serde(default = "default_listen")]
+    #[schemars(length(min = 3, max = 256))]
+    pub listen: String,
+    /// `production` (default): error bodies never carry internals. `development` adds details
+    /// and is announced loudly at start-up.
+    #[serde(default)]
+    pub mode: ApiMode,
+    /// Largest accepted request body, in bytes. Default 1 MiB.
+    #[serde(default = "default_max_body_bytes")]
+    #[schemars(range(min = 1024, max = 67_108_864))]
+    pub max_body_bytes: u32,
+    /// API tokens, as digests. Create entries with `drover token new`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 1024))]
+    pub tokens: Vec<TokenEntry>,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+            mode: ApiMode::default(),
+            max_body_bytes: default_max_body_bytes(),
+            tokens: Vec::new(),
+        }
+    }
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:8080".to_owned()
+}
+fn default_max_body_bytes() -> u32 {
+    1 << 20
+}
+
+/// How much an API error body may say.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ApiMode {
+    /// Error bodies carry a code and a request id, never internals.
+    #[default]
+    Production,
+    /// Error bodies may carry details; for local development only.
+    Development,
+}
+
+/// One API token, stored as its digest; the token itself is shown once, at creation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TokenEntry {
+    /// Who holds the token; audit events name this, never the token.
+    #[schemars(length(min = 1, max = 64), regex(pattern = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"))]
+    pub name: String,
+    /// SHA-256 of the token, lowercase hex.
+    #[schemars(regex(pattern = r"^[0-9a-f]{64}$"))]
+    pub sha256: String,
+    /// What the token may do.
+    #[schemars(length(min = 1, max = 16), extend("uniqueItems" = true))]
+    pub scopes: Vec<Scope>,
+}
+
+/// A permission an API token carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+pub enum Scope {
+    /// Read jobs, their events and logs.
+    #[serde(rename = "jobs:read")]
+    JobsRead,
+    /// Submit and cancel jobs, request estimates.
+    #[serde(rename = "jobs:write")]
+    JobsWrite,
+    /// List drivers and their action schemas.
+    #[serde(rename = "drivers:read")]
+    DriversRead,
+    /// Read Prometheus metrics.
+    #[serde(rename = "metrics:read")]
+    MetricsRead,
+}
+
+/// Persistence.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Database URL: `sqlite://PATH` or `postgres://...`. Default: SQLite at
+    /// `<data_dir>/drover.db`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 4096), regex(pattern = r"^(sqlite|postgres|postgresql)://"))]
+    pub url: Option<String>,
+}
+
+/// Where GPUs are rented.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ProviderConfig {
+    /// The embedded Vast.ai simulator: nothing real is rented and nothing is spent. Default.
+    #[default]
+    Simulator,
+    /// The real Vast.ai API, with the key from `VASTAI_API_KEY`.
+    Vastai {
+        /// API base URL. Default `https://console.vast.ai`.
+        #[serde(default = "default_vastai_url")]
+        #[schemars(length(min = 1, max = 2048), regex(pattern = r"^https?://"))]
+        base_url: String,
+    },
+}
+
+fn default_vastai_url() -> String {
+    "https://console.vast.ai".to_owned()
+}
+
+/// The cost gate and global spending caps.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GateConfig {
+    /// Least confidence that a rental's cost stays within budget. Default 0.95; it may be
+    /// raised, never lowered.
+    #[serde(default = "default_confidence_floor")]
+    #[schemars(range(min = 0.95, max = 1.0))]
+    pub confidence_floor: f64,
+    /// Oldest price quote the gate accepts, in seconds. Default 60.
+    #[serde(default = "default_max_quote_age_s")]
+    #[schemars(range(min = 1, max = 3600))]
+    pub max_quote_age_s: u32,
+    /// Most that all rentals together may cost per UTC day, in USD. Default 50.
+    #[serde(default = "default_daily_cap_usd")]
+    #[schemars(range(min = 0.0, max = crate::limits::MAX_USD))]
+    pub daily_cap_usd: f64,
+}
+
+impl Default for GateConfig {
+    fn default() -> Self {
+        Self {
+            confidence_floor: default_confidence_floor(),
+            max_quote_age_s: default_max_quote_age_s(),
+            daily_cap_usd: default_daily_cap_usd(),
+        }
+    }
+}
+
+fn default_confidence_floor() -> f64 {
+    0.95
+}
+fn default_max_quote_age_s() -> u32 {
+    60
+}
+fn default_daily_cap_usd() -> f64 {
+    50.0
+}
+
+/// One driver the supervisor runs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DriverConfig {
+    /// The driver's name; jobs name it.
+    pub name: DriverName,
+    /// The program and its arguments.
+    #[schemars(length(min = 1, max = 64), inner(length(min = 1, max = 4096)))]
+    pub command: Vec<String>,
+    /// Sandbox profile file. Absent: the default profile.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 4096))]
+    pub profile: Option<String>,
+    /// How many driver processes to keep running. Default 1.
+    #[serde(default = "default_pool_size")]
+    #[schemars(range(min = 1, max = 64))]
+    pub pool_size: u16,
+    /// The channel frames travel on. Default `fd3`.
+    #[serde(default)]
+    pub transport: TransportKind,
+    /// How long the driver has to send `hello`, in milliseconds. Default 10000.
+    #[serde(default = "default_hello_timeout_ms")]
+    #[schemars(range(min = 100, max = 600_000))]
+    pub hello_timeout_ms: u32,
+    /// Interval between heartbeats, in milliseconds. Default 5000.
+    #[serde(default = "default_heartbeat_ms")]
+    #[schemars(range(min = 100, max = 600_000))]
+    pub heartbeat_ms: u32,
+    /// Missed heartbeats after which the driver counts as hung. Default 3.
+    #[serde(default = "default_heartbeat_misses")]
+    #[schemars(range(min = 1, max = 100))]
+    pub heartbeat_misses: u32,
+    /// Grace period granted by `shutdown`, in milliseconds. Default 10000.
+    #[serde(default = "default_shutdown_grace_ms")]
+    #[schemars(range(max = crate::limits::MAX_GRACE_MS))]
+    pub shutdown_grace_ms: u32,
+    /// Restarts allowed within a crash-loop window before the driver is marked failed.
+    /// Default 5.
+    #[serde(default = "default_max_restarts")]
+    #[schemars(range(max = 1000))]
+    pub max_restarts: u32,
+}
+
+fn default_pool_size() -> u16 {
+    1
+}
+fn default_hello_timeout_ms() -> u32 {
+    10_000
+}
+fn default_heartbeat_ms() -> u32 {
+    5_000
+}
+fn default_heartbeat_misses() -> u32 {
+    3
+}
+fn default_shutdown_grace_ms() -> u32 {
+    10_000
+}
+fn default_max_restarts() -> u32 {
+    5
+}
+
+/// The channel frames travel on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TransportKind {
+    /// A socketpair end at fd 3; stdout and stderr are captured as logs. Default.
+    #[default]
+    Fd3,
+    /// stdin/stdout, for drivers that cannot use fd 3; stderr is captured as logs.
+    Stdio,
+}

@@ -1,0 +1,380 @@
+//! Validation before dispatch.
+//!
+//! Every incoming payload goes through one pipeline, and every outgoing frame through the
+//! checking half of it, so neither side can act on (or emit) a frame the schemas forbid:
+//!
+//! ```text
+//! bytes --UTF-8?--> text --strict parse--> Value --msg.type--> validator for that type
+//!       invalid_utf8        invalid_json            unknown_type     schema_violation
+//!                                                                      |
+//!                                      typed Frame <--from_value------+
+//! ```
+//!
+//! - The JSON is parsed once ([`crate::json::parse`]): duplicate keys and nesting deeper than
+//!   128 levels are `invalid_json`.
+//! - `msg.type` selects a validator compiled once per message type from
+//!   [`drover_proto::schema::message_schema`]. Dispatching on the tag instead of validating
+//!   against one big `oneOf` keeps errors precise (`/msg/lines/3`, not "matches none of the
+//!   alternatives") and work proportional to the one schema that applies.
+//! - Every violation is collected with its instance path and schema path, up to 64 per frame
+//!   (the rest are counted). Messages are produced with the offending value masked, and every
+//!   string is truncated, so an error never echoes a secret or a megabyte of input.
+//! - The typed [`Frame`] is built from the already parsed `Value`, moving its strings rather
+//!   than parsing again.
+//!
+//! The validators are compiled on first use and shared by every connection in the process
+//! ([`FrameValidator::shared`]).
+
+use std::collections::HashMap;
+use std::sync::OnceLock;
+
+use drover_proto::limits::{MESSAGE_LEN, POINTER_LEN, VIOLATIONS};
+use drover_proto::schema::{frame_schema, message_schema_from};
+use drover_proto::{ErrorCode, Frame, MessageType, MsgId, Violation, WireError};
+use serde_json::Value;
+
+use crate::codec::FrameTooLarge;
+use crate::json::{self, JsonError};
+
+/// A schema that could not be compiled. Only a bug in the generated schemas causes this for
+/// drover's own schemas; for a driver-declared schema it is the driver's mistake.
+#[derive(Debug, thiserror::Error)]
+#[error("schema does not compile: {reason}")]
+pub struct SchemaError {
+    /// What the compiler said.
+    pub reason: String,
+}
+
+/// All the places where one document breaks its schema.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Violations {
+    /// The first violations found, at most 64.
+    pub list: Vec<Violation>,
+    /// How many there were in all.
+    pub total: usize,
+}
+
+/// A compiled JSON Schema (draft 2020-12, formats checked) that reports every violation with
+/// masked, bounded messages.
+///
+/// ```
+/// use drover_transport::validate::SchemaChecker;
+/// use serde_json::json;
+///
+/// let checker = SchemaChecker::new(&json!({
+///     "type": "object",
+///     "properties": {"token": {"type": "string", "maxLength": 4}},
+/// })).unwrap();
+/// let violations = checker.check(&json!({"token": "s3cr3t-value"})).unwrap_err();
+/// assert_eq!(violations.list[0].instance_path, "/token");
+/// assert_eq!(violations.list[0].schema_path, "/properties/token/maxLength");
+/// assert!(!violations.list[0].message.contains("s3cr3t"));
+/// ```
+#[derive(Debug)]
+pub struct SchemaChecker {
+    validator: jsonschema::Validator,
+}
+
+impl SchemaChecker {
+    /// Compiles `schema`. External references are not fetched.
+    pub fn new(schema: &Value) -> Result<Self, SchemaError> {
+        let validator = jsonschema::draft202012::options()
+            .should_validate_formats(true)
+            .build(schema)
+            .map_err(|e| SchemaError { reason: truncate(&e.masked().to_string(), MESSAGE_LEN) })?;
+        Ok(Self { validator })
+    }
+
+    /// `Ok` if `instance` satisfies the schema, otherwise every violation.
+    pub fn check(&self, instance: &Value) -> Result<(), Violations> {
+        // The boolean check is much cheaper than collecting errors; valid input only pays it.
+        if self.validator.is_valid(instance) {
+            return Ok(());
+        }
+        let mut list = Vec::new();
+        let mut total = 0;
+        for error in self.validator.iter_errors(instance) {
+            total += 1;
+            if list.len() < VIOLATIONS as usize {
+                list.push(Violation {
+                    instance_path: truncate(error.instance_path().as_str(), POINTER_LEN),
+                    schema_path: truncate(error.schema_path().as_str(), POINTER_LEN),
+                    message: truncate(&error.masked().to_string(), MESSAGE_LEN),
+                });
+            }
+        }
+        Err(Violations { list, total })
+    }
+}
+
+/// Cuts `text` to at most `max` characters, marking the cut with an ellipsis.
+pub(crate) fn truncate(text: &str, max: u32) -> String {
+    let max = max as usize;
+    match text.char_indices().nth(max.saturating_sub(1)) {
+        Some((cut, _)) if text[cut..].chars().nth(1).is_some() => format!("{}…", &text[..cut]),
+        _ => text.to_owned(),
+    }
+}
+
+/// Why a frame was rejected. The session survives every one of these; the receiver answers
+/// with [`InvalidFrame::to_wire`] (as a reply when the frame carried a usable `id`).
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum InvalidFrame {
+    /// The declared length was over the limit; the payload was discarded unread.
+    #[error(transparent)]
+    TooLarge(#[from] FrameTooLarge),
+    /// The payload is not UTF-8.
+    #[error("payload is not UTF-8: invalid byte at offset {offset}")]
+    InvalidUtf8 {
+        /// Offset of the first invalid byte.
+        offset: usize,
+    },
+    /// The payload is not one JSON value (syntax, duplicate key, nesting, empty).
+    #[error("payload is not valid JSON: {reason}")]
+    InvalidJson {
+        /// What is wrong and where.
+        reason: String,
+    },
+    /// `msg.type` names no message type of this protocol.
+    #[error("unknown message type {type_name:?}")]
+    UnknownType {
+        /// The type as received, truncated to 64 characters.
+        type_name: String,
+        /// The frame's `id`, if it had a valid one.
+        id: Option<MsgId>,
+    },
+    /// The frame breaks its schema.
+    #[error("{} frame breaks its schema at {} place(s); first: {}", .message_type.map_or("untyped", |t| t.as_str()), .violations.total, first_violation(.violations))]
+    SchemaViolation {
+        /// The frame's type, when it had a known one.
+        message_type: Option<MessageType>,
+        /// The frame's `id`, if it had a valid one.
+        id: Option<MsgId>,
+        /// Where and why.
+        violations: Violations,
+    },
+    /// A well-formed message that may not arrive here: the wrong sender, a reply to no pending
+    /// request, or a reply of a type that does not answer the request.
+    #[error("unexpected {message_type} frame: {reason}")]
+    UnexpectedMessage {
+        /// The frame's type.
+        message_type: MessageType,
+        /// The frame's `id`, if it was a request.
+        id: Option<MsgId>,
+        /// What rule it broke.
+        reason: String,
+    },
+}
+
+fn first_violation(violations: &Violations) -> String {
+    violations
+        .list
+        .first()
+        .map(|v| {
+            let at = if v.instance_path.is_empty() { "the root" } else { &v.instance_path };
+            format!("{at}: {}", v.message)
+        })
+        .unwrap_or_default()
+}
+
+impl InvalidFrame {
+    /// The wire error code for this rejection.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Self::TooLarge(_) => ErrorCode::FrameTooLarge,
+            Self::InvalidUtf8 { .. } => ErrorCode::InvalidUtf8,
+            Self::InvalidJson { .. } => ErrorCode::InvalidJson,
+            Self::UnknownType { .. } => ErrorCode::UnknownType,
+            Self::SchemaViolation { .. } => ErrorCode::SchemaViolation,
+            Self::UnexpectedMessage { .. } => ErrorCode::UnexpectedMessage,
+        }
+    }
+
+    /// The `id` of the rejected frame, when it had a valid one: the error is then a reply.
+    pub fn request_id(&self) -> Option<MsgId> {
+        match self {
+            Self::UnknownType { id, .. }
+            | Self::SchemaViolation { id, .. }
+            | Self::UnexpectedMessage { id, .. } => *id,
+            Self::TooLarge(_) | Self::InvalidUtf8 { .. } | Self::InvalidJson { .. } => None,
+        }
+    }
+
+    /// The violations, for `schema_violation`.
+    pub fn violations(&self) -> &[Violation] {
+        match self {
+            Self::SchemaViolation { violations, .. } => &violations.list,
+            _ => &[],
+        }
+    }
+
+    /// The `error` message that tells the peer about this rejection.
+    pub fn to_wire(&self) -> WireError {
+        let details = match self {
+            Self::TooLarge(FrameTooLarge { len, max }) => {
+                Some(serde_json::json!({"len": len, "max": max}))
+            }
+            Self::SchemaViolation { violations, .. }
+                if violations.total > violations.list.len() =>
+            {
+                Some(serde_json::json!({"total_violations": violations.total}))
+            }
+            _ => None,
+        };
+        WireError {
+            code: self.code(),
+            message: truncate(&self.to_string(), MESSAGE_LEN),
+            violations: self.violations().to_vec(),
+            details: details.and_then(|d| d.as_object().cloned()),
+        }
+    }
+}
+
+impl From<JsonError> for InvalidFrame {
+    fn from(error: JsonError) -> Self {
+        match error {
+            JsonError::InvalidUtf8 { offset } => Self::InvalidUtf8 { offset },
+            JsonError::Syntax { reason, .. } => Self::InvalidJson { reason },
+        }
+    }
+}
+
+/// The compiled validators for every message type, and the pipeline that uses them.
+#[derive(Debug)]
+pub struct FrameValidator {
+    by_type: HashMap<MessageType, SchemaChecker>,
+}
+
+impl FrameValidator {
+    /// Generates every message schema and compiles it. Prefer [`FrameValidator::shared`]; this
+    /// takes a few milliseconds.
+    pub fn new() -> Result<Self, SchemaError> {
+        let frame = frame_schema();
+        let by_type = MessageType::ALL
+            .iter()
+            .map(|&t| Ok((t, SchemaChecker::new(&message_schema_from(&frame, t))?)))
+            .collect::<Result<_, SchemaError>>()?;
+        Ok(Self { by_type })
+    }
+
+    /// The process-wide validator, compiled on first use.
+    pub fn shared() -> &'static FrameValidator {
+        static SHARED: OnceLock<FrameValidator> = OnceLock::new();
+        SHARED.get_or_init(|| {
+            // Invariant: the schemas are generated from this build's own types and the test
+            // `every_message_schema_compiles` compiles each one, so this cannot fail at run
+            // time without failing the test suite first.
+            #[allow(clippy::expect_used)]
+            FrameValidator::new().expect("drover's own message schemas compile")
+        })
+    }
+
+    /// Runs the whole pipeline on one payload: UTF-8, strict JSON, dispatch, schema, typed.
+    pub fn decode(&self, payload: &[u8]) -> Result<Frame, InvalidFrame> {
+        let value = json::parse(payload)?;
+        self.check(&value)?;
+        typed(value)
+    }
+
+    /// Validates an already parsed frame and returns its message type.
+    pub fn check(&self, value: &Value) -> Result<MessageType, InvalidFrame> {
+        let id = value.get("id").and_then(Value::as_u64).and_then(|v| MsgId::new(v).ok());
+        let message_type = dispatch_type(value, id)?;
+        let checker = self.by_type.get(&message_type).ok_or_else(|| InvalidFrame::UnknownType {
+            type_name: message_type.as_str().to_owned(),
+            id,
+        })?;
+        checker.check(value).map_err(|violations| InvalidFrame::SchemaViolation {
+            message_type: Some(message_type),
+            id,
+            violations,
+        })?;
+        Ok(message_type)
+    }
+
+    /// Serializes `frame` and checks it against its schema, so nothing invalid is ever sent.
+    pub fn encode(&self, frame: &Frame) -> Result<Vec<u8>, InvalidFrame> {
+        let value = serde_json::to_value(frame).map_err(|e| InvalidFrame::InvalidJson {
+            reason: truncate(&e.to_string(), MESSAGE_LEN),
+        })?;
+        self.check(&value)?;
+        serde_json::to_vec(&value).map_err(|e| InvalidFrame::InvalidJson {
+            reason: truncate(&e.to_string(), MESSAGE_LEN),
+        })
+    }
+}
+
+/// Finds `msg.type`, reporting a missing or malformed envelope as a schema violation against
+/// `transport/frame.json`.
+fn dispatch_type(value: &Value, id: Option<MsgId>) -> Result<MessageType, InvalidFrame> {
+    let violation =
+        |instance_path: &str, schema_path: &str, message: &str| InvalidFrame::SchemaViolation {
+            message_type: None,
+            id,
+            violations: Violations {
+                list: vec![Violation {
+                    instance_path: instance_path.to_owned(),
+                    schema_path: schema_path.to_owned(),
+                    message: message.to_owned(),
+                }],
+                total: 1,
+            },
+        };
+    let Some(envelope) = value.as_object() else {
+        return Err(violation("", "/type", "a frame must be a JSON object"));
+    };
+    let Some(msg) = envelope.get("msg") else {
+        return Err(violation("", "/required", "\"msg\" is a required property"));
+    };
+    let Some(msg) = msg.as_object() else {
+        return Err(violation("/msg", "/properties/msg", "\"msg\" must be an object"));
+    };
+    let Some(tag) = msg.get("type") else {
+        return Err(violation("/msg", "/properties/msg", "\"type\" is a required property"));
+    };
+    let Some(tag) = tag.as_str() else {
+        return Err(violation("/msg/type", "/properties/msg", "\"type\" must be a string"));
+    };
+    MessageType::from_tag(tag)
+        .ok_or_else(|| InvalidFrame::UnknownType { type_name: truncate(tag, 64), id })
+}
+
+/// Builds the typed frame from a validated value. If the schema and the Rust types ever
+/// disagree, this rejects the frame rather than acting on it (without quoting the value).
+fn typed(value: Value) -> Result<Frame, InvalidFrame> {
+    let message_type =
+        value.pointer("/msg/type").and_then(Value::as_str).and_then(MessageType::from_tag);
+    let id = value.get("id").and_then(Value::as_u64).and_then(|v| MsgId::new(v).ok());
+    serde_json::from_value(value).map_err(|_| InvalidFrame::SchemaViolation {
+        message_type,
+        id,
+        violations: Violations {
+            list: vec![Violation {
+                instance_path: "/msg".to_owned(),
+                schema_path: String::new(),
+                message: "the message passed its schema but does not match the protocol types"
+                    .to_owned(),
+            }],
+            total: 1,
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_message_schema_compiles() {
+        let validator = FrameValidator::new().unwrap();
+        assert_eq!(validator.by_type.len(), MessageType::ALL.len());
+    }
+
+    #[test]
+    fn truncate_counts_characters_and_marks_the_cut() {
+        assert_eq!(truncate("abc", 3), "abc");
+        assert_eq!(truncate("abcd", 3), "ab…");
+        assert_eq!(truncate("ééé", 2), "é…");
+        assert_eq!(truncate("", 1), "");
+    }
+}

@@ -1,0 +1,24 @@
+//! Command-line definition. Each subcommand's arguments live next to its implementation in
+//! [`crate::cmd`]; this enum only lists them.
+
+use clap::{Parser, Subcommand};
+
+use crate::cmd;
+
+/// drover: run untrusted GPU job drivers safely next to money and secrets.
+#[derive(Debug, Parser)]
+#[command(name = "drover", version, about, long_about = None)]
+pub struct Cli {
+    /// The subcommand.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Every subcommand.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Validate one JSON document (a frame, a config, a job) against drover's schemas.
+    Validate(cmd::validate::Args),
+    /// Write or check the generated JSON Schemas in `schemas/`.
+    Schemas(cmd::schemas::Args),
+}

@@ -1,0 +1,16 @@
+//! One module per subcommand, each with its `Args` and a `run` returning the exit code.
+
+pub mod schemas;
+pub mod validate;
+
+use std::process::ExitCode;
+
+use crate::cli::Command;
+
+/// Runs one subcommand.
+pub fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Validate(args) => validate::run(args),
+        Command::Schemas(args) => schemas::run(args),
+    }
+}

@@ -1,0 +1,38 @@
+//! The `drover` command line. Every feature is a subcommand in [`cmd`]; this file only wires
+//! them together and turns errors into exit codes.
+//!
+//! Exit codes, for every subcommand unless its help says otherwise:
+//!
+//! | Code | Meaning |
+//! |---|---|
+//! | 0 | success |
+//! | 1 | the command ran and the answer is "no" (an invalid document, a failed check) |
+//! | 2 | the command could not run: bad usage, unreadable input, a start-up failure |
+
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod cmd;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+/// Exit code of a command that could not run.
+pub const EXIT_TROUBLE: u8 = 2;
+
+/// Parses `std::env::args`, runs the subcommand and maps its outcome to an exit code.
+pub fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    match cmd::run(cli.command) {
+        Ok(code) => code,
+        Err(error) => {
+            // `{:#}` prints the whole context chain on one line: "reading x.json: No such file".
+            #[allow(clippy::print_stderr)]
+            {
+                eprintln!("drover: error: {error:#}");
+            }
+            ExitCode::from(EXIT_TROUBLE)
+        }
+    }
+}
