@@ -22,6 +22,7 @@
 
 pub mod api;
 pub mod config;
+pub mod examples;
 mod frame;
 pub mod ids;
 pub mod limits;

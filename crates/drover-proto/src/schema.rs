@@ -334,14 +334,15 @@ fn drop_null_from_optional(schema: &mut Schema) {
         }
         // `{"anyOf": [X, {"type": "null"}], ...}` -> X with the outer keywords kept.
         let is_null = |v: &Value| v.get("type").and_then(Value::as_str) == Some("null");
-        if let Some(Value::Array(any_of)) = prop.get("anyOf") {
-            if any_of.len() == 2 && any_of.iter().any(is_null) {
-                let inner = any_of.iter().find(|v| !is_null(v)).cloned();
-                prop.remove("anyOf");
-                if let Some(Value::Object(inner)) = inner {
-                    for (k, v) in inner {
-                        prop.entry(k).or_insert(v);
-                    }
+        if let Some(Value::Array(any_of)) = prop.get("anyOf")
+            && any_of.len() == 2
+            && any_of.iter().any(is_null)
+        {
+            let inner = any_of.iter().find(|v| !is_null(v)).cloned();
+            prop.remove("anyOf");
+            if let Some(Value::Object(inner)) = inner {
+                for (k, v) in inner {
+                    prop.entry(k).or_insert(v);
                 }
             }
         }

@@ -99,11 +99,45 @@ impl SchemaChecker {
                 list.push(Violation {
                     instance_path: truncate(error.instance_path().as_str(), POINTER_LEN),
                     schema_path: truncate(error.schema_path().as_str(), POINTER_LEN),
-                    message: truncate(&error.masked().to_string(), MESSAGE_LEN),
+                    message: describe(&error),
                 });
             }
         }
         Err(Violations { list, total })
+    }
+}
+
+/// A violation's message with the offending value masked. Property names chosen by the sender
+/// (the only part of the input a masked message still quotes) are shortened and counted.
+fn describe(error: &jsonschema::ValidationError<'_>) -> String {
+    use jsonschema::error::ValidationErrorKind as Kind;
+    const NAMES_SHOWN: usize = 8;
+    let listed = |what: &str, names: &[String]| {
+        let mut text =
+            names.iter().take(NAMES_SHOWN).map(|n| shown_name(n)).collect::<Vec<_>>().join(", ");
+        if names.len() > NAMES_SHOWN {
+            text.push_str(&format!(" and {} more", names.len() - NAMES_SHOWN));
+        }
+        format!("{what} not allowed: {text}")
+    };
+    match error.kind() {
+        Kind::AdditionalProperties { unexpected } => listed("additional properties", unexpected),
+        Kind::UnevaluatedProperties { unexpected } => listed("unevaluated properties", unexpected),
+        _ => truncate(&error.masked().to_string(), MESSAGE_LEN),
+    }
+}
+
+/// A name taken from the input (a property name, a message type), quoted if it looks like an
+/// identifier of at most 32 characters, and otherwise described without being shown: a long
+/// or odd name is more likely a pasted token than a typo worth echoing.
+fn shown_name(name: &str) -> String {
+    let looks_like_identifier = !name.is_empty()
+        && name.len() <= 32
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if looks_like_identifier {
+        format!("{name:?}")
+    } else {
+        format!("(a name of {} characters, not shown)", name.chars().count())
     }
 }
 
@@ -136,9 +170,10 @@ pub enum InvalidFrame {
         reason: String,
     },
     /// `msg.type` names no message type of this protocol.
-    #[error("unknown message type {type_name:?}")]
+    #[error("unknown message type {type_name}")]
     UnknownType {
-        /// The type as received, truncated to 64 characters.
+        /// The type as received, quoted, if it looks like a type name of at most 32
+        /// characters; otherwise only its length.
         type_name: String,
         /// The frame's `id`, if it had a valid one.
         id: Option<MsgId>,
@@ -205,6 +240,25 @@ impl InvalidFrame {
         match self {
             Self::SchemaViolation { violations, .. } => &violations.list,
             _ => &[],
+        }
+    }
+
+    /// Where in the frame the problem is, when the rejection is about particular values: the
+    /// violations of a `schema_violation`, `/msg/type` for an unknown type. Empty for problems
+    /// with the frame as a whole.
+    pub fn locations(&self) -> Vec<Violation> {
+        let at = |instance_path: &str, schema_path: &str| Violation {
+            instance_path: instance_path.to_owned(),
+            schema_path: schema_path.to_owned(),
+            message: truncate(&self.to_string(), MESSAGE_LEN),
+        };
+        match self {
+            Self::SchemaViolation { violations, .. } => violations.list.clone(),
+            Self::UnknownType { .. } => vec![at("/msg/type", "/$defs/Message/oneOf")],
+            Self::TooLarge(_)
+            | Self::InvalidUtf8 { .. }
+            | Self::InvalidJson { .. }
+            | Self::UnexpectedMessage { .. } => Vec::new(),
         }
     }
 
@@ -281,7 +335,7 @@ impl FrameValidator {
         let id = value.get("id").and_then(Value::as_u64).and_then(|v| MsgId::new(v).ok());
         let message_type = dispatch_type(value, id)?;
         let checker = self.by_type.get(&message_type).ok_or_else(|| InvalidFrame::UnknownType {
-            type_name: message_type.as_str().to_owned(),
+            type_name: shown_name(message_type.as_str()),
             id,
         })?;
         checker.check(value).map_err(|violations| InvalidFrame::SchemaViolation {
@@ -336,7 +390,7 @@ fn dispatch_type(value: &Value, id: Option<MsgId>) -> Result<MessageType, Invali
         return Err(violation("/msg/type", "/properties/msg", "\"type\" must be a string"));
     };
     MessageType::from_tag(tag)
-        .ok_or_else(|| InvalidFrame::UnknownType { type_name: truncate(tag, 64), id })
+        .ok_or_else(|| InvalidFrame::UnknownType { type_name: shown_name(tag), id })
 }
 
 /// Builds the typed frame from a validated value. If the schema and the Rust types ever

@@ -65,7 +65,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     let changes = write(&args.dir)?;
     for change in &changes {
-        println!("{}: {change}", args.dir.display());
+        let (verb, path) = match change {
+            Drift::Missing(path) | Drift::Stale(path) => ("wrote", path),
+            Drift::Extra(path) => ("removed", path),
+        };
+        println!("{}: {verb} {path}", args.dir.display());
     }
     println!(
         "{}: {} files generated, {} changed",

@@ -118,13 +118,11 @@ pub fn validate(kind: Kind, bytes: &[u8]) -> Verdict {
         Kind::Frame => match FrameValidator::shared().decode(bytes) {
             Ok(frame) => Verdict::Valid { detail: Some(frame.msg.message_type().to_string()) },
             Err(invalid) => {
-                let wire = invalid.to_wire();
-                let errors = if wire.violations.is_empty() {
-                    vec![whole_document(&wire.message)]
-                } else {
-                    wire.violations
-                };
-                Verdict::Invalid { code: wire.code, errors }
+                let mut errors = invalid.locations();
+                if errors.is_empty() {
+                    errors.push(whole_document(&invalid.to_string()));
+                }
+                Verdict::Invalid { code: invalid.code(), errors }
             }
         },
         Kind::Config => {
