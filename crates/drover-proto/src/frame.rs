@@ -144,6 +144,21 @@ macro_rules! messages {
             pub fn message_type(&self) -> MessageType {
                 match self { $(Self::$variant(_) => MessageType::$variant,)* }
             }
+
+            /// Builds the message of type `message_type` from its fields (the `msg` object
+            /// without its `type` key). When the tag is already known, this skips the buffering
+            /// that deserializing the internally tagged enum needs to find it.
+            pub fn from_fields(
+                message_type: MessageType,
+                fields: serde_json::Map<String, serde_json::Value>,
+            ) -> Result<Message, serde_json::Error> {
+                let fields = serde_json::Value::Object(fields);
+                match message_type {
+                    $(MessageType::$variant => {
+                        <$payload as serde::Deserialize>::deserialize(fields).map(Message::$variant)
+                    })*
+                }
+            }
         }
 
         $(

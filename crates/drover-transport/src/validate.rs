@@ -30,7 +30,7 @@ use std::sync::OnceLock;
 
 use drover_proto::limits::{MESSAGE_LEN, POINTER_LEN, VIOLATIONS};
 use drover_proto::schema::{frame_schema, message_schema_from};
-use drover_proto::{ErrorCode, Frame, MessageType, MsgId, Violation, WireError};
+use drover_proto::{ErrorCode, Frame, Message, MessageType, MsgId, Violation, WireError};
 use serde_json::Value;
 
 use crate::codec::FrameTooLarge;
@@ -325,9 +325,13 @@ impl FrameValidator {
 
     /// Runs the whole pipeline on one payload: UTF-8, strict JSON, dispatch, schema, typed.
     pub fn decode(&self, payload: &[u8]) -> Result<Frame, InvalidFrame> {
-        let value = json::parse(payload)?;
-        self.check(&value)?;
-        typed(value)
+        self.decode_value(json::parse(payload)?)
+    }
+
+    /// The pipeline from an already parsed value: dispatch, schema, typed.
+    pub fn decode_value(&self, value: Value) -> Result<Frame, InvalidFrame> {
+        let message_type = self.check(&value)?;
+        typed(value, message_type)
     }
 
     /// Validates an already parsed frame and returns its message type.
@@ -393,14 +397,16 @@ fn dispatch_type(value: &Value, id: Option<MsgId>) -> Result<MessageType, Invali
         .ok_or_else(|| InvalidFrame::UnknownType { type_name: shown_name(tag), id })
 }
 
-/// Builds the typed frame from a validated value. If the schema and the Rust types ever
-/// disagree, this rejects the frame rather than acting on it (without quoting the value).
-fn typed(value: Value) -> Result<Frame, InvalidFrame> {
-    let message_type =
-        value.pointer("/msg/type").and_then(Value::as_str).and_then(MessageType::from_tag);
+/// Builds the typed frame from a validated value, moving its strings. The message type is
+/// already known from dispatch, so the message is built directly from its fields rather than
+/// through serde's buffering of internally tagged enums (about a third of the cost of a small
+/// frame). If the schema and the Rust types ever disagree, the frame is rejected rather than
+/// acted on, without quoting the value.
+fn typed(value: Value, message_type: MessageType) -> Result<Frame, InvalidFrame> {
     let id = value.get("id").and_then(Value::as_u64).and_then(|v| MsgId::new(v).ok());
-    serde_json::from_value(value).map_err(|_| InvalidFrame::SchemaViolation {
-        message_type,
+    let re = value.get("re").and_then(Value::as_u64).and_then(|v| MsgId::new(v).ok());
+    let mismatch = || InvalidFrame::SchemaViolation {
+        message_type: Some(message_type),
         id,
         violations: Violations {
             list: vec![Violation {
@@ -411,7 +417,12 @@ fn typed(value: Value) -> Result<Frame, InvalidFrame> {
             }],
             total: 1,
         },
-    })
+    };
+    let Value::Object(mut envelope) = value else { return Err(mismatch()) };
+    let Some(Value::Object(mut fields)) = envelope.remove("msg") else { return Err(mismatch()) };
+    fields.remove("type");
+    let msg = Message::from_fields(message_type, fields).map_err(|_| mismatch())?;
+    Ok(Frame { id, re, msg })
 }
 
 #[cfg(test)]

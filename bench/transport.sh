@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Frame validation: decode + validate + deserialize vs the typed-parse limit.
+# Prints a Markdown section on stdout. BENCH_SMOKE=1 runs every contender a few times.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+args=()
+[ "${BENCH_SMOKE:-0}" = 1 ] && args=(--smoke)
+cargo bench -q -p drover-transport --bench decode -- "${args[@]}"
