@@ -16,7 +16,7 @@
 //! batches a millisecond apart holds where two benchmarks run ten seconds apart do not.
 //!
 //! Usage: `cargo bench -p drover-transport --bench decode [-- --smoke]`. Prints a Markdown
-//! section on stdout (`bench/transport.sh` puts it into BENCHMARKS.md).
+//! section on stdout (`benches/transport.sh` puts it into BENCHMARKS.md).
 
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 #![allow(clippy::cast_possible_truncation)]
