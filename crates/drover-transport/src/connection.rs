@@ -114,7 +114,9 @@ pub fn pair() -> (Connection<DuplexStream>, Connection<DuplexStream>) {
 
 impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
     /// A session over `io` in which this side is `local` (`Party::Supervisor` or
-    /// `Party::Driver`), with the default frame limit of 1 MiB.
+    /// `Party::Driver`), with the default frame limit of 1 MiB. `Party::Either` names no side:
+    /// a connection made with it may send only what either side may send, and treats its peer
+    /// as a supervisor.
     pub fn new(io: T, local: Party) -> Self {
         Self::with_codec(io, local, FrameCodec::new())
     }

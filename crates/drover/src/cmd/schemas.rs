@@ -2,7 +2,8 @@
 //! types into `schemas/` (the default), or checks that the committed files match.
 //!
 //! Everything under the directory is generated: write mode also deletes files it would not
-//! generate, and check mode reports them. Check mode exits 1 and lists each difference; the
+//! generate, and check mode reports them. Both print the schema-set SHA-256 (the digest of
+//! `transport/SHA256SUMS`) that drivers send in `hello`. Check mode exits 1 and lists each difference; the
 //! test suite runs it on the repository's own `schemas/`.
 
 use std::collections::BTreeSet;
@@ -11,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use drover_proto::schema::{SchemaFile, schema_files};
+use drover_proto::schema::{SchemaFile, schema_files, schema_set_sha256};
 
 /// The command that regenerates the committed schemas; printed whenever they drift.
 pub const REGENERATE: &str = "cargo run -p drover -- schemas";
@@ -55,6 +56,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         let drift = check(&args.dir)?;
         if drift.is_empty() {
             println!("{}: up to date", args.dir.display());
+            println!("schema set sha256: {}", schema_set_sha256());
             return Ok(ExitCode::SUCCESS);
         }
         for d in &drift {
@@ -181,6 +183,13 @@ mod tests {
             "schemas/ does not match the Rust types:\n{}\nregenerate with: {REGENERATE}",
             drift.iter().map(|d| format!("  {d}")).collect::<Vec<_>>().join("\n")
         );
+    }
+
+    #[test]
+    fn the_published_digest_is_the_digest_of_the_committed_manifest() {
+        use sha2::Digest as _;
+        let manifest = std::fs::read(repository_schemas().join("transport/SHA256SUMS")).unwrap();
+        assert_eq!(schema_set_sha256(), hex::encode(sha2::Sha256::digest(&manifest)));
     }
 
     #[test]
