@@ -27,6 +27,7 @@ mod frame;
 pub mod ids;
 pub mod limits;
 pub mod messages;
+pub mod profile;
 pub mod schema;
 
 pub use frame::{Frame, Message, MessageType, Party, Role};

@@ -11,6 +11,7 @@
 //! | `transport/SHA256SUMS` | `sha256sum` manifest of the files above; its own SHA-256 is the schema-set digest drivers send in `hello` |
 //! | `api/job-spec.json` | the body of `POST /v1/jobs` |
 //! | `config.json` | `drover.toml` |
+//! | `sandbox-profile.json` | a sandbox profile, `sandbox/*.toml` |
 //!
 //! Two transforms run over every generated schema:
 //! - integers get explicit `minimum`/`maximum` from their Rust width (`u64` capped at 2^53 - 1),
@@ -192,6 +193,10 @@ pub fn schema_files() -> Vec<SchemaFile> {
     files.push(SchemaFile {
         path: "config.json".to_owned(),
         contents: to_canonical_json(&schema_for::<Config>()),
+    });
+    files.push(SchemaFile {
+        path: "sandbox-profile.json".to_owned(),
+        contents: to_canonical_json(&schema_for::<crate::profile::Profile>()),
     });
     files.sort_by(|a, b| a.path.cmp(&b.path));
     files

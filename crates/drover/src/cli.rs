@@ -21,4 +21,8 @@ pub enum Command {
     Validate(cmd::validate::Args),
     /// Write or check the generated JSON Schemas in `schemas/`.
     Schemas(cmd::schemas::Args),
+    /// Run a command exactly as a driver is run: privilege drop, then the sandbox.
+    Exec(cmd::exec::Args),
+    /// Sandbox features of this kernel (`status`), or a self-report from inside (`probe`).
+    Sandbox(cmd::sandbox::Args),
 }

@@ -13,6 +13,7 @@
 
 pub mod cli;
 pub mod cmd;
+pub mod profile;
 
 use std::process::ExitCode;
 

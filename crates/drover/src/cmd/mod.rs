@@ -1,5 +1,7 @@
 //! One module per subcommand, each with its `Args` and a `run` returning the exit code.
 
+pub mod exec;
+pub mod sandbox;
 pub mod schemas;
 pub mod validate;
 
@@ -12,5 +14,7 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Validate(args) => validate::run(args),
         Command::Schemas(args) => schemas::run(args),
+        Command::Exec(args) => exec::run(args),
+        Command::Sandbox(args) => sandbox::run(args),
     }
 }

@@ -1,0 +1,115 @@
+//! `drover exec [--profile FILE] [--uid N] [--net] -- CMD ARGS...`: runs CMD exactly as the
+//! supervisor runs a driver, for operators debugging a driver and for benchmarks.
+//!
+//! 1. The profile is loaded and validated (default: the built-in `sandbox/default.toml`).
+//! 2. Phase A: this process drops its own privilege (as root: to `--uid`, default 65534, and
+//!    the same gid; non-root: clears what is left) and verifies the result. Failure: exit 2.
+//! 3. Phase B: CMD starts in the sandbox with the profile's environment only, this process's
+//!    stdin, stdout and stderr, and the profile's work directory, or else a fresh private
+//!    directory (removed afterwards). `--net` turns the network on.
+//! 4. Phase C: `drover exec` exits with CMD's exit status, or 128 + the signal that killed it.
+//!    When the sandbox killed it (a refused system call, the deadline, SIGINT/SIGTERM/SIGHUP
+//!    to `drover exec`), one line on stderr says why.
+//!
+//! Degradations (a kernel feature missing) are printed on stderr, one line each, before CMD
+//! starts. In seccomp log mode the refused calls are listed after CMD exits.
+
+use std::ffi::OsString;
+use std::os::fd::AsFd;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use drover_sandbox::{Command, DropConfig, LinuxSys, drop_privileges, prepare, reap_strays};
+use nix::sys::signal::{SigSet, SigmaskHow, Signal, sigprocmask};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+
+use crate::profile;
+
+/// Arguments of `drover exec`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Sandbox profile file (TOML). Default: the built-in default profile.
+    #[arg(long, value_name = "FILE")]
+    pub profile: Option<PathBuf>,
+    /// User id to drop to when started as root (the group id becomes the same). Default
+    /// 65534. When started non-root, only the current uid is accepted.
+    #[arg(long, value_name = "N")]
+    pub uid: Option<u32>,
+    /// Allow network access (no network namespace, no socket-family filter).
+    #[arg(long)]
+    pub net: bool,
+    /// The command and its arguments.
+    #[arg(
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "CMD"
+    )]
+    pub command: Vec<OsString>,
+}
+
+/// Runs `drover exec`.
+#[allow(clippy::print_stderr)]
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let profile = match &args.profile {
+        Some(path) => profile::load_file(path)?,
+        None => profile::load_builtin("default")?,
+    };
+    let (mut policy, work_dir) = profile::to_policy(&profile);
+    policy.network |= args.net;
+
+    drover_sandbox::privilege::check_requested_uid(args.uid, &LinuxSys)
+        .context("privilege drop failed")?;
+    let uid = args.uid.unwrap_or(65534);
+    let dropped = drop_privileges(&DropConfig { uid, gid: uid }, &LinuxSys)
+        .context("privilege drop failed")?;
+
+    // Created after the drop, so it belongs to the uid the driver runs as.
+    let scratch = match work_dir {
+        Some(_) => None,
+        None => Some(
+            tempfile::Builder::new()
+                .prefix("drover-exec-")
+                .tempdir()
+                .context("creating a private work directory")?,
+        ),
+    };
+    let work_dir = work_dir
+        .or_else(|| scratch.as_ref().map(|s| s.path().to_path_buf()))
+        .context("no work directory")?;
+
+    let mut argv = args.command.into_iter();
+    let program = argv.next().context("no command given")?;
+    let command = Command::new(program, work_dir).args(argv);
+    let prepared = prepare(&policy, command, &dropped).context("preparing the sandbox")?;
+
+    // SIGINT, SIGTERM and SIGHUP to drover exec end the sandbox; the child resets its mask.
+    let mut stop_signals = SigSet::empty();
+    for signal in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP, Signal::SIGQUIT] {
+        stop_signals.add(signal);
+    }
+    sigprocmask(SigmaskHow::SIG_BLOCK, Some(&stop_signals), None).context("blocking signals")?;
+    let stop = SignalFd::with_flags(&stop_signals, SfdFlags::SFD_CLOEXEC).context("signalfd")?;
+
+    let mut sandboxed = prepared.spawn().context("starting the sandboxed command")?;
+    for degradation in sandboxed.degradations() {
+        eprintln!("drover: sandbox: degraded: {degradation}");
+    }
+    let death = sandboxed.wait(Some(stop.as_fd())).context("waiting for the sandboxed command")?;
+    drop(sandboxed);
+    reap_strays(&[]);
+    for logged in &death.logged {
+        eprintln!(
+            "drover: sandbox: log mode: {} (number {}) is not in the allowlist; called {} time(s)",
+            logged.name.unwrap_or("unknown"),
+            logged.nr,
+            logged.count
+        );
+    }
+    if death.cause.by_sandbox() {
+        eprintln!("drover: sandbox: {}", death.cause);
+    }
+    drop(scratch);
+    Ok(ExitCode::from(death.cause.exit_code()))
+}
