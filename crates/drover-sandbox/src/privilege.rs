@@ -108,7 +108,7 @@ pub trait PrivilegeSys {
     fn has_setpcap(&self) -> bool;
     /// `PR_SET_CHILD_SUBREAPER`.
     fn set_child_subreaper(&self) -> io::Result<()>;
-    /// `PR_SET_SECUREBITS` with [`sys::LOCKED_SECUREBITS`].
+    /// `PR_SET_SECUREBITS`: NOROOT, NO_SETUID_FIXUP, KEEP_CAPS and NO_CAP_AMBIENT_RAISE locked.
     fn lock_securebits(&self) -> io::Result<()>;
     /// Empties one capability set (the bounding set by `PR_CAPBSET_DROP`).
     fn clear_caps(&self, set: CapSet) -> io::Result<()>;

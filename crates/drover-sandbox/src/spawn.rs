@@ -63,7 +63,7 @@ pub const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 pub struct Command {
     /// The program: a path, or a name looked up in the policy's `PATH`.
     pub program: OsString,
-    /// Its arguments (without argv[0], which is `program` as given).
+    /// Its arguments (without `argv[0]`, which is `program` as given).
     pub args: Vec<OsString>,
     /// The writable work directory, also the working directory.
     pub work_dir: PathBuf,

@@ -1,0 +1,117 @@
+#!/usr/bin/env bash
+# Spawn-to-exit latency of /bin/true under `drover exec` (the full default profile: privilege
+# drop, user/pid/net/mount/ipc/uts/cgroup namespaces, Landlock, seccomp allowlist with named
+# kills, rlimits, clean env, closed fds) against bubblewrap doing
+#   bwrap --unshare-all --die-with-parent --new-session --clearenv --ro-bind / / /bin/true
+# in the same run on the same machine. Prints a Markdown section on stdout.
+#
+#   benches/sandbox-spawn.sh            # 40 rounds x 10 runs of each
+#   benches/sandbox-spawn.sh --smoke    # 4 rounds x 5: checks the harness, numbers not judged
+#   ROUNDS=80 PER=10 benches/sandbox-spawn.sh
+#
+# Each round runs PER spawns of drover, then PER of bubblewrap (alternating which goes first),
+# so a busy machine slows both alike. A spawn is timed by a small C harness from posix_spawn to
+# waitpid (CLOCK_MONOTONIC), output to /dev/null, after 5 warm-up spawns per batch. Target:
+# drover's median at most 0.8x bubblewrap's. Both are started by the same user (root on CI);
+# drover drops itself to uid 65534 first (that work is part of its time).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ROUNDS=${ROUNDS:-40}
+PER=${PER:-10}
+if [ "${1:-}" = "--smoke" ]; then ROUNDS=4; PER=5; fi
+TARGET_RATIO=0.8
+target_dir=${CARGO_TARGET_DIR:-target}
+
+if ! command -v bwrap >/dev/null; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null
+  else
+    echo "bubblewrap (bwrap) is missing; install the Debian package bubblewrap" >&2
+    exit 2
+  fi
+fi
+
+cargo build --release --locked -q -p drover >&2
+drover="$(cd "$target_dir/release" && pwd)/drover"
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+
+cat > "$work/spawnbench.c" <<'EOF'
+/* spawnbench N CMD ARGS...: 5 warm-up spawns, then N timed ones; prints nanoseconds each. */
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <spawn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/wait.h>
+#include <time.h>
+extern char **environ;
+static long long now(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return t.tv_sec * 1000000000LL + t.tv_nsec;
+}
+int main(int argc, char **argv) {
+  if (argc < 3) { fprintf(stderr, "usage: spawnbench N CMD ARGS...\n"); return 2; }
+  int n = atoi(argv[1]);
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
+  posix_spawn_file_actions_addopen(&fa, 2, "/dev/null", O_WRONLY, 0);
+  for (int i = -5; i < n; i++) {
+    long long t = now();
+    pid_t pid;
+    int st;
+    if (posix_spawn(&pid, argv[2], &fa, NULL, argv + 2, environ) != 0) { perror("posix_spawn"); return 2; }
+    if (waitpid(pid, &st, 0) < 0) { perror("waitpid"); return 2; }
+    long long d = now() - t;
+    if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) { fprintf(stderr, "%s: run %d: status %d\n", argv[2], i, st); return 1; }
+    if (i >= 0) printf("%lld\n", d);
+  }
+  return 0;
+}
+EOF
+cc -O2 -o "$work/spawnbench" "$work/spawnbench.c"
+
+bwrap_cmd=("$(command -v bwrap)" --unshare-all --die-with-parent --new-session --clearenv --ro-bind / / /bin/true)
+drover_cmd=("$drover" exec -- /bin/true)
+
+for round in $(seq "$ROUNDS"); do
+  if [ $((round % 2)) = 0 ]; then
+    "$work/spawnbench" "$PER" "${drover_cmd[@]}" >>"$work/drover.ns"
+    "$work/spawnbench" "$PER" "${bwrap_cmd[@]}" >>"$work/bwrap.ns"
+  else
+    "$work/spawnbench" "$PER" "${bwrap_cmd[@]}" >>"$work/bwrap.ns"
+    "$work/spawnbench" "$PER" "${drover_cmd[@]}" >>"$work/drover.ns"
+  fi
+done
+
+# median and p99 in milliseconds
+stats() { sort -n "$1" | awk '{v[NR]=$1} END {m=v[int((NR+1)/2)]; p=v[int(NR*0.99+0.999)]; printf "%.3f %.3f %d\n", m/1e6, p/1e6, NR}'; }
+read -r d_med d_p99 d_n < <(stats "$work/drover.ns")
+read -r b_med b_p99 b_n < <(stats "$work/bwrap.ns")
+ratio=$(awk -v d="$d_med" -v b="$b_med" 'BEGIN {printf "%.2f", d / b}')
+ratio99=$(awk -v d="$d_p99" -v b="$b_p99" 'BEGIN {printf "%.2f", d / b}')
+verdict=$(awk -v r="$ratio" -v t="$TARGET_RATIO" 'BEGIN {print (r <= t) ? "pass" : "fail"}')
+cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //')
+mem=$(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo)
+
+cat <<EOF
+## Sandbox spawn: \`drover exec\` vs bubblewrap
+
+Command: \`benches/sandbox-spawn.sh\` (${ROUNDS} rounds x ${PER} spawns of each, interleaved;
+spawn-to-exit from \`posix_spawn\` to \`waitpid\`).
+
+- Machine: ${cpu}, $(nproc) cores visible, ${mem} memory, Linux $(uname -r); load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)
+- drover: \`drover exec -- /bin/true\`, started as $(id -un), built-in default profile
+- bubblewrap $(bwrap --version | awk '{print $2}'): \`bwrap ${bwrap_cmd[*]:1}\`, started as $(id -un)
+
+| Sandbox | Runs | Median | p99 |
+|---|---|---|---|
+| drover exec | ${d_n} | ${d_med} ms | ${d_p99} ms |
+| bubblewrap | ${b_n} | ${b_med} ms | ${b_p99} ms |
+| ratio drover / bubblewrap | | ${ratio}x | ${ratio99}x |
+
+Target: drover's median <= ${TARGET_RATIO}x bubblewrap's. Verdict: **${verdict}**.
+EOF
