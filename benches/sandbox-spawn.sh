@@ -32,7 +32,7 @@ if ! command -v bwrap >/dev/null; then
   fi
 fi
 
-cargo build --release --locked -q -p drover >&2
+cargo build --release -q -p drover >&2
 drover="$(cd "$target_dir/release" && pwd)/drover"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT

@@ -10,7 +10,7 @@
 //! | `write` | none besides the work directory |
 //! | `devices` | none |
 //! | `limits` | core 0, 1024 open files, 1 GiB file size, 3600 s CPU, no wall-clock deadline; never an address-space limit (CUDA reserves huge mappings) |
-//! | `network` | off: a network namespace when available, and always `socket()` restricted to `AF_UNIX` |
+//! | `network` | off: a network namespace when available, and always `socket()` restricted to `AF_UNIX` (other families: `ENOSYS`) |
 //! | `namespaces` | on: user, pid, net, mount, ipc, uts and cgroup namespaces when the kernel allows them unprivileged |
 //! | `seccomp.default_action` | [`SeccompDefault::Kill`] |
 //! | `seccomp.allow` | empty (so only the calls the sandbox itself needs: a useful policy lists its own) |

@@ -1,12 +1,14 @@
 //! Compiles a [`SeccompPolicy`] into the BPF programs a child installs, with seccompiler (no
 //! hand-written BPF).
 //!
-//! A policy becomes up to three kinds of filter, installed in this order:
+//! A policy becomes two kinds of filter, installed in this order:
 //!
-//! 1. one filter per errno value in `errno` (matching calls get that errno, others pass);
-//! 2. with the network off, a filter answering `socket()` for any family but `AF_UNIX` with
-//!    `EAFNOSUPPORT` (so network code fails politely instead of being killed);
-//! 3. the allowlist, last: listed calls pass, everything else gets the default action.
+//! 1. one filter per errno value in `errno` (matching calls get that errno, others pass). With
+//!    the network off, `socket()` for any family but `AF_UNIX` joins the `ENOSYS` filter, so
+//!    network code fails politely instead of being killed (and the default profile, whose
+//!    only errno entry is `clone3 = "ENOSYS"`, pays for one filter, not two: each filter costs
+//!    a BPF compilation at every spawn);
+//! 2. the allowlist, last: listed calls pass, everything else gets the default action.
 //!
 //! The kernel runs every filter and keeps the strictest verdict (kill > trap > errno >
 //! user-notif > trace > log > allow), so an errno filter wins over the allowlist's default.
@@ -152,7 +154,7 @@ pub(crate) fn compile(
     };
     if !network && allowed.contains(&socket) {
         by_errno
-            .entry(libc::EAFNOSUPPORT)
+            .entry(libc::ENOSYS)
             .or_default()
             .insert(socket, vec![unix_only(SeccompCmpOp::Ne)?]);
     }
@@ -252,12 +254,15 @@ mod tests {
         let mut p = policy(&["read", "socket"]);
         p.errno.insert("clone3".into(), libc::ENOSYS);
         assert_eq!(compile(&p, true, true).unwrap().programs.len(), 2);
+        // The socket-family rule shares the ENOSYS filter.
         let compiled = compile(&p, false, true).unwrap();
-        assert_eq!(compiled.programs.len(), 3);
-        let errno_returns: Vec<u32> =
-            compiled.programs[..2].iter().flat_map(|(prog, _)| returns(prog)).collect();
-        assert!(errno_returns.contains(&(libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32)));
-        assert!(errno_returns.contains(&(libc::SECCOMP_RET_ERRNO | libc::EAFNOSUPPORT as u32)));
+        assert_eq!(compiled.programs.len(), 2);
+        assert!(
+            returns(&compiled.programs[0].0)
+                .contains(&(libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32))
+        );
+        p.errno.insert("uname".into(), libc::EPERM);
+        assert_eq!(compile(&p, false, true).unwrap().programs.len(), 3);
     }
 
     #[test]
