@@ -35,14 +35,19 @@ fn base_allowlist() -> Vec<String> {
 }
 
 fn policy() -> Policy {
-    let mut policy = Policy::default();
-    policy.env = vec![("PATH".into(), "/usr/bin:/bin".into())];
-    policy.read = ["/usr", "/bin", "/lib", "/lib64", "/etc", "/proc", "/dev/null"]
-        .map(PathBuf::from)
-        .to_vec();
-    policy.seccomp.allow = base_allowlist();
-    policy.seccomp.errno.insert("clone3".into(), libc_enosys());
-    policy
+    let mut seccomp = drover_sandbox::SeccompPolicy {
+        allow: base_allowlist(),
+        ..drover_sandbox::SeccompPolicy::default()
+    };
+    seccomp.errno.insert("clone3".into(), libc_enosys());
+    Policy {
+        env: vec![("PATH".into(), "/usr/bin:/bin".into())],
+        read: ["/usr", "/bin", "/lib", "/lib64", "/etc", "/proc", "/dev/null"]
+            .map(PathBuf::from)
+            .to_vec(),
+        seccomp,
+        ..Policy::default()
+    }
 }
 
 fn libc_enosys() -> i32 {
@@ -154,7 +159,8 @@ fn main() -> ExitCode {
     // Created after the drop, so it belongs to the driver's uid.
     let work = tempfile::tempdir().unwrap();
 
-    let cases: [(&str, fn(&Dropped, &Path)); 5] = [
+    type Case = fn(&Dropped, &Path);
+    let cases: [(&str, Case); 5] = [
         (
             "transport_reaches_fd_3_and_stdio_is_the_callers",
             transport_reaches_fd_3_and_stdio_is_the_callers,
