@@ -84,10 +84,22 @@ pub struct ApiConfig {
     #[serde(default = "default_max_body_bytes")]
     #[schemars(range(min = 1024, max = 67_108_864))]
     pub max_body_bytes: u32,
-    /// API tokens, as digests. Create entries with `drover token new`.
+    /// API tokens, as digests. Create entries with `drover token new`. Reloaded on SIGHUP, so
+    /// tokens can be added and revoked without a restart.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 1024))]
     pub tokens: Vec<TokenEntry>,
+    /// Requests each token may make. Default: 20 per second, bursts of 40.
+    #[serde(default)]
+    pub rate_limit: RateLimitConfig,
+    /// Also append every audit event, as one JSON line, to this file. Absent: the store only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 4096))]
+    pub audit_file: Option<String>,
+    /// Allow `http://` webhook URLs (the signature still protects the body, but not its
+    /// confidentiality). Default false: `https://` only.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_http_webhooks: bool,
 }
 
 impl Default for ApiConfig {
@@ -97,8 +109,38 @@ impl Default for ApiConfig {
             mode: ApiMode::default(),
             max_body_bytes: default_max_body_bytes(),
             tokens: Vec::new(),
+            rate_limit: RateLimitConfig::default(),
+            audit_file: None,
+            allow_http_webhooks: false,
         }
     }
+}
+
+/// A token bucket per API token: `burst` requests at once, refilled at `per_second`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    /// Sustained requests per second. Default 20.
+    #[serde(default = "default_rate_per_second")]
+    #[schemars(range(min = 1, max = 1_000_000))]
+    pub per_second: u32,
+    /// Requests allowed at once after a quiet period. Default 40.
+    #[serde(default = "default_rate_burst")]
+    #[schemars(range(min = 1, max = 1_000_000))]
+    pub burst: u32,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        Self { per_second: default_rate_per_second(), burst: default_rate_burst() }
+    }
+}
+
+fn default_rate_per_second() -> u32 {
+    20
+}
+fn default_rate_burst() -> u32 {
+    40
 }
 
 fn default_listen() -> String {
@@ -109,6 +151,9 @@ fn default_max_body_bytes() -> u32 {
 }
 
 /// How much an API error body may say.
+///
+/// Development mode also needs the server's explicit `--development` flag; the configuration
+/// alone cannot enable it, and the server warns loudly at start-up when it is on.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ApiMode {
@@ -132,6 +177,30 @@ pub struct TokenEntry {
     /// What the token may do.
     #[schemars(length(min = 1, max = 16), extend("uniqueItems" = true))]
     pub scopes: Vec<Scope>,
+    /// How the token was made, which bounds its entropy. The server refuses to start with an
+    /// entry whose format could carry less than 256 bits.
+    pub format: TokenFormat,
+    /// A revoked token is refused (401) and its use is audited as such. Removing the entry
+    /// has the same effect; keeping it revoked for a while makes rotation auditable.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub revoked: bool,
+}
+
+/// How an API token is encoded, and so how much entropy it carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+pub enum TokenFormat {
+    /// `drover_` + base64url(32 bytes from the OS CSPRNG + a 4-byte checksum): 256 bits.
+    #[serde(rename = "drover-v1")]
+    DroverV1,
+}
+
+impl TokenFormat {
+    /// The entropy a token of this format carries, in bits.
+    pub fn entropy_bits(self) -> u32 {
+        match self {
+            Self::DroverV1 => 256,
+        }
+    }
 }
 
 /// A permission an API token carries.
@@ -149,6 +218,38 @@ pub enum Scope {
     /// Read Prometheus metrics.
     #[serde(rename = "metrics:read")]
     MetricsRead,
+}
+
+impl Scope {
+    /// Every scope, in the order `drover token new --help` lists them.
+    pub const ALL: &'static [Scope] =
+        &[Scope::JobsRead, Scope::JobsWrite, Scope::DriversRead, Scope::MetricsRead];
+
+    /// The scope as it appears in the configuration and on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::JobsRead => "jobs:read",
+            Self::JobsWrite => "jobs:write",
+            Self::DriversRead => "drivers:read",
+            Self::MetricsRead => "metrics:read",
+        }
+    }
+}
+
+impl std::fmt::Display for Scope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Scope {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Self::ALL.iter().copied().find(|scope| scope.as_str() == s).ok_or_else(|| {
+            let known: Vec<&str> = Self::ALL.iter().map(|scope| scope.as_str()).collect();
+            format!("unknown scope (known: {})", known.join(", "))
+        })
+    }
 }
 
 /// Persistence.

@@ -9,7 +9,7 @@
 //! | `transport/frame.json` | any frame: the envelope with `msg` one of every message |
 //! | `transport/<type>.json` | a frame carrying that message type, its role encoded (a request requires `id`, a reply `re`) |
 //! | `transport/SHA256SUMS` | `sha256sum` manifest of the files above; its own SHA-256 is the schema-set digest drivers send in `hello` |
-//! | `api/job-spec.json` | the body of `POST /v1/jobs` |
+//! | `api/<name>.json` | every HTTP API body ([`crate::api::API_SCHEMAS`]), each with `$id` `urn:drover:api:<Name>` |
 //! | `config.json` | `drover.toml` |
 //! | `sandbox-profile.json` | a sandbox profile, `sandbox/*.toml` |
 //!
@@ -30,7 +30,6 @@ use schemars::{JsonSchema, Schema};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
-use crate::api::JobSpec;
 use crate::config::Config;
 use crate::frame::{Frame, MessageType, Role};
 use crate::ids::MAX_SAFE_INTEGER;
@@ -62,6 +61,18 @@ pub fn schema_for<T: JsonSchema>() -> Value {
         .with_transform(RecursiveTransform(drop_null_from_optional))
         .into_generator();
     generator.into_root_schema_for::<T>().to_value()
+}
+
+/// The schema of an HTTP API body: [`schema_for`] with `$id` set to `urn:drover:api:<name>`, so
+/// that its internal `$ref`s (`#/$defs/...`) resolve inside it wherever it is embedded (OpenAPI
+/// 3.1 `components/schemas` included). The API validates requests with exactly this value and
+/// serves exactly this value.
+pub fn api_schema<T: JsonSchema>(name: &str) -> Value {
+    let mut schema = schema_for::<T>();
+    if let Value::Object(map) = &mut schema {
+        map.insert("$id".to_owned(), Value::String(format!("urn:drover:api:{name}")));
+    }
+    schema
 }
 
 /// The schema of any frame.
@@ -186,10 +197,12 @@ pub fn schema_files() -> Vec<SchemaFile> {
 
     let mut files = transport;
     files.push(manifest);
-    files.push(SchemaFile {
-        path: "api/job-spec.json".to_owned(),
-        contents: to_canonical_json(&schema_for::<JobSpec>()),
-    });
+    for api in crate::api::API_SCHEMAS {
+        files.push(SchemaFile {
+            path: api.path.to_owned(),
+            contents: to_canonical_json(&(api.generate)()),
+        });
+    }
     files.push(SchemaFile {
         path: "config.json".to_owned(),
         contents: to_canonical_json(&schema_for::<Config>()),
