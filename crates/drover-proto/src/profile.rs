@@ -14,6 +14,7 @@
 //! | `limits.open_files` | 1024 |
 //! | `limits.file_size_bytes` | 1 GiB |
 //! | `limits.cpu_seconds` | 3600 |
+//! | `limits.memory_bytes` | none (no memory cgroup) |
 //! | `limits.wall_clock_seconds` | none |
 //! | `network` | `false` |
 //! | `namespaces` | `true` |
@@ -125,6 +126,11 @@ pub struct LimitsProfile {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 31_536_000))]
     pub cpu_seconds: Option<u32>,
+    /// Memory limit of the driver's cgroup (all its processes together), in bytes; an OOM kill
+    /// is reported as such. Needs a memory cgroup (root at start-up). Default none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1_048_576))]
+    pub memory_bytes: Option<u64>,
     /// Wall-clock deadline in seconds; the supervisor kills the driver when it passes.
     /// Default none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -221,4 +227,6 @@ pub enum SandboxFeature {
     SeccompNotify,
     /// Unprivileged user, pid, net and mount namespaces.
     Namespaces,
+    /// A memory cgroup for the driver, so `limits.memory_bytes` is enforced.
+    MemoryCgroup,
 }

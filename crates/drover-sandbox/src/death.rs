@@ -6,6 +6,7 @@
 //! | [`Cause::Signaled`] | a signal the sandbox did not send killed it | 128 + signal |
 //! | [`Cause::SeccompViolation`] | it made a refused system call; the supervisor was told which (user notification) and killed the sandbox | 128 + SIGSYS (159) |
 //! | [`Cause::SeccompKill`] | the kernel killed it for a refused call (`SIGSYS`, kill-process mode): the call is not known | 128 + SIGSYS |
+//! | [`Cause::Oom`] | the kernel's OOM killer killed it in its memory cgroup (`oom_kill` in the cgroup's events) | 128 + SIGKILL |
 //! | [`Cause::Deadline`] | the policy's wall-clock deadline passed and the supervisor killed it | 128 + SIGKILL |
 //! | [`Cause::KilledBySupervisor`] | the supervisor killed it for its own reason (a stop request, a protocol violation) | 128 + SIGKILL |
 //!
@@ -43,6 +44,11 @@ pub enum Cause {
     },
     /// Killed by the kernel's seccomp kill-process action; the call is not known.
     SeccompKill,
+    /// Killed by the kernel's OOM killer in the driver's memory cgroup.
+    Oom {
+        /// The cgroup's limit.
+        limit_bytes: u64,
+    },
     /// The wall-clock deadline passed.
     Deadline {
         /// The deadline.
@@ -62,7 +68,9 @@ impl Cause {
             Cause::Exited { code } => *code,
             Cause::Signaled { signal, .. } => 128 + signal,
             Cause::SeccompViolation { .. } | Cause::SeccompKill => 128 + libc::SIGSYS,
-            Cause::Deadline { .. } | Cause::KilledBySupervisor { .. } => 128 + libc::SIGKILL,
+            Cause::Oom { .. } | Cause::Deadline { .. } | Cause::KilledBySupervisor { .. } => {
+                128 + libc::SIGKILL
+            }
         };
         u8::try_from(code & 0xff).unwrap_or(u8::MAX)
     }
@@ -91,6 +99,10 @@ impl fmt::Display for Cause {
             ),
             Cause::SeccompKill => f.write_str(
                 "killed by seccomp (SIGSYS): a system call outside the policy; run with default_action = \"log\" to name it",
+            ),
+            Cause::Oom { limit_bytes } => write!(
+                f,
+                "killed by the kernel's OOM killer: the sandbox exceeded its memory limit of {limit_bytes} bytes"
             ),
             Cause::Deadline { after } => {
                 write!(f, "killed by the sandbox: wall-clock deadline of {} s passed", after.as_secs_f64())

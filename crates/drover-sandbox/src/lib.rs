@@ -35,6 +35,7 @@
 
 #![deny(unsafe_code)]
 
+pub mod cgroup;
 pub mod death;
 pub mod features;
 mod fs_rules;

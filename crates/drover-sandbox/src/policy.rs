@@ -9,7 +9,7 @@
 //! | `read` | none: nothing is readable unless listed |
 //! | `write` | none besides the work directory |
 //! | `devices` | none |
-//! | `limits` | core 0, 1024 open files, 1 GiB file size, 3600 s CPU, no wall-clock deadline; never an address-space limit (CUDA reserves huge mappings) |
+//! | `limits` | core 0, 1024 open files, 1 GiB file size, 3600 s CPU, no memory cgroup limit, no wall-clock deadline; never an address-space limit (CUDA reserves huge mappings) |
 //! | `network` | off: a network namespace when available, and always `socket()` restricted to `AF_UNIX` (other families: `ENOSYS`) |
 //! | `namespaces` | on: user, pid, net, mount, ipc, uts and cgroup namespaces when the kernel allows them unprivileged |
 //! | `seccomp.default_action` | [`SeccompDefault::Kill`] |
@@ -70,6 +70,9 @@ pub struct Limits {
     pub file_size_bytes: u64,
     /// `RLIMIT_CPU`, seconds. Default 3600.
     pub cpu_seconds: u64,
+    /// Memory limit of the driver's cgroup (all its processes), bytes. Default none. Needs a
+    /// [`crate::cgroup::MemoryParent`]; an OOM kill is then reported as such.
+    pub memory_bytes: Option<u64>,
     /// Wall-clock deadline from spawn; the supervisor kills the driver when it passes. Default
     /// none.
     pub wall_clock: Option<Duration>,
@@ -77,7 +80,13 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { open_files: 1024, file_size_bytes: 1 << 30, cpu_seconds: 3600, wall_clock: None }
+        Self {
+            open_files: 1024,
+            file_size_bytes: 1 << 30,
+            cpu_seconds: 3600,
+            memory_bytes: None,
+            wall_clock: None,
+        }
     }
 }
 
@@ -122,16 +131,19 @@ pub enum Feature {
     SeccompNotify,
     /// Unprivileged user namespaces, and with them pid, net, mount, ipc, uts and cgroup ones.
     Namespaces,
+    /// A memory cgroup for the driver (a memory limit that is enforced, OOM kills named).
+    MemoryCgroup,
 }
 
 impl Feature {
     /// Every feature, in a fixed order.
-    pub const ALL: [Feature; 5] = [
+    pub const ALL: [Feature; 6] = [
         Feature::Landlock,
         Feature::LandlockScoping,
         Feature::LandlockIoctlDev,
         Feature::SeccompNotify,
         Feature::Namespaces,
+        Feature::MemoryCgroup,
     ];
 
     /// The name profiles and `drover sandbox status` use.
@@ -142,6 +154,7 @@ impl Feature {
             Feature::LandlockIoctlDev => "landlock_ioctl_dev",
             Feature::SeccompNotify => "seccomp_notify",
             Feature::Namespaces => "namespaces",
+            Feature::MemoryCgroup => "memory_cgroup",
         }
     }
 }

@@ -18,6 +18,7 @@
 //! | `syscall:NAME` | the raw system call `NAME` with all-zero arguments |
 //! | `userns` | `unshare(CLONE_NEWUSER)` |
 //! | `fork-sleep` | fork a child that sleeps; report both host pids |
+//! | `alloc:MIB` | allocate and touch MIB mebibytes |
 
 use std::io::{Read as _, Write as _};
 use std::net::SocketAddr;
@@ -128,6 +129,8 @@ pub enum Attempt {
     UserNamespace,
     /// Fork a sleeping child.
     ForkSleep,
+    /// Allocate and touch this many MiB.
+    Alloc(usize),
 }
 
 impl FromStr for Attempt {
@@ -149,6 +152,9 @@ impl FromStr for Attempt {
             "syscall" if syscall_number(arg).is_some() => Attempt::Syscall(arg.to_owned()),
             "userns" => Attempt::UserNamespace,
             "fork-sleep" => Attempt::ForkSleep,
+            "alloc" => {
+                Attempt::Alloc(arg.parse().map_err(|_| format!("alloc needs MiB, got {arg:?}"))?)
+            }
             _ => return Err(format!("unknown attempt {s:?}")),
         })
     }
@@ -224,6 +230,15 @@ pub fn attempt(what: &Attempt) -> Outcome {
         }
         Attempt::UserNamespace => outcome(attempt::unshare(libc::CLONE_NEWUSER), |_| None),
         Attempt::ForkSleep => outcome(fork_sleeper(), |pids| Some(pids.clone())),
+        Attempt::Alloc(mib) => {
+            let mut memory = vec![0u8; mib << 20];
+            // Touch every page so it is really allocated.
+            for page in memory.chunks_mut(4096) {
+                page[0] = 1;
+            }
+            let touched = memory.iter().step_by(4096).filter(|b| **b == 1).count();
+            outcome(Ok(touched), |pages| Some(format!("{pages} pages touched")))
+        }
     }
 }
 

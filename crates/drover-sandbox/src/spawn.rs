@@ -46,6 +46,7 @@ use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
+use crate::cgroup::{CgroupError, Leaf, MemoryParent};
 use crate::death::{Cause, Death};
 use crate::features::{Features, NAMESPACE_FLAGS};
 use crate::fs_rules::{self, Grant, LandlockError};
@@ -71,6 +72,8 @@ pub struct Command {
     pub transport: Option<OwnedFd>,
     /// Sources for stdin, stdout and stderr; `None` shares the supervisor's.
     pub stdio: [Option<OwnedFd>; 3],
+    /// Where the driver's memory cgroup goes (needed for `limits.memory_bytes`).
+    pub memory_cgroup: Option<MemoryParent>,
 }
 
 impl Command {
@@ -82,6 +85,7 @@ impl Command {
             work_dir: work_dir.into(),
             transport: None,
             stdio: [None, None, None],
+            memory_cgroup: None,
         }
     }
 
@@ -121,6 +125,8 @@ pub enum Degradation {
     SeccompUnnamed,
     /// Log mode logs to the kernel audit log only.
     SeccompLogToAudit,
+    /// The memory limit is not enforced: no memory cgroup was given (or exists).
+    NoMemoryCgroup,
 }
 
 impl std::fmt::Display for Degradation {
@@ -145,6 +151,9 @@ impl std::fmt::Display for Degradation {
             ),
             Degradation::SeccompLogToAudit => f.write_str(
                 "no seccomp user notification: log mode writes to the kernel audit log only",
+            ),
+            Degradation::NoMemoryCgroup => f.write_str(
+                "no memory cgroup: the memory limit is not enforced and an OOM kill looks like any SIGKILL",
             ),
         }
     }
@@ -187,6 +196,9 @@ pub enum SpawnError {
     /// The Landlock ruleset could not be built.
     #[error(transparent)]
     Landlock(#[from] LandlockError),
+    /// The driver's memory cgroup could not be created.
+    #[error(transparent)]
+    Cgroup(#[from] CgroupError),
     /// A system call in the parent failed.
     #[error("{what} failed")]
     Os {
@@ -229,6 +241,8 @@ pub struct Prepared {
     wall_clock: Option<Duration>,
     transport: Option<OwnedFd>,
     stdio: [Option<OwnedFd>; 3],
+    leaf: Option<Leaf>,
+    memory_bytes: Option<u64>,
     degradations: Vec<Degradation>,
 }
 
@@ -244,8 +258,16 @@ pub fn prepare(
 ) -> Result<Prepared, SpawnError> {
     let features = Features::get();
     for feature in &policy.require {
-        if *feature == Feature::Namespaces {
-            continue; // known only by trying; `spawn` fails closed if the clone is refused.
+        match feature {
+            // Known only by trying; `spawn` fails closed if the clone is refused.
+            Feature::Namespaces => continue,
+            Feature::MemoryCgroup if command.memory_cgroup.is_none() => {
+                return Err(SpawnError::MissingFeature {
+                    feature: *feature,
+                    reason: "no memory cgroup was prepared for this supervisor (it needs root at start-up or a delegated cgroup)".into(),
+                });
+            }
+            _ => {}
         }
         features
             .check(*feature)
@@ -313,6 +335,14 @@ pub fn prepare(
         filters.push(FilterPlan { prog, flags });
     }
 
+    let leaf = match (policy.limits.memory_bytes, &command.memory_cgroup) {
+        (Some(limit), Some(parent)) => Some(parent.leaf(limit)?),
+        (Some(_), None) => {
+            degradations.push(Degradation::NoMemoryCgroup);
+            None
+        }
+        (None, _) => None,
+    };
     let namespaces = policy.namespaces && !NAMESPACES_REFUSED.load(Ordering::Relaxed);
     if policy.namespaces && !namespaces {
         degradations
@@ -338,6 +368,8 @@ pub fn prepare(
         wall_clock: policy.limits.wall_clock,
         transport: command.transport,
         stdio: command.stdio,
+        leaf,
+        memory_bytes: policy.limits.memory_bytes,
         degradations,
     })
 }
@@ -495,6 +527,7 @@ impl Prepared {
                 envp: &self.envp_ptrs,
                 work_dir: &self.work_dir,
                 id_maps: (namespaces != 0).then_some(&self.id_maps),
+                cgroup_procs: self.leaf.as_ref().and_then(Leaf::procs).map(AsRawFd::as_raw_fd),
                 last_cap: self.last_cap,
                 namespaces,
                 parent_pid: nix::unistd::getpid().as_raw(),
@@ -548,6 +581,8 @@ impl Prepared {
             logged: BTreeMap::new(),
             verdict: None,
             reaped: false,
+            leaf: self.leaf.take(),
+            memory_bytes: self.memory_bytes,
         };
         // The child's copies are in place; ours are no longer needed.
         drop(self.transport.take());
@@ -595,6 +630,8 @@ pub struct Sandboxed {
     logged: BTreeMap<i64, u64>,
     verdict: Option<Cause>,
     reaped: bool,
+    leaf: Option<Leaf>,
+    memory_bytes: Option<u64>,
 }
 
 /// Why waiting failed.
@@ -678,10 +715,11 @@ impl Sandboxed {
                     if !self.pid_namespace {
                         let _ = sys::kill(-self.pid, libc::SIGKILL);
                     }
-                    return Ok(Death {
-                        cause: self.cause_of(status),
-                        logged: crate::death::logged(&self.logged),
-                    });
+                    let cause = self.cause_of(status);
+                    if let Some(leaf) = self.leaf.as_mut() {
+                        leaf.remove();
+                    }
+                    return Ok(Death { cause, logged: crate::death::logged(&self.logged) });
                 }
             }
             if let Some(slot) = listener_slot {
@@ -739,6 +777,13 @@ impl Sandboxed {
         if let Some(verdict) = self.verdict.take() {
             return verdict;
         }
+        if status.code != libc::CLD_EXITED
+            && status.status == libc::SIGKILL
+            && let (Some(leaf), Some(limit_bytes)) = (&self.leaf, self.memory_bytes)
+            && leaf.oom_kills() > 0
+        {
+            return Cause::Oom { limit_bytes };
+        }
         match status.code {
             libc::CLD_EXITED => Cause::Exited { code: status.status },
             _ if status.status == libc::SIGSYS => Cause::SeccompKill,
@@ -763,6 +808,9 @@ impl Drop for Sandboxed {
             let _ = sys::kill(-self.pid, libc::SIGKILL);
         }
         self.reap_now();
+        if let Some(leaf) = self.leaf.as_mut() {
+            leaf.remove();
+        }
     }
 }
 

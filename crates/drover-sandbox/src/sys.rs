@@ -452,6 +452,8 @@ pub(crate) const REPORT_FAILED: u32 = 2;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u32)]
 pub enum ChildStep {
+    /// Joining the driver's memory cgroup.
+    Cgroup = 12,
     /// Writing `/proc/self/{setgroups,uid_map,gid_map}` in the new user namespace.
     IdMaps = 1,
     /// Emptying the bounding, ambient, inheritable, permitted and effective sets.
@@ -481,6 +483,7 @@ impl ChildStep {
     pub(crate) fn from_u32(n: u32) -> Option<Self> {
         use ChildStep::*;
         [
+            Cgroup,
             IdMaps,
             Capabilities,
             Setsid,
@@ -546,6 +549,8 @@ pub(crate) struct ChildPlan<'a> {
     pub work_dir: &'a CStr,
     /// Maps to write when the child has its own user namespace.
     pub id_maps: Option<&'a IdMaps>,
+    /// The driver's memory cgroup's `cgroup.procs`, opened by the parent.
+    pub cgroup_procs: Option<RawFd>,
     /// Highest capability number (`/proc/sys/kernel/cap_last_cap`).
     pub last_cap: u32,
     /// `clone3` namespace flags (0: none).
@@ -662,6 +667,12 @@ fn child_main(plan: &ChildPlan<'_>) -> ! {
     // prepared (copied into this address space by clone3) or on locals; nothing allocates,
     // nothing unwinds, and every path ends in execve or `fail`/_exit.
     unsafe {
+        // 0. The memory cgroup, first, so that everything after is accounted there.
+        if let Some(procs) = plan.cgroup_procs
+            && libc::write(procs, b"0".as_ptr().cast(), 1) != 1
+        {
+            fail(report, ChildStep::Cgroup);
+        }
         // 1. Identity inside the new user namespace.
         if let Some(maps) = plan.id_maps {
             if libc::prctl(libc::PR_SET_DUMPABLE, 1 as c_ulong, 0, 0, 0) != 0

@@ -230,6 +230,7 @@ pub fn merge(base: Profile, over: Profile) -> Profile {
             open_files: b.open_files.or(a.open_files),
             file_size_bytes: b.file_size_bytes.or(a.file_size_bytes),
             cpu_seconds: b.cpu_seconds.or(a.cpu_seconds),
+            memory_bytes: b.memory_bytes.or(a.memory_bytes),
             wall_clock_seconds: b.wall_clock_seconds.or(a.wall_clock_seconds),
         }),
         (a, b) => b.or(a),
@@ -272,6 +273,7 @@ pub fn to_policy(profile: &Profile) -> (Policy, Option<PathBuf>) {
             open_files: limits.open_files.map_or(defaults.limits.open_files, u64::from),
             file_size_bytes: limits.file_size_bytes.unwrap_or(defaults.limits.file_size_bytes),
             cpu_seconds: limits.cpu_seconds.map_or(defaults.limits.cpu_seconds, u64::from),
+            memory_bytes: limits.memory_bytes,
             wall_clock: limits.wall_clock_seconds.map(|s| Duration::from_secs(u64::from(s))),
         },
         network: profile.network.unwrap_or(defaults.network),
@@ -294,6 +296,7 @@ pub fn to_policy(profile: &Profile) -> (Policy, Option<PathBuf>) {
                 SandboxFeature::LandlockIoctlDev => Feature::LandlockIoctlDev,
                 SandboxFeature::SeccompNotify => Feature::SeccompNotify,
                 SandboxFeature::Namespaces => Feature::Namespaces,
+                SandboxFeature::MemoryCgroup => Feature::MemoryCgroup,
             })
             .collect(),
     };

@@ -628,3 +628,29 @@ fn a_profile_error_names_the_field() {
         "{err}"
     );
 }
+
+#[test]
+fn an_oom_kill_in_the_memory_cgroup_is_named() {
+    require_privilege!();
+    if !is_root() {
+        eprintln!("SKIPPED: preparing a memory cgroup needs root at start-up");
+        return;
+    }
+    if drover_sandbox::cgroup::memory_hierarchy().is_none() {
+        eprintln!("SKIPPED: this kernel has no memory cgroup controller (v1 or v2)");
+        return;
+    }
+    let limited = profile("[limits]\nmemory_bytes = 33554432\n");
+    let (output, lines) = probe(As::Root, &limited, &["alloc:8", "alloc:256"]);
+    assert_eq!(outcome(&lines, "alloc:8")["succeeded"], true, "within the limit");
+    assert_eq!(output.status.code(), Some(137), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("killed by the kernel's OOM killer")
+            && stderr(&output).contains("33554432 bytes"),
+        "{}",
+        stderr(&output)
+    );
+    // A plain SIGKILL is not mistaken for an OOM kill.
+    let (output, _) = probe(As::Root, &limited, &["alloc:8"]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+}

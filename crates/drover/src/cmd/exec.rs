@@ -7,6 +7,9 @@
 //! 3. Phase B: CMD starts in the sandbox with the profile's environment only, this process's
 //!    stdin, stdout and stderr, and the profile's work directory, or else a fresh private
 //!    directory (removed afterwards). `--net` turns the network on.
+//!    With `limits.memory_bytes`, a started-as-root `drover exec` first prepares a memory
+//!    cgroup for the dropped uid (see `drover_sandbox::cgroup`), so the limit is enforced and
+//!    an OOM kill is reported as one.
 //! 4. Phase C: `drover exec` exits with CMD's exit status, or 128 + the signal that killed it.
 //!    When the sandbox killed it (a refused system call, the deadline, SIGINT/SIGTERM/SIGHUP
 //!    to `drover exec`), one line on stderr says why.
@@ -20,6 +23,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
+use drover_sandbox::cgroup::MemoryParent;
 use drover_sandbox::{Command, DropConfig, LinuxSys, drop_privileges, prepare, reap_strays};
 use nix::sys::signal::{SigSet, SigmaskHow, Signal, sigprocmask};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
@@ -62,6 +66,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     drover_sandbox::privilege::check_requested_uid(args.uid, &LinuxSys)
         .context("privilege drop failed")?;
     let uid = args.uid.unwrap_or(65534);
+    // Root-only preparation, before the drop: a memory cgroup the dropped uid owns.
+    let memory_cgroup = match policy.limits.memory_bytes {
+        Some(_) if nix::unistd::geteuid().is_root() => {
+            MemoryParent::prepare_as_root(uid, uid).context("preparing the memory cgroup")?
+        }
+        _ => None,
+    };
     let dropped = drop_privileges(&DropConfig { uid, gid: uid }, &LinuxSys)
         .context("privilege drop failed")?;
 
@@ -81,7 +92,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 
     let mut argv = args.command.into_iter();
     let program = argv.next().context("no command given")?;
-    let command = Command::new(program, work_dir).args(argv);
+    let mut command = Command::new(program, work_dir).args(argv);
+    command.memory_cgroup = memory_cgroup;
     let prepared = prepare(&policy, command, &dropped).context("preparing the sandbox")?;
 
     // SIGINT, SIGTERM and SIGHUP to drover exec end the sandbox; the child resets its mask.

@@ -47,7 +47,7 @@ pub enum SandboxCommand {
     /// `drover exec`).
     Probe {
         /// An escape attempt: setuid0, environ:PID, signal:PID, ptrace:PID, socket-inet,
-        /// connect:IP:PORT, write:PATH, syscall:NAME, userns, fork-sleep. Repeatable.
+        /// connect:IP:PORT, write:PATH, syscall:NAME, userns, fork-sleep, alloc:MIB. Repeatable.
         #[arg(long = "try", value_name = "ATTEMPT", value_parser = parse_attempt)]
         attempts: Vec<(String, Attempt)>,
     },
@@ -98,6 +98,11 @@ fn status(as_json: bool, uid: Option<u32>) -> anyhow::Result<ExitCode> {
             Err(reason) => json!({"available": false, "reason": reason}),
         },
         "close_range": features.close_range,
+        "memory_cgroup": match drover_sandbox::cgroup::memory_hierarchy() {
+            Some((dir, version)) => json!({"available": true, "hierarchy": dir.display().to_string(),
+                "version": format!("{version:?}").to_lowercase()}),
+            None => json!({"available": false}),
+        },
         "cgroup_v2": {
             "dir": cgroup.dir.as_ref().map(|d| d.display().to_string()),
             "controllers": cgroup.controllers,
@@ -155,6 +160,16 @@ fn status(as_json: bool, uid: Option<u32>) -> anyhow::Result<ExitCode> {
             },
         ));
         lines.push(("close_range", yes(features.close_range).to_owned()));
+        lines.push((
+            "memory cgroup",
+            match drover_sandbox::cgroup::memory_hierarchy() {
+                Some((dir, version)) => format!(
+                    "{version:?} hierarchy at {} (limits enforced and OOM kills named when drover starts as root)",
+                    dir.display()
+                ),
+                None => "none: memory limits cannot be enforced".to_owned(),
+            },
+        ));
         lines.push((
             "cgroup v2",
             match &cgroup.dir {
