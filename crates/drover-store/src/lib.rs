@@ -1,0 +1,196 @@
+//! drover's persistence: jobs and their event history, idempotency keys, leases, the budget
+//! ledger and the audit log, behind one trait, [`Store`].
+//!
+//! [`SqliteStore`] is the default: embedded, zero set-up (the file and its directory are
+//! created, the schema migrated, at open), WAL mode. PostgreSQL, for a fleet of supervisors
+//! behind one API, is the next implementation; the queries here are written so that it can
+//! run them (`$N` parameters, `ON CONFLICT`, `RETURNING`, no SQLite-only functions), and the
+//! schema keeps to portable types (64-bit integers, integer micro-USD, Unix milliseconds,
+//! JSON as text).
+//!
+//! # Write-ahead rules
+//!
+//! The store is what lets a supervisor be killed at any instant and lose nothing:
+//!
+//! - **A job is acknowledged only after it is durable.** [`Store::submit_job`] returns after
+//!   its transaction has committed with `synchronous = FULL`: the job row, its labels, its
+//!   first event (`queued`) and its idempotency key are one atomic write, fsynced. A caller
+//!   that answers the client after `submit_job` returns never acknowledges a job a crash can
+//!   lose.
+//! - **A lease is recorded before the instance is rented** ([`Store::reserve_lease`], which
+//!   also appends the reservation to the ledger and checks the caps in the same transaction)
+//!   and **closed only after destroy is confirmed** ([`Store::settle_lease`], which appends
+//!   the release and the charge in the same transaction).
+//! - **Events are ordered and final.** A job's events are numbered from 1 without gaps;
+//!   nothing is appended after a terminal state.
+//!
+//! The crash test (`tests/crash.rs`) kills a writer with SIGKILL at many points and checks
+//! that every acknowledged job is there and the ledger balances ([`LedgerReport::balances`]).
+//!
+//! # Defaults
+//!
+//! | Setting | Default |
+//! |---|---|
+//! | database | `<data_dir>/drover.db` ([`DEFAULT_FILE_NAME`]), directory created `0700` |
+//! | journal | WAL, `synchronous = FULL`, foreign keys on, busy timeout 10 s |
+//! | connections | one writer (writes are serialized in the process), four readers |
+//!
+//! # Example
+//!
+//! ```
+//! # tokio_test::block_on(async {
+//! use drover_store::{NewJob, SqliteStore, Store};
+//!
+//! let dir = tempfile::tempdir().unwrap();
+//! let store = SqliteStore::open_in(dir.path()).await.unwrap();
+//! let spec = serde_json::from_value(serde_json::json!({
+//!     "driver": "echo", "action": "run", "max_runtime_s": 60, "budget_usd": 0.0})).unwrap();
+//! let new = NewJob {
+//!     id: "job-1".parse().unwrap(),
+//!     spec,
+//!     submitted_by: "ci".into(),
+//!     at_unix_ms: 1_795_305_600_000,
+//!     idempotency: None,
+//! };
+//! let submitted = store.submit_job(new).await.unwrap();
+//! assert_eq!(submitted.job.state, drover_proto::JobPhase::Queued);
+//! // Durable: a second handle on the same file sees it.
+//! let again = SqliteStore::open_in(dir.path()).await.unwrap();
+//! assert!(again.get_job(&"job-1".parse().unwrap()).await.unwrap().is_some());
+//! # });
+//! ```
+
+#![forbid(unsafe_code)]
+
+mod error;
+mod model;
+mod sqlite;
+
+use std::future::Future;
+
+use drover_proto::api::{AuditEvent, Job, JobEvent, JobEventKind};
+use drover_proto::{JobId, LeaseId};
+
+pub use error::StoreError;
+pub use model::*;
+pub use sqlite::{DEFAULT_FILE_NAME, SqliteStore};
+
+/// Everything drover persists. Every method is one atomic step; a method that writes returns
+/// only after its write is durable.
+///
+/// The futures are `Send`, so a store can be shared across a multi-threaded runtime; an
+/// implementation is cheap to clone (a handle on a pool).
+pub trait Store: Clone + Send + Sync + 'static {
+    // --- jobs -------------------------------------------------------------------------------
+
+    /// Accepts a job: the job, its labels, its first event (`job_state: queued`) and its
+    /// idempotency key, in one durable transaction. With an idempotency key that this actor
+    /// used before: the same request returns the earlier job with `replayed: true`; a
+    /// different request is refused with [`StoreError::IdempotencyConflict`].
+    fn submit_job(&self, job: NewJob)
+    -> impl Future<Output = Result<Submitted, StoreError>> + Send;
+
+    /// One job.
+    fn get_job(&self, id: &JobId) -> impl Future<Output = Result<Option<Job>, StoreError>> + Send;
+
+    /// A page of jobs, newest first.
+    fn list_jobs(
+        &self,
+        filter: &JobFilter,
+    ) -> impl Future<Output = Result<JobPage, StoreError>> + Send;
+
+    /// Every job not yet in a terminal state, oldest first: what a restarted supervisor
+    /// resumes or fails.
+    fn unfinished_jobs(&self) -> impl Future<Output = Result<Vec<Job>, StoreError>> + Send;
+
+    /// Appends an event to a job's history and applies it: a `job_state` moves the job to
+    /// its state, a `job_result` records its output. Refused with [`StoreError::JobFinished`]
+    /// once the job is terminal.
+    fn append_event(
+        &self,
+        id: &JobId,
+        at_unix_ms: u64,
+        event: JobEventKind,
+    ) -> impl Future<Output = Result<JobEvent, StoreError>> + Send;
+
+    /// A job's events with `seq > after`, oldest first, at most `limit`.
+    fn events_after(
+        &self,
+        id: &JobId,
+        after: u64,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<JobEvent>, StoreError>> + Send;
+
+    /// Forgets idempotency keys recorded before `before_unix_ms`; returns how many.
+    fn purge_idempotency_keys(
+        &self,
+        before_unix_ms: u64,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    // --- leases and the ledger ---------------------------------------------------------------
+
+    /// Inserts a new open lease and its reservation in the ledger, if today's committed amount
+    /// plus the reservation stays within the daily cap and the job's committed amount is still
+    /// what the gate saw. Call it before renting.
+    fn reserve_lease(
+        &self,
+        lease: &LeaseRecord,
+        limits: ReserveLimits,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Replaces an open lease's record (same id; its reservation cannot change).
+    fn update_lease(
+        &self,
+        lease: &LeaseRecord,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Closes a lease with its settled cost, phase `released` and a message, and moves the
+    /// ledger from the reservation to the charge. Call it only after destroy is confirmed.
+    /// Idempotent: settling a settled lease returns it unchanged.
+    fn settle_lease(
+        &self,
+        id: &LeaseId,
+        settled_usd: f64,
+        message: &str,
+        at_unix_ms: u64,
+    ) -> impl Future<Output = Result<LeaseRecord, StoreError>> + Send;
+
+    /// One lease.
+    fn get_lease(
+        &self,
+        id: &LeaseId,
+    ) -> impl Future<Output = Result<Option<LeaseRecord>, StoreError>> + Send;
+
+    /// Every open lease.
+    fn open_leases(&self) -> impl Future<Output = Result<Vec<LeaseRecord>, StoreError>> + Send;
+
+    /// What a job and a UTC day (Unix days) have committed, from the ledger.
+    fn committed(
+        &self,
+        job: &JobId,
+        day: u64,
+    ) -> impl Future<Output = Result<Committed, StoreError>> + Send;
+
+    /// Checks the ledger against the leases.
+    fn ledger_report(&self) -> impl Future<Output = Result<LedgerReport, StoreError>> + Send;
+
+    // --- audit -------------------------------------------------------------------------------
+
+    /// Appends an audit event; returns its position in the log.
+    fn append_audit(
+        &self,
+        event: &AuditEvent,
+    ) -> impl Future<Output = Result<i64, StoreError>> + Send;
+
+    /// Audit events after position `after`, oldest first, at most `limit`.
+    fn audit_after(
+        &self,
+        after: i64,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<(i64, AuditEvent)>, StoreError>> + Send;
+
+    // --- health ------------------------------------------------------------------------------
+
+    /// Whether the database answers.
+    fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+}

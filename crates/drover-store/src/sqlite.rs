@@ -1,0 +1,941 @@
+//! The SQLite [`Store`]: one file, WAL, every write `synchronous = FULL`.
+
+use std::borrow::Cow;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use drover_proto::api::{AuditEvent, Job, JobEvent, JobEventKind, JobSpec};
+use drover_proto::{CostEstimate, JobId, JobPhase, JobState, LeaseId, LeasePhase};
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
+use sqlx::{Row, Sqlite, SqlitePool, Transaction};
+
+use crate::Store;
+use crate::error::{Context, StoreError};
+use crate::model::*;
+
+/// The database file name inside the data directory.
+pub const DEFAULT_FILE_NAME: &str = "drover.db";
+
+/// Readers in the pool; writes go through a single connection.
+const READERS: u32 = 4;
+
+/// How long a statement waits for another process's lock before failing.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The schema migrations, embedded so the binary needs no files beside it.
+fn migrator() -> Migrator {
+    Migrator {
+        migrations: Cow::Owned(vec![Migration::new(
+            1,
+            Cow::Borrowed("init"),
+            MigrationType::Simple,
+            Cow::Borrowed(include_str!("../migrations/sqlite/0001_init.sql")),
+            false,
+        )]),
+        ignore_missing: false,
+        locking: true,
+        no_tx: false,
+    }
+}
+
+/// The SQLite [`Store`]. Cheap to clone: clones share the pools.
+///
+/// Writes are serialized through one connection and each runs in a `BEGIN IMMEDIATE`
+/// transaction, so a read-then-write step (the idempotency check, the daily cap, the event
+/// sequence) can never interleave with another writer, in this process or another.
+#[derive(Clone, Debug)]
+pub struct SqliteStore {
+    writer: SqlitePool,
+    reader: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) `<data_dir>/drover.db`; creates `data_dir` with mode `0700`
+    /// if it does not exist.
+    pub async fn open_in(data_dir: &Path) -> Result<Self, StoreError> {
+        create_private_dir(data_dir).await.map_err(|e| StoreError::Open {
+            location: data_dir.display().to_string(),
+            source: Box::new(e),
+        })?;
+        Self::open(&data_dir.join(DEFAULT_FILE_NAME)).await
+    }
+
+    /// Opens (creating if needed) the database file at `path` and migrates it.
+    pub async fn open(path: &Path) -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::new().filename(path);
+        Self::open_with(options, path.display().to_string()).await
+    }
+
+    /// Opens a `sqlite://PATH` URL (the form `StoreConfig::url` takes).
+    pub async fn open_url(url: &str) -> Result<Self, StoreError> {
+        let location = url.to_owned();
+        let options = SqliteConnectOptions::from_str(url)
+            .map_err(|e| StoreError::Open { location: location.clone(), source: Box::new(e) })?;
+        Self::open_with(options, location).await
+    }
+
+    /// The store a configuration names: `url` if set, otherwise `<data_dir>/drover.db`.
+    pub async fn from_config(
+        config: &drover_proto::config::StoreConfig,
+        data_dir: &Path,
+    ) -> Result<Self, StoreError> {
+        match config.url.as_deref() {
+            Some(url) if url.starts_with("sqlite://") => Self::open_url(url).await,
+            Some(_) => Err(StoreError::Open {
+                location: "store.url".to_owned(),
+                source: "only sqlite:// URLs are supported by this build".into(),
+            }),
+            None => Self::open_in(data_dir).await,
+        }
+    }
+
+    async fn open_with(
+        options: SqliteConnectOptions,
+        location: String,
+    ) -> Result<Self, StoreError> {
+        let open_error =
+            |e: sqlx::Error| StoreError::Open { location: location.clone(), source: Box::new(e) };
+        let options = options
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(BUSY_TIMEOUT);
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .connect_with(options.clone())
+            .await
+            .map_err(open_error)?;
+        migrator()
+            .run(&writer)
+            .await
+            .map_err(|e| StoreError::Open { location: location.clone(), source: Box::new(e) })?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(READERS)
+            .connect_with(options.read_only(true))
+            .await
+            .map_err(open_error)?;
+        Ok(Self { writer, reader })
+    }
+
+    /// Closes both pools, waiting for connections in use to be returned.
+    pub async fn close(&self) {
+        self.reader.close().await;
+        self.writer.close().await;
+    }
+
+    async fn begin(
+        &self,
+        operation: &'static str,
+    ) -> Result<Transaction<'static, Sqlite>, StoreError> {
+        self.writer.begin_with("BEGIN IMMEDIATE").await.during(operation)
+    }
+}
+
+async fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    if tokio::fs::metadata(dir).await.is_ok() {
+        return Ok(());
+    }
+    let dir: PathBuf = dir.to_owned();
+    tokio::task::spawn_blocking(move || {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir)
+    })
+    .await
+    .map_err(std::io::Error::other)?
+}
+
+// ---------------------------------------------------------------------------------------------
+// Encoding helpers
+
+fn to_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+fn to_u64(value: i64) -> u64 {
+    u64::try_from(value).unwrap_or(0)
+}
+
+fn phase_str(phase: JobPhase) -> &'static str {
+    match phase {
+        JobPhase::Queued => "queued",
+        JobPhase::Starting => "starting",
+        JobPhase::Running => "running",
+        JobPhase::Succeeded => "succeeded",
+        JobPhase::Failed => "failed",
+        JobPhase::Cancelled => "cancelled",
+    }
+}
+
+fn parse_phase(text: &str) -> Result<JobPhase, StoreError> {
+    serde_json::from_value(serde_json::Value::String(text.to_owned()))
+        .map_err(|_| StoreError::Corrupt { what: "job state" })
+}
+
+fn lease_phase_str(phase: LeasePhase) -> &'static str {
+    match phase {
+        LeasePhase::Provisioning => "provisioning",
+        LeasePhase::Loading => "loading",
+        LeasePhase::Running => "running",
+        LeasePhase::Exited => "exited",
+        LeasePhase::Failed => "failed",
+        LeasePhase::Released => "released",
+    }
+}
+
+fn parse_lease_phase(text: &str) -> Result<LeasePhase, StoreError> {
+    serde_json::from_value(serde_json::Value::String(text.to_owned()))
+        .map_err(|_| StoreError::Corrupt { what: "lease phase" })
+}
+
+fn to_json<T: serde::Serialize>(value: &T, what: &'static str) -> Result<String, StoreError> {
+    serde_json::to_string(value).map_err(|_| StoreError::Corrupt { what })
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(
+    text: &str,
+    what: &'static str,
+) -> Result<T, StoreError> {
+    serde_json::from_str(text).map_err(|_| StoreError::Corrupt { what })
+}
+
+fn get<'r, T>(row: &'r SqliteRow, column: &'static str) -> Result<T, StoreError>
+where
+    T: sqlx::Decode<'r, Sqlite> + sqlx::Type<Sqlite>,
+{
+    row.try_get(column).during("decoding a row")
+}
+
+const JOB_COLUMNS: &str =
+    "id, state, submitted_by, spec, created_unix_ms, updated_unix_ms, message, output";
+
+fn job_from_row(row: &SqliteRow) -> Result<Job, StoreError> {
+    let id: String = get(row, "id")?;
+    let spec: String = get(row, "spec")?;
+    let output: Option<String> = get(row, "output")?;
+    Ok(Job {
+        id: JobId::new(id).map_err(|_| StoreError::Corrupt { what: "job id" })?,
+        state: parse_phase(&get::<String>(row, "state")?)?,
+        spec: from_json::<JobSpec>(&spec, "job spec")?,
+        submitted_by: get(row, "submitted_by")?,
+        created_unix_ms: to_u64(get(row, "created_unix_ms")?),
+        updated_unix_ms: to_u64(get(row, "updated_unix_ms")?),
+        message: get(row, "message")?,
+        output: output.map(|o| from_json(&o, "job output")).transpose()?,
+    })
+}
+
+fn event_from_row(row: &SqliteRow) -> Result<JobEvent, StoreError> {
+    let body: String = get(row, "body")?;
+    Ok(JobEvent {
+        seq: to_u64(get(row, "seq")?),
+        at_unix_ms: to_u64(get(row, "at_unix_ms")?),
+        event: from_json(&body, "job event")?,
+    })
+}
+
+/// The transitions a job may make. Terminal states end it; anything else may follow
+/// anything that is not terminal (a driver may skip `starting`, a queued job may be
+/// cancelled).
+fn transition_allowed(from: JobPhase, to: JobPhase) -> bool {
+    !from.is_terminal() && to != JobPhase::Queued
+}
+
+async fn job_seq_and_state(
+    tx: &mut Transaction<'static, Sqlite>,
+    id: &JobId,
+) -> Result<Option<(i64, JobPhase)>, StoreError> {
+    let row = sqlx::query("SELECT seq, state FROM jobs WHERE id = $1")
+        .bind(id.as_str())
+        .fetch_optional(&mut **tx)
+        .await
+        .during("reading a job")?;
+    match row {
+        None => Ok(None),
+        Some(row) => Ok(Some((get(&row, "seq")?, parse_phase(&get::<String>(&row, "state")?)?))),
+    }
+}
+
+/// Appends an event inside an open transaction; the caller has checked the job is not
+/// terminal.
+async fn insert_event(
+    tx: &mut Transaction<'static, Sqlite>,
+    job_seq: i64,
+    at_unix_ms: u64,
+    event: &JobEventKind,
+) -> Result<JobEvent, StoreError> {
+    let seq: i64 = sqlx::query_scalar(
+        "UPDATE jobs SET last_event_seq = last_event_seq + 1 WHERE seq = $1 RETURNING last_event_seq",
+    )
+    .bind(job_seq)
+    .fetch_one(&mut **tx)
+    .await
+    .during("numbering a job event")?;
+    sqlx::query(
+        "INSERT INTO job_events (job_seq, seq, at_unix_ms, kind, body) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(job_seq)
+    .bind(seq)
+    .bind(to_i64(at_unix_ms))
+    .bind(event.name())
+    .bind(to_json(event, "job event")?)
+    .execute(&mut **tx)
+    .await
+    .during("appending a job event")?;
+    Ok(JobEvent { seq: to_u64(seq), at_unix_ms, event: event.clone() })
+}
+
+async fn load_job(
+    executor: impl sqlx::Executor<'_, Database = Sqlite>,
+    id: &str,
+) -> Result<Option<Job>, StoreError> {
+    let row = sqlx::query(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1"))
+        .bind(id)
+        .fetch_optional(executor)
+        .await
+        .during("reading a job")?;
+    row.as_ref().map(job_from_row).transpose()
+}
+
+// --- leases ----------------------------------------------------------------------------------
+
+const LEASE_COLUMNS: &str = "lease_id, job_id, actor, label, phase, reserved_micros, day, \
+    granted_unix_ms, deadline_unix_ms, pending_offer, gpu_model, gpu_count, expected_usd, \
+    p95_usd, worst_usd, confidence, bandwidth_micros, settled_micros, status_message";
+
+async fn load_lease(
+    conn: &mut sqlx::SqliteConnection,
+    id: &str,
+) -> Result<Option<LeaseRecord>, StoreError> {
+    let row = sqlx::query(&format!("SELECT {LEASE_COLUMNS} FROM leases WHERE lease_id = $1"))
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await
+        .during("reading a lease")?;
+    let Some(row) = row else { return Ok(None) };
+    let mut lease = lease_from_row(&row)?;
+    lease.contracts = load_contracts(conn, id).await?;
+    Ok(Some(lease))
+}
+
+fn lease_from_row(row: &SqliteRow) -> Result<LeaseRecord, StoreError> {
+    let gpu_count: Option<i64> = get(row, "gpu_count")?;
+    let settled: Option<i64> = get(row, "settled_micros")?;
+    let pending: Option<i64> = get(row, "pending_offer")?;
+    Ok(LeaseRecord {
+        lease_id: LeaseId::new(get::<String>(row, "lease_id")?)
+            .map_err(|_| StoreError::Corrupt { what: "lease id" })?,
+        job_id: JobId::new(get::<String>(row, "job_id")?)
+            .map_err(|_| StoreError::Corrupt { what: "lease job id" })?,
+        actor: get(row, "actor")?,
+        label: get(row, "label")?,
+        phase: parse_lease_phase(&get::<String>(row, "phase")?)?,
+        reserved_usd: micros_to_usd(get(row, "reserved_micros")?),
+        day: to_u64(get(row, "day")?),
+        granted_unix_ms: to_u64(get(row, "granted_unix_ms")?),
+        deadline_unix_ms: to_u64(get(row, "deadline_unix_ms")?),
+        pending_offer: pending.map(to_u64),
+        contracts: Vec::new(),
+        gpu_model: get(row, "gpu_model")?,
+        gpu_count: gpu_count
+            .map(|c| u8::try_from(c).map_err(|_| StoreError::Corrupt { what: "gpu count" }))
+            .transpose()?,
+        estimate: CostEstimate {
+            expected_usd: get(row, "expected_usd")?,
+            p95_usd: get(row, "p95_usd")?,
+            worst_usd: get(row, "worst_usd")?,
+            confidence: get(row, "confidence")?,
+        },
+        bandwidth_usd: micros_to_usd(get(row, "bandwidth_micros")?),
+        settled_usd: settled.map(micros_to_usd),
+        status_message: get(row, "status_message")?,
+    })
+}
+
+async fn load_contracts(
+    conn: &mut sqlx::SqliteConnection,
+    lease_id: &str,
+) -> Result<Vec<ContractRecord>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT contract_id, offer_id, usd_per_hour, created_unix_ms, gone_unix_ms \
+         FROM lease_contracts WHERE lease_id = $1 ORDER BY position",
+    )
+    .bind(lease_id)
+    .fetch_all(&mut *conn)
+    .await
+    .during("reading lease contracts")?;
+    rows.iter()
+        .map(|row| {
+            let gone: Option<i64> = get(row, "gone_unix_ms")?;
+            Ok(ContractRecord {
+                contract_id: to_u64(get(row, "contract_id")?),
+                offer_id: to_u64(get(row, "offer_id")?),
+                usd_per_hour: get(row, "usd_per_hour")?,
+                created_unix_ms: to_u64(get(row, "created_unix_ms")?),
+                gone_unix_ms: gone.map(to_u64),
+            })
+        })
+        .collect()
+}
+
+async fn write_contracts(
+    tx: &mut Transaction<'static, Sqlite>,
+    lease: &LeaseRecord,
+) -> Result<(), StoreError> {
+    sqlx::query("DELETE FROM lease_contracts WHERE lease_id = $1")
+        .bind(lease.lease_id.as_str())
+        .execute(&mut **tx)
+        .await
+        .during("replacing lease contracts")?;
+    for (position, c) in lease.contracts.iter().enumerate() {
+        sqlx::query(
+            "INSERT INTO lease_contracts (lease_id, position, contract_id, offer_id, \
+             usd_per_hour, created_unix_ms, gone_unix_ms) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(lease.lease_id.as_str())
+        .bind(i64::try_from(position).unwrap_or(i64::MAX))
+        .bind(to_i64(c.contract_id))
+        .bind(to_i64(c.offer_id))
+        .bind(c.usd_per_hour)
+        .bind(to_i64(c.created_unix_ms))
+        .bind(c.gone_unix_ms.map(to_i64))
+        .execute(&mut **tx)
+        .await
+        .during("recording a lease contract")?;
+    }
+    Ok(())
+}
+
+async fn ledger_sum(
+    tx: &mut Transaction<'static, Sqlite>,
+    column: &'static str,
+    value: SumKey<'_>,
+) -> Result<i64, StoreError> {
+    let sql = format!("SELECT COALESCE(SUM(amount_micros), 0) FROM ledger WHERE {column} = $1");
+    let query = sqlx::query_scalar::<_, i64>(&sql);
+    let query = match value {
+        SumKey::Text(text) => query.bind(text.to_owned()),
+        SumKey::Int(int) => query.bind(int),
+    };
+    query.fetch_one(&mut **tx).await.during("summing the ledger")
+}
+
+enum SumKey<'a> {
+    Text(&'a str),
+    Int(i64),
+}
+
+async fn append_ledger(
+    tx: &mut Transaction<'static, Sqlite>,
+    lease: &LeaseRecord,
+    kind: LedgerKind,
+    amount_micros: i64,
+    at_unix_ms: u64,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO ledger (lease_id, job_id, day, kind, amount_micros, at_unix_ms) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(lease.lease_id.as_str())
+    .bind(lease.job_id.as_str())
+    .bind(to_i64(lease.day))
+    .bind(kind.as_str())
+    .bind(amount_micros)
+    .bind(to_i64(at_unix_ms))
+    .execute(&mut **tx)
+    .await
+    .during("appending to the ledger")?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+
+impl Store for SqliteStore {
+    async fn submit_job(&self, new: NewJob) -> Result<Submitted, StoreError> {
+        let mut tx = self.begin("accepting a job").await?;
+        if let Some(idem) = &new.idempotency {
+            let earlier = sqlx::query(
+                "SELECT request_sha256, job_id FROM idempotency_keys WHERE actor = $1 AND key = $2",
+            )
+            .bind(&new.submitted_by)
+            .bind(&idem.key)
+            .fetch_optional(&mut *tx)
+            .await
+            .during("checking an idempotency key")?;
+            if let Some(row) = earlier {
+                let digest: String = get(&row, "request_sha256")?;
+                if digest != idem.request_sha256 {
+                    return Err(StoreError::IdempotencyConflict);
+                }
+                let job_id: String = get(&row, "job_id")?;
+                let job = load_job(&mut *tx, &job_id)
+                    .await?
+                    .ok_or(StoreError::Corrupt { what: "idempotency key's job" })?;
+                tx.commit().await.during("accepting a job")?;
+                return Ok(Submitted { job, replayed: true });
+            }
+        }
+        let spec_json = to_json(&new.spec, "job spec")?;
+        let inserted = sqlx::query(
+            "INSERT INTO jobs (id, driver, action, state, submitted_by, spec, created_unix_ms, \
+             updated_unix_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $7) \
+             ON CONFLICT (id) DO NOTHING RETURNING seq",
+        )
+        .bind(new.id.as_str())
+        .bind(new.spec.driver.as_str())
+        .bind(new.spec.action.as_str())
+        .bind(phase_str(JobPhase::Queued))
+        .bind(&new.submitted_by)
+        .bind(&spec_json)
+        .bind(to_i64(new.at_unix_ms))
+        .fetch_optional(&mut *tx)
+        .await
+        .during("inserting a job")?;
+        let Some(row) = inserted else {
+            return Err(StoreError::DuplicateJob(new.id));
+        };
+        let job_seq: i64 = get(&row, "seq")?;
+        for (key, value) in &new.spec.labels {
+            sqlx::query("INSERT INTO job_labels (job_seq, key, value) VALUES ($1, $2, $3)")
+                .bind(job_seq)
+                .bind(key)
+                .bind(value)
+                .execute(&mut *tx)
+                .await
+                .during("inserting job labels")?;
+        }
+        let queued = JobEventKind::JobState(JobState {
+            job_id: new.id.clone(),
+            state: JobPhase::Queued,
+            message: None,
+        });
+        insert_event(&mut tx, job_seq, new.at_unix_ms, &queued).await?;
+        if let Some(idem) = &new.idempotency {
+            sqlx::query(
+                "INSERT INTO idempotency_keys (actor, key, request_sha256, job_id, \
+                 created_unix_ms) VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(&new.submitted_by)
+            .bind(&idem.key)
+            .bind(&idem.request_sha256)
+            .bind(new.id.as_str())
+            .bind(to_i64(new.at_unix_ms))
+            .execute(&mut *tx)
+            .await
+            .during("recording an idempotency key")?;
+        }
+        // The acknowledgement point: after this commit (fsynced, synchronous = FULL) the job
+        // survives any crash.
+        tx.commit().await.during("committing a job")?;
+        let job = Job {
+            id: new.id,
+            state: JobPhase::Queued,
+            spec: new.spec,
+            submitted_by: new.submitted_by,
+            created_unix_ms: new.at_unix_ms,
+            updated_unix_ms: new.at_unix_ms,
+            message: None,
+            output: None,
+        };
+        Ok(Submitted { job, replayed: false })
+    }
+
+    async fn get_job(&self, id: &JobId) -> Result<Option<Job>, StoreError> {
+        load_job(&self.reader, id.as_str()).await
+    }
+
+    async fn list_jobs(&self, filter: &JobFilter) -> Result<JobPage, StoreError> {
+        let limit = filter.limit.max(1);
+        let (label_key, label_value) = match &filter.label {
+            Some((k, v)) => (Some(k.as_str()), Some(v.as_str())),
+            None => (None, None),
+        };
+        let sql = format!(
+            "SELECT seq, {JOB_COLUMNS} FROM jobs \
+             WHERE ($1 IS NULL OR state = $1) \
+               AND ($2 IS NULL OR driver = $2) \
+               AND ($3 IS NULL OR seq < $3) \
+               AND ($4 IS NULL OR EXISTS (SELECT 1 FROM job_labels l \
+                    WHERE l.job_seq = jobs.seq AND l.key = $4 AND l.value = $5)) \
+             ORDER BY seq DESC LIMIT $6"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(filter.state.map(phase_str))
+            .bind(filter.driver.as_deref())
+            .bind(filter.before)
+            .bind(label_key)
+            .bind(label_value)
+            .bind(i64::from(limit) + 1)
+            .fetch_all(&self.reader)
+            .await
+            .during("listing jobs")?;
+        let more = rows.len() > limit as usize;
+        let mut jobs = Vec::with_capacity(rows.len().min(limit as usize));
+        let mut last_seq = None;
+        for row in rows.iter().take(limit as usize) {
+            jobs.push(job_from_row(row)?);
+            last_seq = Some(get::<i64>(row, "seq")?);
+        }
+        Ok(JobPage { jobs, next_cursor: if more { last_seq } else { None } })
+    }
+
+    async fn unfinished_jobs(&self) -> Result<Vec<Job>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE state NOT IN ($1, $2, $3) ORDER BY seq"
+        ))
+        .bind(phase_str(JobPhase::Succeeded))
+        .bind(phase_str(JobPhase::Failed))
+        .bind(phase_str(JobPhase::Cancelled))
+        .fetch_all(&self.reader)
+        .await
+        .during("listing unfinished jobs")?;
+        rows.iter().map(job_from_row).collect()
+    }
+
+    async fn append_event(
+        &self,
+        id: &JobId,
+        at_unix_ms: u64,
+        event: JobEventKind,
+    ) -> Result<JobEvent, StoreError> {
+        let mut tx = self.begin("appending a job event").await?;
+        let (job_seq, state) = job_seq_and_state(&mut tx, id)
+            .await?
+            .ok_or_else(|| StoreError::JobNotFound(id.clone()))?;
+        if state.is_terminal() {
+            return Err(StoreError::JobFinished { job_id: id.clone(), state });
+        }
+        match &event {
+            JobEventKind::JobState(change) => {
+                if !transition_allowed(state, change.state) {
+                    return Err(StoreError::JobFinished { job_id: id.clone(), state });
+                }
+                sqlx::query(
+                    "UPDATE jobs SET state = $1, message = $2, updated_unix_ms = $3 WHERE seq = $4",
+                )
+                .bind(phase_str(change.state))
+                .bind(change.message.as_deref())
+                .bind(to_i64(at_unix_ms))
+                .bind(job_seq)
+                .execute(&mut *tx)
+                .await
+                .during("updating a job's state")?;
+            }
+            JobEventKind::JobResult(result) => {
+                let output =
+                    result.output.as_ref().map(|o| to_json(o, "job output")).transpose()?;
+                sqlx::query("UPDATE jobs SET output = $1, updated_unix_ms = $2 WHERE seq = $3")
+                    .bind(output)
+                    .bind(to_i64(at_unix_ms))
+                    .bind(job_seq)
+                    .execute(&mut *tx)
+                    .await
+                    .during("recording a job's result")?;
+            }
+            JobEventKind::JobProgress(_) | JobEventKind::JobLog(_) => {}
+        }
+        let stored = insert_event(&mut tx, job_seq, at_unix_ms, &event).await?;
+        tx.commit().await.during("committing a job event")?;
+        Ok(stored)
+    }
+
+    async fn events_after(
+        &self,
+        id: &JobId,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<JobEvent>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT e.seq, e.at_unix_ms, e.body FROM job_events e JOIN jobs j ON j.seq = e.job_seq \
+             WHERE j.id = $1 AND e.seq > $2 ORDER BY e.seq LIMIT $3",
+        )
+        .bind(id.as_str())
+        .bind(to_i64(after))
+        .bind(i64::from(limit))
+        .fetch_all(&self.reader)
+        .await
+        .during("reading job events")?;
+        rows.iter().map(event_from_row).collect()
+    }
+
+    async fn purge_idempotency_keys(&self, before_unix_ms: u64) -> Result<u64, StoreError> {
+        let mut tx = self.begin("purging idempotency keys").await?;
+        let done = sqlx::query("DELETE FROM idempotency_keys WHERE created_unix_ms < $1")
+            .bind(to_i64(before_unix_ms))
+            .execute(&mut *tx)
+            .await
+            .during("purging idempotency keys")?;
+        tx.commit().await.during("purging idempotency keys")?;
+        Ok(done.rows_affected())
+    }
+
+    async fn reserve_lease(
+        &self,
+        lease: &LeaseRecord,
+        limits: ReserveLimits,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin("reserving a lease").await?;
+        let exists: Option<i64> = sqlx::query_scalar("SELECT 1 FROM leases WHERE lease_id = $1")
+            .bind(lease.lease_id.as_str())
+            .fetch_optional(&mut *tx)
+            .await
+            .during("reserving a lease")?;
+        if exists.is_some() {
+            return Err(StoreError::DuplicateLease(lease.lease_id.clone()));
+        }
+        let job_micros = ledger_sum(&mut tx, "job_id", SumKey::Text(lease.job_id.as_str())).await?;
+        let day_micros = ledger_sum(&mut tx, "day", SumKey::Int(to_i64(lease.day))).await?;
+        if (job_micros - usd_to_micros(limits.job_committed_seen_usd)).abs() > 1 {
+            return Err(StoreError::Conflict);
+        }
+        let reserved = usd_to_micros(lease.reserved_usd);
+        if day_micros + reserved > usd_to_micros(limits.daily_cap_usd) {
+            return Err(StoreError::DailyCap {
+                committed_usd: micros_to_usd(day_micros),
+                cap_usd: limits.daily_cap_usd,
+            });
+        }
+        sqlx::query(
+            "INSERT INTO leases (lease_id, job_id, actor, label, phase, reserved_micros, day, \
+             granted_unix_ms, deadline_unix_ms, pending_offer, gpu_model, gpu_count, expected_usd, \
+             p95_usd, worst_usd, confidence, bandwidth_micros, settled_micros, status_message) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
+             NULL, $18)",
+        )
+        .bind(lease.lease_id.as_str())
+        .bind(lease.job_id.as_str())
+        .bind(&lease.actor)
+        .bind(&lease.label)
+        .bind(lease_phase_str(lease.phase))
+        .bind(reserved)
+        .bind(to_i64(lease.day))
+        .bind(to_i64(lease.granted_unix_ms))
+        .bind(to_i64(lease.deadline_unix_ms))
+        .bind(lease.pending_offer.map(to_i64))
+        .bind(lease.gpu_model.as_deref())
+        .bind(lease.gpu_count.map(i64::from))
+        .bind(lease.estimate.expected_usd)
+        .bind(lease.estimate.p95_usd)
+        .bind(lease.estimate.worst_usd)
+        .bind(lease.estimate.confidence)
+        .bind(usd_to_micros(lease.bandwidth_usd))
+        .bind(lease.status_message.as_deref())
+        .execute(&mut *tx)
+        .await
+        .during("inserting a lease")?;
+        write_contracts(&mut tx, lease).await?;
+        append_ledger(&mut tx, lease, LedgerKind::Reserve, reserved, lease.granted_unix_ms).await?;
+        tx.commit().await.during("committing a lease reservation")?;
+        Ok(())
+    }
+
+    async fn update_lease(&self, lease: &LeaseRecord) -> Result<(), StoreError> {
+        let mut tx = self.begin("updating a lease").await?;
+        let settled: Option<Option<i64>> =
+            sqlx::query_scalar("SELECT settled_micros FROM leases WHERE lease_id = $1")
+                .bind(lease.lease_id.as_str())
+                .fetch_optional(&mut *tx)
+                .await
+                .during("updating a lease")?;
+        match settled {
+            None => return Err(StoreError::LeaseNotFound(lease.lease_id.clone())),
+            Some(Some(_)) => return Err(StoreError::LeaseClosed(lease.lease_id.clone())),
+            Some(None) => {}
+        }
+        sqlx::query(
+            "UPDATE leases SET phase = $2, deadline_unix_ms = $3, pending_offer = $4, \
+             gpu_model = $5, gpu_count = $6, status_message = $7 WHERE lease_id = $1",
+        )
+        .bind(lease.lease_id.as_str())
+        .bind(lease_phase_str(lease.phase))
+        .bind(to_i64(lease.deadline_unix_ms))
+        .bind(lease.pending_offer.map(to_i64))
+        .bind(lease.gpu_model.as_deref())
+        .bind(lease.gpu_count.map(i64::from))
+        .bind(lease.status_message.as_deref())
+        .execute(&mut *tx)
+        .await
+        .during("updating a lease")?;
+        write_contracts(&mut tx, lease).await?;
+        tx.commit().await.during("committing a lease update")?;
+        Ok(())
+    }
+
+    async fn settle_lease(
+        &self,
+        id: &LeaseId,
+        settled_usd: f64,
+        message: &str,
+        at_unix_ms: u64,
+    ) -> Result<LeaseRecord, StoreError> {
+        let mut tx = self.begin("settling a lease").await?;
+        let mut lease = load_lease(&mut tx, id.as_str())
+            .await?
+            .ok_or_else(|| StoreError::LeaseNotFound(id.clone()))?;
+        if !lease.is_open() {
+            tx.commit().await.during("settling a lease")?;
+            return Ok(lease);
+        }
+        let settled = usd_to_micros(settled_usd);
+        let reserved = usd_to_micros(lease.reserved_usd);
+        sqlx::query(
+            "UPDATE leases SET settled_micros = $2, settled_unix_ms = $3, phase = $4, \
+             pending_offer = NULL, status_message = $5 WHERE lease_id = $1 AND settled_micros IS NULL",
+        )
+        .bind(id.as_str())
+        .bind(settled)
+        .bind(to_i64(at_unix_ms))
+        .bind(lease_phase_str(LeasePhase::Released))
+        .bind(message)
+        .execute(&mut *tx)
+        .await
+        .during("settling a lease")?;
+        append_ledger(&mut tx, &lease, LedgerKind::Release, -reserved, at_unix_ms).await?;
+        append_ledger(&mut tx, &lease, LedgerKind::Charge, settled, at_unix_ms).await?;
+        tx.commit().await.during("committing a settlement")?;
+        lease.settled_usd = Some(micros_to_usd(settled));
+        lease.phase = LeasePhase::Released;
+        lease.pending_offer = None;
+        lease.status_message = Some(message.to_owned());
+        Ok(lease)
+    }
+
+    async fn get_lease(&self, id: &LeaseId) -> Result<Option<LeaseRecord>, StoreError> {
+        let mut conn = self.reader.acquire().await.during("reading a lease")?;
+        load_lease(&mut conn, id.as_str()).await
+    }
+
+    async fn open_leases(&self) -> Result<Vec<LeaseRecord>, StoreError> {
+        let mut conn = self.reader.acquire().await.during("listing open leases")?;
+        let rows = sqlx::query(&format!(
+            "SELECT {LEASE_COLUMNS} FROM leases WHERE settled_micros IS NULL ORDER BY granted_unix_ms"
+        ))
+        .fetch_all(&mut *conn)
+        .await
+        .during("listing open leases")?;
+        let mut leases = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let mut lease = lease_from_row(row)?;
+            lease.contracts = load_contracts(&mut conn, lease.lease_id.as_str()).await?;
+            leases.push(lease);
+        }
+        Ok(leases)
+    }
+
+    async fn committed(&self, job: &JobId, day: u64) -> Result<Committed, StoreError> {
+        let job_micros: i64 = sqlx::query_scalar(
+            "SELECT COALESCE(SUM(amount_micros), 0) FROM ledger WHERE job_id = $1",
+        )
+        .bind(job.as_str())
+        .fetch_one(&self.reader)
+        .await
+        .during("summing the ledger")?;
+        let day_micros: i64 =
+            sqlx::query_scalar("SELECT COALESCE(SUM(amount_micros), 0) FROM ledger WHERE day = $1")
+                .bind(to_i64(day))
+                .fetch_one(&self.reader)
+                .await
+                .during("summing the ledger")?;
+        Ok(Committed { job_usd: micros_to_usd(job_micros), day_usd: micros_to_usd(day_micros) })
+    }
+
+    async fn ledger_report(&self) -> Result<LedgerReport, StoreError> {
+        // One read transaction, so the leases and the ledger are the same snapshot.
+        let mut tx = self.reader.begin().await.during("checking the ledger")?;
+        let rows = sqlx::query(
+            "SELECT l.lease_id, l.reserved_micros, l.settled_micros, \
+               COALESCE((SELECT SUM(amount_micros) FROM ledger g WHERE g.lease_id = l.lease_id), 0) AS total, \
+               (SELECT COUNT(*) FROM ledger g WHERE g.lease_id = l.lease_id AND g.kind = 'reserve') AS reserves, \
+               (SELECT COUNT(*) FROM ledger g WHERE g.lease_id = l.lease_id AND g.kind = 'release') AS releases, \
+               (SELECT COUNT(*) FROM ledger g WHERE g.lease_id = l.lease_id AND g.kind = 'charge') AS charges \
+             FROM leases l ORDER BY l.lease_id",
+        )
+        .fetch_all(&mut *tx)
+        .await
+        .during("checking the ledger")?;
+        let ledger_micros: i64 =
+            sqlx::query_scalar("SELECT COALESCE(SUM(amount_micros), 0) FROM ledger")
+                .fetch_one(&mut *tx)
+                .await
+                .during("checking the ledger")?;
+        tx.commit().await.during("checking the ledger")?;
+        let mut report = LedgerReport { ledger_micros, ..LedgerReport::default() };
+        for row in &rows {
+            let reserved: i64 = get(row, "reserved_micros")?;
+            let settled: Option<i64> = get(row, "settled_micros")?;
+            let total: i64 = get(row, "total")?;
+            let counts: (i64, i64, i64) =
+                (get(row, "reserves")?, get(row, "releases")?, get(row, "charges")?);
+            report.leases += 1;
+            let committed = settled.unwrap_or(reserved);
+            report.committed_micros += committed;
+            let shape_ok = match settled {
+                None => {
+                    report.open += 1;
+                    counts == (1, 0, 0)
+                }
+                Some(_) => counts == (1, 1, 1),
+            };
+            if total != committed || !shape_ok {
+                let id: String = get(row, "lease_id")?;
+                report
+                    .unbalanced
+                    .push(LeaseId::new(id).map_err(|_| StoreError::Corrupt { what: "lease id" })?);
+            }
+        }
+        Ok(report)
+    }
+
+    async fn append_audit(&self, event: &AuditEvent) -> Result<i64, StoreError> {
+        let line = to_json(event, "audit event")?;
+        let mut tx = self.begin("appending an audit event").await?;
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO audit_events (timestamp, request_id, actor, action, resource, result, line) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
+        )
+        .bind(&event.timestamp)
+        .bind(event.request_id.as_deref())
+        .bind(&event.actor)
+        .bind(&event.action)
+        .bind(&event.resource)
+        .bind(&event.result)
+        .bind(line)
+        .fetch_one(&mut *tx)
+        .await
+        .during("appending an audit event")?;
+        tx.commit().await.during("appending an audit event")?;
+        Ok(id)
+    }
+
+    async fn audit_after(
+        &self,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<(i64, AuditEvent)>, StoreError> {
+        let rows =
+            sqlx::query("SELECT id, line FROM audit_events WHERE id > $1 ORDER BY id LIMIT $2")
+                .bind(after)
+                .bind(i64::from(limit))
+                .fetch_all(&self.reader)
+                .await
+                .during("reading the audit log")?;
+        rows.iter()
+            .map(|row| {
+                Ok((get(row, "id")?, from_json(&get::<String>(row, "line")?, "audit event")?))
+            })
+            .collect()
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query_scalar::<_, i64>("SELECT 1")
+            .fetch_one(&self.reader)
+            .await
+            .during("pinging the database")?;
+        Ok(())
+    }
+}
