@@ -25,7 +25,8 @@
 //!
 //! A failing step reports its number and errno on a `SOCK_SEQPACKET` pair and exits 127; the
 //! parent turns that into [`SpawnError::Child`]. End of file on that socket means `execve`
-//! succeeded (the child's end is close-on-exec).
+//! succeeded (the child's end is close-on-exec). The parent sleeps until that hang-up and only
+//! then reads what was queued (the seccomp listener), so it wakes once per spawn.
 //!
 //! The child is the init of its pid namespace: when it dies the kernel kills and reaps every
 //! process it left behind. Signals other than SIGKILL reach it only if it installed a handler
@@ -587,6 +588,8 @@ impl Prepared {
         // The child's copies are in place; ours are no longer needed.
         drop(self.transport.take());
         drop(std::mem::take(&mut self.stdio));
+        // One wake-up: the child's end closes when it executes (close-on-exec) or exits.
+        sys::wait_hangup(parent_end.as_fd()).map_err(os("poll"))?;
         loop {
             let mut buf = [0u8; 12];
             let (n, fd) = sys::recv_report(parent_end.as_fd(), &mut buf).map_err(os("recvmsg"))?;

@@ -297,6 +297,24 @@ pub(crate) fn poll_readable(fds: &[BorrowedFd<'_>], timeout_ms: c_int) -> io::Re
     Ok(ready)
 }
 
+/// Blocks until the peer of `sock` has closed its end (hang-up), without waking for data: the
+/// child's records queue up and are read afterwards, so the parent wakes once per spawn.
+pub(crate) fn wait_hangup(sock: BorrowedFd<'_>) -> io::Result<()> {
+    loop {
+        let mut pfd = libc::pollfd { fd: sock.as_raw_fd(), events: libc::POLLRDHUP, revents: 0 };
+        // SAFETY: one initialised pollfd on the stack; the fd is borrowed and stays open.
+        let ret = unsafe { libc::poll(&mut pfd, 1, -1) };
+        match check_int(ret) {
+            Ok(_) if pfd.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0 => {
+                return Ok(());
+            }
+            Ok(_) => continue,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// Receives one record from the child's report socket: its bytes and an fd passed with it.
 pub(crate) fn recv_report(
     sock: BorrowedFd<'_>,
