@@ -1,0 +1,448 @@
+//! Authentication (SR-001), scopes and per-token rate limits.
+//!
+//! Every route but `GET /healthz` takes an [`Authorized<S>`] extractor, which runs before the
+//! body is read:
+//!
+//! ```text
+//! Authorization: Bearer drover_...   -- missing / not Bearer ---------> 401
+//!        | well-formed (prefix, length, base64url, checksum)? -- no ---> 401 (no lookup)
+//!        | SHA-256, compared in constant time with EVERY configured digest
+//!        | match? -- none --> 401 (unknown)      revoked? -- yes --> 401 (revoked)
+//!        | token bucket of this token -- empty --> 429 + Retry-After
+//!        | scope S? -- no --> 403
+//!        v
+//!    handler (body validation comes after this)
+//! ```
+//!
+//! The token set is swapped atomically on reload ([`TokenRegistry::replace`]), so tokens are
+//! added and revoked without a restart and requests in flight finish with the set they
+//! started with. A token never appears in a log line, an error or an audit event: only its
+//! configured name does.
+
+use std::collections::{HashMap, HashSet};
+use std::marker::PhantomData;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
+
+use axum::extract::FromRequestParts;
+use axum::http::header;
+use axum::http::request::Parts;
+use drover_proto::api::ApiErrorCode;
+use drover_proto::config::{RateLimitConfig, Scope, TokenEntry};
+use subtle::ConstantTimeEq;
+
+use crate::error::{ApiError, RequestContext};
+use crate::server::ApiState;
+use crate::token;
+
+/// The least entropy a configured token may carry.
+pub const MIN_TOKEN_BITS: u32 = 256;
+
+/// Why a token configuration was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TokenConfigError {
+    /// The entry's format could carry fewer than 256 bits.
+    #[error("token {name:?}: its format carries {bits} bits of entropy, fewer than 256")]
+    WeakFormat {
+        /// The entry's name.
+        name: String,
+        /// What the format carries.
+        bits: u32,
+    },
+    /// The digest is not 64 lowercase hex digits.
+    #[error("token {name:?}: sha256 must be 64 lowercase hex digits")]
+    BadDigest {
+        /// The entry's name.
+        name: String,
+    },
+    /// Two entries have the same digest.
+    #[error("tokens {first:?} and {second:?} have the same digest")]
+    DuplicateDigest {
+        /// One entry.
+        first: String,
+        /// The other.
+        second: String,
+    },
+    /// Two entries have the same name, so audit lines could not tell them apart.
+    #[error("two tokens are named {name:?}")]
+    DuplicateName {
+        /// The name.
+        name: String,
+    },
+    /// An entry has no scope.
+    #[error("token {name:?} has no scope")]
+    NoScope {
+        /// The entry's name.
+        name: String,
+    },
+}
+
+/// One configured token, as the server holds it.
+#[derive(Clone, Debug)]
+struct Entry {
+    name: Arc<str>,
+    digest: [u8; 32],
+    scopes: u8,
+    revoked: bool,
+}
+
+fn scope_bit(scope: Scope) -> u8 {
+    match scope {
+        Scope::JobsRead => 1,
+        Scope::JobsWrite => 2,
+        Scope::DriversRead => 4,
+        Scope::MetricsRead => 8,
+    }
+}
+
+/// The configured tokens, checked and ready for lookups.
+#[derive(Clone, Debug, Default)]
+pub struct TokenSet {
+    entries: Vec<Entry>,
+}
+
+/// An authenticated caller.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Principal {
+    /// The token's configured name.
+    pub name: Arc<str>,
+    scopes: u8,
+}
+
+impl Principal {
+    /// Whether the token carries `scope`.
+    pub fn has(&self, scope: Scope) -> bool {
+        self.scopes & scope_bit(scope) != 0
+    }
+}
+
+/// Why a presented token was refused; the audit log records which.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rejection {
+    /// No `Authorization: Bearer` header.
+    Missing,
+    /// Not a well-formed token; no lookup was made.
+    Malformed,
+    /// Well-formed, but no configured digest matches.
+    Unknown,
+    /// Its entry is marked revoked.
+    Revoked,
+}
+
+impl Rejection {
+    /// The audit `result` for this rejection.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Missing => "unauthenticated:missing",
+            Self::Malformed => "unauthenticated:malformed",
+            Self::Unknown => "unauthenticated:unknown",
+            Self::Revoked => "unauthenticated:revoked",
+        }
+    }
+}
+
+impl TokenSet {
+    /// Checks `entries` and builds the set. Refuses (so the server refuses to start, or a
+    /// reload is refused and the old set stays) on any entry whose format could carry fewer
+    /// than 256 bits, a malformed digest, duplicate digests or names, or no scope.
+    pub fn new(entries: &[TokenEntry]) -> Result<Self, TokenConfigError> {
+        let mut names = HashSet::new();
+        let mut digests: HashMap<[u8; 32], String> = HashMap::new();
+        let mut out = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let name = entry.name.clone();
+            let bits = entry.format.entropy_bits();
+            if bits < MIN_TOKEN_BITS {
+                return Err(TokenConfigError::WeakFormat { name, bits });
+            }
+            let well_formed = entry.sha256.len() == 64
+                && entry.sha256.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+            let mut digest = [0u8; 32];
+            if !well_formed || hex::decode_to_slice(&entry.sha256, &mut digest).is_err() {
+                return Err(TokenConfigError::BadDigest { name });
+            }
+            if entry.scopes.is_empty() {
+                return Err(TokenConfigError::NoScope { name });
+            }
+            if !names.insert(name.clone()) {
+                return Err(TokenConfigError::DuplicateName { name });
+            }
+            if let Some(first) = digests.insert(digest, name.clone()) {
+                return Err(TokenConfigError::DuplicateDigest { first, second: name });
+            }
+            out.push(Entry {
+                name: Arc::from(name.as_str()),
+                digest,
+                scopes: entry.scopes.iter().fold(0, |bits, s| bits | scope_bit(*s)),
+                revoked: entry.revoked,
+            });
+        }
+        Ok(Self { entries: out })
+    }
+
+    /// How many tokens are configured (revoked ones included).
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether no token is configured.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Looks up a presented token. Malformed tokens are refused before any comparison;
+    /// otherwise its digest is compared with every entry, in constant time per entry and
+    /// without stopping at a match, so timing says nothing about which entry matched.
+    pub fn authenticate(&self, presented: &str) -> Result<Principal, Rejection> {
+        token::parse(presented).map_err(|_| Rejection::Malformed)?;
+        let digest = token::digest(presented);
+        let mut found: Option<&Entry> = None;
+        for entry in &self.entries {
+            let equal: bool = entry.digest.ct_eq(&digest).into();
+            if equal {
+                found = Some(entry);
+            }
+        }
+        match found {
+            None => Err(Rejection::Unknown),
+            Some(entry) if entry.revoked => Err(Rejection::Revoked),
+            Some(entry) => Ok(Principal { name: entry.name.clone(), scopes: entry.scopes }),
+        }
+    }
+}
+
+/// The live token set, replaced whole on reload.
+#[derive(Debug, Default)]
+pub struct TokenRegistry {
+    current: RwLock<Arc<TokenSet>>,
+}
+
+impl TokenRegistry {
+    /// A registry holding `set`.
+    pub fn new(set: TokenSet) -> Self {
+        Self { current: RwLock::new(Arc::new(set)) }
+    }
+
+    /// The set in force.
+    pub fn current(&self) -> Arc<TokenSet> {
+        match self.current.read() {
+            Ok(guard) => guard.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Checks `entries` and, if they pass, makes them the set in force. On error the old set
+    /// stays.
+    pub fn replace(&self, entries: &[TokenEntry]) -> Result<usize, TokenConfigError> {
+        let set = Arc::new(TokenSet::new(entries)?);
+        let count = set.len();
+        match self.current.write() {
+            Ok(mut guard) => *guard = set,
+            Err(poisoned) => *poisoned.into_inner() = set,
+        }
+        Ok(count)
+    }
+}
+
+/// Token buckets, one per token name.
+#[derive(Debug)]
+pub struct RateLimiter {
+    per_second: f64,
+    burst: f64,
+    buckets: Mutex<HashMap<Arc<str>, Bucket>>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+impl RateLimiter {
+    /// A limiter with `config`'s rate and burst.
+    pub fn new(config: RateLimitConfig) -> Self {
+        Self {
+            per_second: f64::from(config.per_second.max(1)),
+            burst: f64::from(config.burst.max(1)),
+            buckets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Takes one request from `name`'s bucket, or says how many seconds until one is free.
+    pub fn check(&self, name: &Arc<str>, now: Instant) -> Result<(), u64> {
+        let mut buckets = match self.buckets.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let bucket = buckets.entry(name.clone()).or_insert(Bucket { tokens: self.burst, at: now });
+        let elapsed = now.saturating_duration_since(bucket.at).as_secs_f64();
+        bucket.tokens = (bucket.tokens + elapsed * self.per_second).min(self.burst);
+        bucket.at = now;
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            Ok(())
+        } else {
+            // Whole seconds until one request is available, at least 1.
+            let wait = ((1.0 - bucket.tokens) / self.per_second).ceil();
+            // Bounded: at most 1 / per_second <= 1 second with per_second >= 1.
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+            let wait = wait.max(1.0) as u64;
+            Err(wait)
+        }
+    }
+}
+
+/// The scope a route requires, as a type: `Authorized<JobsWrite>`.
+pub trait RequiredScope: Send + Sync + 'static {
+    /// The scope, or `None` for "any valid token".
+    const SCOPE: Option<Scope>;
+}
+
+macro_rules! scopes {
+    ($($(#[doc = $doc:literal])* $name:ident => $scope:expr;)*) => {$(
+        $(#[doc = $doc])*
+        #[derive(Debug)]
+        pub struct $name;
+        impl RequiredScope for $name {
+            const SCOPE: Option<Scope> = $scope;
+        }
+    )*};
+}
+
+scopes! {
+    /// Any valid token.
+    AnyScope => None;
+    /// `jobs:read`.
+    JobsRead => Some(Scope::JobsRead);
+    /// `jobs:write`.
+    JobsWrite => Some(Scope::JobsWrite);
+    /// `drivers:read`.
+    DriversRead => Some(Scope::DriversRead);
+    /// `metrics:read`.
+    MetricsRead => Some(Scope::MetricsRead);
+}
+
+/// An authenticated, rate-limited caller holding scope `S`. Its rejection is an
+/// [`ApiError`]: 401 (with `WWW-Authenticate`), 429 or 403.
+#[derive(Debug)]
+pub struct Authorized<S: RequiredScope> {
+    /// Who.
+    pub principal: Principal,
+    _scope: PhantomData<S>,
+}
+
+/// The bearer token of a request, if the header is present and says `Bearer`.
+fn bearer(parts: &Parts) -> Option<&str> {
+    let value = parts.headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+impl<S: RequiredScope> FromRequestParts<Arc<ApiState>> for Authorized<S> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<ApiState>,
+    ) -> Result<Self, Self::Rejection> {
+        let tokens = state.tokens.current();
+        let outcome = match bearer(parts) {
+            None => Err(Rejection::Missing),
+            Some(presented) => tokens.authenticate(presented),
+        };
+        let principal = match outcome {
+            Ok(principal) => principal,
+            Err(rejection) => {
+                state.metrics.auth_failure(rejection);
+                if let Some(context) = RequestContext::current() {
+                    context.set_rejection(rejection);
+                }
+                return Err(ApiError::new(ApiErrorCode::Unauthorized)
+                    .with_message("a valid bearer token is required"));
+            }
+        };
+        if let Some(context) = RequestContext::current() {
+            context.set_actor(principal.name.clone());
+        }
+        if let Err(wait) = state.limiter.check(&principal.name, Instant::now()) {
+            state.metrics.rate_limited();
+            return Err(ApiError::rate_limited(wait));
+        }
+        if let Some(scope) = S::SCOPE
+            && !principal.has(scope)
+        {
+            return Err(ApiError::new(ApiErrorCode::Forbidden)
+                .with_message("the token lacks the scope this route requires"));
+        }
+        Ok(Self { principal, _scope: PhantomData })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use drover_proto::config::TokenFormat;
+
+    fn entry(name: &str, token: &token::ApiToken, scopes: &[Scope]) -> TokenEntry {
+        TokenEntry {
+            name: name.to_owned(),
+            sha256: token.sha256_hex(),
+            scopes: scopes.to_vec(),
+            format: TokenFormat::DroverV1,
+            revoked: false,
+        }
+    }
+
+    #[test]
+    fn lookups_tell_malformed_unknown_revoked_and_valid_apart() {
+        let a = token::ApiToken::from_random(&[1; 32]);
+        let b = token::ApiToken::from_random(&[2; 32]);
+        let c = token::ApiToken::from_random(&[3; 32]);
+        let mut revoked = entry("old", &b, &[Scope::JobsRead]);
+        revoked.revoked = true;
+        let set = TokenSet::new(&[entry("ci", &a, &[Scope::JobsWrite]), revoked]).unwrap();
+        let principal = set.authenticate(a.expose()).unwrap();
+        assert_eq!(&*principal.name, "ci");
+        assert!(principal.has(Scope::JobsWrite) && !principal.has(Scope::JobsRead));
+        assert_eq!(set.authenticate(b.expose()), Err(Rejection::Revoked));
+        assert_eq!(set.authenticate(c.expose()), Err(Rejection::Unknown));
+        assert_eq!(set.authenticate("hunter2"), Err(Rejection::Malformed));
+    }
+
+    #[test]
+    fn bad_configurations_are_refused() {
+        let a = token::ApiToken::from_random(&[1; 32]);
+        let dup = TokenSet::new(&[
+            entry("x", &a, &[Scope::JobsRead]),
+            entry("y", &a, &[Scope::JobsRead]),
+        ]);
+        assert!(matches!(dup, Err(TokenConfigError::DuplicateDigest { .. })));
+        let b = token::ApiToken::from_random(&[2; 32]);
+        let same_name = TokenSet::new(&[
+            entry("x", &a, &[Scope::JobsRead]),
+            entry("x", &b, &[Scope::JobsRead]),
+        ]);
+        assert!(matches!(same_name, Err(TokenConfigError::DuplicateName { .. })));
+        let mut upper = entry("x", &a, &[Scope::JobsRead]);
+        upper.sha256 = upper.sha256.to_uppercase();
+        assert!(matches!(TokenSet::new(&[upper]), Err(TokenConfigError::BadDigest { .. })));
+        assert!(matches!(
+            TokenSet::new(&[entry("x", &a, &[])]),
+            Err(TokenConfigError::NoScope { .. })
+        ));
+    }
+
+    #[test]
+    fn buckets_refill_and_say_when() {
+        let limiter = RateLimiter::new(RateLimitConfig { per_second: 2, burst: 3 });
+        let name: Arc<str> = Arc::from("ci");
+        let t0 = Instant::now();
+        for _ in 0..3 {
+            limiter.check(&name, t0).unwrap();
+        }
+        assert_eq!(limiter.check(&name, t0), Err(1));
+        limiter.check(&name, t0 + std::time::Duration::from_millis(600)).unwrap();
+        // Another token has its own bucket.
+        limiter.check(&Arc::from("other"), t0).unwrap();
+    }
+}
