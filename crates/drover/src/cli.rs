@@ -25,4 +25,6 @@ pub enum Command {
     Exec(cmd::exec::Args),
     /// Sandbox features of this kernel (`status`), or a self-report from inside (`probe`).
     Sandbox(cmd::sandbox::Args),
+    /// Make API tokens (`token new`): printed once, stored only as a digest.
+    Token(cmd::token::Args),
 }

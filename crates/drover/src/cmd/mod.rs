@@ -3,6 +3,7 @@
 pub mod exec;
 pub mod sandbox;
 pub mod schemas;
+pub mod token;
 pub mod validate;
 
 use std::process::ExitCode;
@@ -16,5 +17,6 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Schemas(args) => schemas::run(args),
         Command::Exec(args) => exec::run(args),
         Command::Sandbox(args) => sandbox::run(args),
+        Command::Token(args) => token::run(args),
     }
 }
