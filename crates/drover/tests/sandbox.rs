@@ -654,3 +654,53 @@ fn an_oom_kill_in_the_memory_cgroup_is_named() {
     let (output, _) = probe(As::Root, &limited, &["alloc:8"]);
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
 }
+
+/// Pids of processes whose command line is exactly `argv`.
+fn processes_running(argv: &[&str]) -> Vec<u32> {
+    let wanted = argv.iter().map(|a| format!("{a}\0")).collect::<String>();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c == wanted.as_bytes())
+                && !is_dead(*pid)
+        })
+        .collect()
+}
+
+#[test]
+fn orphans_that_leave_the_process_group_are_reaped_as_subreaper_and_as_pid_1() {
+    require_privilege!();
+    if !is_root() {
+        eprintln!("SKIPPED: running drover as PID 1 of a new pid namespace needs root");
+        return;
+    }
+    // Without namespaces, a daemonised grandchild escapes the driver's process group; the
+    // supervisor (a subreaper, or PID 1 of a container) inherits it and must not leave it.
+    let flat = profile("namespaces = false\n");
+    let seconds = format!("{}", 30_000 + std::process::id() % 10_000);
+    let script = format!("/usr/bin/setsid --fork /bin/sleep {seconds}; /bin/sleep 0.3");
+    for as_pid1 in [false, true] {
+        let mut command = exec_command(As::Root, &flat, &["/bin/sh", "-c", &script]);
+        if as_pid1 {
+            let inner = command;
+            command = Command::new("unshare");
+            command.args(["--pid", "--fork", "--kill-child"]).arg(inner.get_program());
+            command.args(inner.get_args()).current_dir("/");
+        }
+        // Not pipes: a leaked daemon would hold them open and hang the test instead of failing it.
+        let status = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        assert_eq!(status.code(), Some(0), "pid 1: {as_pid1}");
+        let left = processes_running(&["/bin/sleep", &seconds]);
+        for pid in &left {
+            signal(*pid, nix::sys::signal::SIGKILL);
+        }
+        assert!(left.is_empty(), "pid 1: {as_pid1}: {left:?} outlived drover exec");
+    }
+}
