@@ -27,4 +27,6 @@ pub enum Command {
     Sandbox(cmd::sandbox::Args),
     /// Make API tokens (`token new`): printed once, stored only as a digest.
     Token(cmd::token::Args),
+    /// Run the Vast.ai simulator: the real API's routes and shapes, with switchable faults.
+    FakeVast(cmd::fake_vast::Args),
 }

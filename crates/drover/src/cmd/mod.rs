@@ -1,6 +1,7 @@
 //! One module per subcommand, each with its `Args` and a `run` returning the exit code.
 
 pub mod exec;
+pub mod fake_vast;
 pub mod sandbox;
 pub mod schemas;
 pub mod token;
@@ -16,6 +17,7 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Validate(args) => validate::run(args),
         Command::Schemas(args) => schemas::run(args),
         Command::Exec(args) => exec::run(args),
+        Command::FakeVast(args) => fake_vast::run(args),
         Command::Sandbox(args) => sandbox::run(args),
         Command::Token(args) => token::run(args),
     }

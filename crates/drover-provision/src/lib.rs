@@ -1,0 +1,65 @@
+//! drover's gated provisioner: the only code that holds the Vast.ai key and the only way a GPU
+//! is ever rented.
+//!
+//! | Module | What it does |
+//! |---|---|
+//! | [`secret`] | [`ApiKey`]: read once from `VASTAI_API_KEY`, redacted in every `Debug`/`Display` |
+//! | [`vast`] | the Vast.ai REST client: retries, error classification, "any contract is live" |
+//! | [`sim`] | the Vast.ai simulator: same routes and shapes, faults, its own billing ledger |
+//! | [`estimate`] | the deterministic cost model, with worked examples |
+//! | [`gate`] | the cost gate (SR-007): below 95% confidence, or any doubt, nothing is rented |
+//! | [`provisioner`] | leases: reserve, rent with failover, watchdog, confirmed destroy, settle, reaper; persisted through [`drover_store::Store`] |
+//! | [`redact`] | blanks secret-bearing fields before anything is logged |
+//!
+//! Architecture invariants:
+//!
+//! - The key never leaves this crate: it is sent only as `Authorization: Bearer`, never in a
+//!   URL, log line, error, audit event or anything handed to a driver.
+//! - Fail closed: an estimate with any doubtful input, a stale quote, a confidence below the
+//!   floor, or a daily cap that cannot cover the worst case rents nothing.
+//! - Write before acting, close after proof: the lease is reserved before the first create, a
+//!   contract id is recorded the moment a response names one, and a lease is settled only after
+//!   its instances are confirmed gone.
+//! - Never an instance billing without an owner: at most one live instance per lease, a hard
+//!   deadline per lease, and a reaper (at start-up and periodically) that destroys every
+//!   instance labelled for this deployment that no live lease owns.
+//! - A failed list is an error, never an empty list.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use drover_provision::vast::{DEFAULT_BASE_URL, base_url_from_env};
+//! use drover_provision::{ApiKey, Clock, Provisioner, ProvisionerConfig, RetryPolicy, VastClient};
+//! use drover_store::SqliteStore;
+//!
+//! let key = ApiKey::from_env()?; // VASTAI_API_KEY, read once
+//! let client = VastClient::new(&base_url_from_env(DEFAULT_BASE_URL), key, RetryPolicy::default())?;
+//! let store = SqliteStore::open_in(std::path::Path::new("./drover-data")).await?;
+//! let config = ProvisionerConfig::new("prod");
+//! let provisioner = Provisioner::start(client, store, config, Clock::system()).await?;
+//! # drop(provisioner); Ok(()) }
+//! ```
+
+#![forbid(unsafe_code)]
+#![recursion_limit = "256"]
+
+pub mod clock;
+pub mod estimate;
+pub mod gate;
+pub mod provider;
+pub mod provisioner;
+pub mod redact;
+pub mod retry;
+pub mod secret;
+pub mod sim;
+pub mod vast;
+
+pub use clock::Clock;
+pub use estimate::{CostModel, Estimate, EstimateInputs};
+pub use gate::{CostGateError, Gate, GateReason};
+pub use provider::Provider;
+pub use provisioner::{
+    AcquireError, JobContext, LeaseError, Provisioner, ProvisionerConfig, ReapReport,
+};
+pub use retry::RetryPolicy;
+pub use secret::ApiKey;
+pub use vast::{VastClient, VastError};
