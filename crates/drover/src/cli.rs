@@ -29,4 +29,8 @@ pub enum Command {
     Token(cmd::token::Args),
     /// Run the Vast.ai simulator: the real API's routes and shapes, with switchable faults.
     FakeVast(cmd::fake_vast::Args),
+    /// Submit, list, show, cancel and follow jobs on a running server.
+    Jobs(cmd::jobs::Args),
+    /// A dry-run cost estimate for a job through the server's gate; nothing is rented.
+    Estimate(cmd::estimate::Args),
 }

@@ -1,7 +1,9 @@
 //! One module per subcommand, each with its `Args` and a `run` returning the exit code.
 
+pub mod estimate;
 pub mod exec;
 pub mod fake_vast;
+pub mod jobs;
 pub mod sandbox;
 pub mod schemas;
 pub mod token;
@@ -20,5 +22,7 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::FakeVast(args) => fake_vast::run(args),
         Command::Sandbox(args) => sandbox::run(args),
         Command::Token(args) => token::run(args),
+        Command::Jobs(args) => jobs::run(args),
+        Command::Estimate(args) => estimate::run(args),
     }
 }
