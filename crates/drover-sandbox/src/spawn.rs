@@ -557,12 +557,12 @@ impl Prepared {
                     if self.require_namespaces {
                         return Err(SpawnError::MissingFeature {
                             feature: Feature::Namespaces,
-                            reason: format!("clone3 into new namespaces failed: {e}"),
+                            reason: format!("cloning into new namespaces failed: {e}"),
                         });
                     }
                     NAMESPACES_REFUSED.store(true, Ordering::Relaxed);
                     self.degradations.push(Degradation::NoNamespaces {
-                        reason: format!("clone3 into new namespaces failed: {e}"),
+                        reason: format!("cloning into new namespaces failed: {e}"),
                     });
                     namespaces = 0;
                 }

@@ -593,19 +593,7 @@ pub(crate) struct ChildPlan<'a> {
 /// pidfd. The child reports a failed step, or the seccomp listener, on `plan.report_fd`.
 pub(crate) fn spawn(plan: &ChildPlan<'_>) -> io::Result<(libc::pid_t, OwnedFd)> {
     let mut pidfd: c_int = -1;
-    let mut args = CloneArgs {
-        flags: CLONE_PIDFD | plan.namespaces,
-        pidfd: &mut pidfd as *mut c_int as u64,
-        exit_signal: libc::SIGCHLD as u64,
-        ..CloneArgs::default()
-    };
-    // SAFETY: clone3 with a zero stack behaves like fork: the child gets a copy of this address
-    // space, so every pointer in `plan` (into buffers the caller keeps alive across this call)
-    // stays valid in it. The child runs only `child_main`, which makes async-signal-safe calls
-    // and never returns. `pidfd` is a live local the kernel writes in the parent.
-    let ret =
-        unsafe { libc::syscall(SYS_CLONE3, &mut args as *mut CloneArgs, size_of::<CloneArgs>()) };
-    let pid = check(ret)?;
+    let pid = fork_like(CLONE_PIDFD | plan.namespaces, &mut pidfd)?;
     if pid == 0 {
         child_main(plan);
     }
@@ -614,16 +602,52 @@ pub(crate) fn spawn(plan: &ChildPlan<'_>) -> io::Result<(libc::pid_t, OwnedFd)> 
     Ok((pid as libc::pid_t, pidfd))
 }
 
+/// `clone3(flags)` with a zero stack, which behaves like `fork` (returns 0 in the child). Where
+/// `clone3` is refused with `ENOSYS` (Docker's and containerd's default seccomp profiles do
+/// that, so that libc falls back), the legacy `clone` with the same flags; it has taken
+/// `CLONE_PIDFD` (pidfd stored at the parent-tid pointer) since Linux 5.2. Namespace flags and
+/// `CLONE_PIDFD` all fit the legacy call's 32-bit flag word.
+///
+/// The caller must make the child run only async-signal-safe code and never return into Rust
+/// code that allocates or unwinds; `spawn` and `probe_clone` do.
+fn fork_like(flags: u64, pidfd: &mut c_int) -> io::Result<c_long> {
+    let mut args = CloneArgs {
+        flags,
+        pidfd: pidfd as *mut c_int as u64,
+        exit_signal: libc::SIGCHLD as u64,
+        ..CloneArgs::default()
+    };
+    // SAFETY: clone3 with a zero stack behaves like fork: the child gets a copy of this address
+    // space, so every pointer the caller holds (into buffers it keeps alive across this call)
+    // stays valid in it; what the child runs is the caller's obligation (see above). `pidfd` is
+    // a live exclusive borrow the kernel writes in the parent when CLONE_PIDFD is set.
+    let ret =
+        unsafe { libc::syscall(SYS_CLONE3, &mut args as *mut CloneArgs, size_of::<CloneArgs>()) };
+    match check(ret) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => {}
+        other => return other,
+    }
+    let legacy_flags = c_ulong::try_from(flags)
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?
+        | libc::SIGCHLD as c_ulong;
+    let no_stack: c_ulong = 0;
+    let no_tid: c_ulong = 0;
+    let no_tls: c_ulong = 0;
+    // SAFETY: as above: the legacy clone with a zero stack behaves like fork. With CLONE_PIDFD
+    // the kernel writes the pidfd through the third argument (parent_tid on every
+    // architecture), which is the same live exclusive borrow; child_tid and tls are unused
+    // (no CLONE_CHILD_SETTID/CLEARTID/SETTLS) and passed as 0 whatever their order.
+    let ret = unsafe {
+        libc::syscall(libc::SYS_clone, legacy_flags, no_stack, pidfd as *mut c_int, no_tid, no_tls)
+    };
+    check(ret)
+}
+
 /// Clones a child with `namespaces` that exits at once, and reaps it: whether this process
 /// may create those namespaces.
 pub(crate) fn probe_clone(namespaces: u64) -> io::Result<()> {
-    let mut args =
-        CloneArgs { flags: namespaces, exit_signal: libc::SIGCHLD as u64, ..CloneArgs::default() };
-    // SAFETY: clone3 with a zero stack behaves like fork; the child only calls _exit, which is
-    // async-signal-safe and never returns.
-    let ret =
-        unsafe { libc::syscall(SYS_CLONE3, &mut args as *mut CloneArgs, size_of::<CloneArgs>()) };
-    let pid = check(ret)?;
+    let mut unused_pidfd: c_int = -1;
+    let pid = fork_like(namespaces, &mut unused_pidfd)?;
     if pid == 0 {
         // SAFETY: see above.
         unsafe { libc::_exit(0) }

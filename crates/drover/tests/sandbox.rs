@@ -704,3 +704,86 @@ fn orphans_that_leave_the_process_group_are_reaped_as_subreaper_and_as_pid_1() {
         assert!(left.is_empty(), "pid 1: {as_pid1}: {left:?} outlived drover exec");
     }
 }
+
+/// Runs `args` under the seccomp policy container runtimes apply by default to a process
+/// without `CAP_SYS_ADMIN` (Docker's and containerd's `RuntimeDefault`, as far as process
+/// creation goes): `clone3` answers `ENOSYS` so that libc falls back to `clone`, `unshare` is
+/// refused, and `clone` with `CLONE_NEWUSER` is refused. The filter is installed by a small
+/// Python program (ctypes: `prctl` no-new-privs, then `PR_SET_SECCOMP`), which then execs.
+fn under_container_default_seccomp(args: &[String]) -> Output {
+    const WRAPPER: &str = r#"
+import ctypes, os, platform, struct, sys
+clone_nr, unshare_nr = {"x86_64": (56, 272), "aarch64": (220, 97)}[platform.machine()]
+ALLOW, ERRNO = 0x7FFF0000, 0x00050000
+LD_ABS, JEQ, JSET, RET = 0x20, 0x15, 0x45, 0x06
+program = [
+    (LD_ABS, 0, 0, 0),                      # the system call number
+    (JEQ, 0, 1, 435), (RET, 0, 0, ERRNO | 38),  # clone3: ENOSYS
+    (JEQ, 0, 1, unshare_nr), (RET, 0, 0, ERRNO | 1),  # unshare: EPERM
+    (JEQ, 0, 3, clone_nr),
+    (LD_ABS, 0, 0, 16),                     # clone's flags (low word)
+    (JSET, 0, 1, 0x10000000), (RET, 0, 0, ERRNO | 1),  # clone(CLONE_NEWUSER): EPERM
+    (RET, 0, 0, ALLOW),
+]
+code = b"".join(struct.pack("HBBI", *op) for op in program)
+buffer = ctypes.create_string_buffer(code)
+class Prog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+prog = Prog(len(program), ctypes.addressof(buffer))
+libc = ctypes.CDLL(None, use_errno=True)
+assert libc.prctl(38, 1, 0, 0, 0) == 0, "PR_SET_NO_NEW_PRIVS"
+assert libc.prctl(22, 2, ctypes.byref(prog), 0, 0) == 0, os.strerror(ctypes.get_errno())
+os.execv(sys.argv[1], sys.argv[1:])
+"#;
+    Command::new("python3")
+        .arg("-c")
+        .arg(WRAPPER)
+        .args(args)
+        .current_dir("/")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn under_a_container_runtimes_default_seccomp_the_sandbox_degrades_loudly_and_still_confines() {
+    require_privilege!();
+    let profile = profile("");
+    let drover = probe_bin();
+    let status =
+        under_container_default_seccomp(&[drover.clone(), "sandbox".into(), "status".into()]);
+    assert_eq!(status.status.code(), Some(0), "{}", stderr(&status));
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(text.contains("namespaces       unavailable"), "{text}");
+    assert!(text.contains("degradation      no namespaces"), "{text}");
+
+    // clone3 is ENOSYS here: the spawn must fall back to clone, not fail.
+    let output = under_container_default_seccomp(&[
+        drover.clone(),
+        "exec".into(),
+        "--profile".into(),
+        profile.path.display().to_string(),
+        "--".into(),
+        drover,
+        "sandbox".into(),
+        "probe".into(),
+        "--try=socket-inet".into(),
+    ]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert!(stderr(&output).contains("degraded: no namespaces"), "{}", stderr(&output));
+    let lines: Vec<Value> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let status = &lines[0]["facts"]["status"];
+    for mask in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+        assert_eq!(status[mask], "0000000000000000", "{mask}: {status}");
+    }
+    assert_eq!(status["NoNewPrivs"], "1");
+    assert_eq!(status["Seccomp"], "2");
+    // Without a pid namespace the driver is not pid 1 of its own namespace.
+    assert_eq!(lines[0]["facts"]["pid"], lines[0]["facts"]["proc_pid"]);
+    assert_ne!(status["Uid"].as_str().unwrap().split_whitespace().next(), Some("0"));
+    // Still no network: socket families are denied by seccomp.
+    assert_eq!(outcome(&lines, "socket-inet")["succeeded"], false);
+}
