@@ -4,7 +4,10 @@
 #   - the entrypoint is not ["/usr/local/bin/drover","serve"];
 #   - a file in the image carries setuid/setgid bits or file capabilities, or a shell exists;
 #   - the binary does not run under --cap-drop ALL --security-opt no-new-privileges
-#     --read-only --network none, or the shipped config does not validate there.
+#     --read-only --network none, or the shipped config does not validate there;
+#   - in that container, the supervisor's privilege drop does not verify, or a driver started
+#     the way the supervisor starts one (`drover exec`) reports a capability mask other than 0
+#     in any of the five sets, NoNewPrivs other than 1, uid 0, or no seccomp filter.
 #
 #   deploy/image/check.sh [IMAGE]      # default: localhost/drover:local
 #
@@ -45,4 +48,30 @@ sys.exit(1 if bad else 0)
 
 "${run[@]}" --entrypoint /usr/local/bin/drover "$image" --version
 "${run[@]}" --entrypoint /usr/local/bin/drover "$image" validate --kind config /etc/drover/drover.toml
+
+# The runtime probe of SR-005: the supervisor, then a driver, inside the locked-down container.
+status=$("${run[@]}" --entrypoint /usr/local/bin/drover "$image" sandbox status --json)
+probe=$("${run[@]}" --entrypoint /usr/local/bin/drover "$image" exec -- /usr/local/bin/drover sandbox probe)
+python3 - "$status" "$probe" <<'PY'
+import json, sys
+status = json.loads(sys.argv[1])
+drop = status["privilege_drop"]
+problems = []
+if not drop.get("ok") or drop.get("uid") in (None, 0):
+    problems.append(f"supervisor privilege drop: {drop}")
+facts = json.loads(sys.argv[2].splitlines()[0])["facts"]["status"]
+for mask in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"):
+    if int(facts[mask], 16) != 0:
+        problems.append(f"driver {mask} = {facts[mask]}")
+if facts["NoNewPrivs"] != "1":
+    problems.append(f"driver NoNewPrivs = {facts['NoNewPrivs']}")
+if facts["Uid"].split()[0] == "0":
+    problems.append(f"driver Uid = {facts['Uid']}")
+if facts["Seccomp"] != "2":
+    problems.append(f"driver Seccomp = {facts['Seccomp']}")
+for line in problems:
+    print("check.sh:", line, file=sys.stderr)
+print(f"check.sh: supervisor uid {drop['uid']}; driver {' '.join(m + '=' + facts[m] for m in ('CapInh', 'CapPrm', 'CapEff', 'CapBnd', 'CapAmb'))}, NoNewPrivs {facts['NoNewPrivs']}, Seccomp {facts['Seccomp']}; degradations: {status['degradations'] or 'none'}", file=sys.stderr)
+sys.exit(1 if problems else 0)
+PY
 echo "check.sh: $image passed" >&2
