@@ -449,6 +449,33 @@ class Protocol(unittest.TestCase):
         self.assertIn("a stray print on stdout", s.output("stdout"))
 
 
+class Example(unittest.TestCase):
+    EXAMPLE = os.path.join(HERE, "..", "example_driver.py")
+
+    def test_example_sleeps_with_progress_and_cancels(self):
+        s = Session(self, script=self.EXAMPLE)
+        hello = s.handshake()
+        self.assertEqual(sorted(hello["msg"]["actions"]), ["echo", "sleep"])
+        s.run_job("sleep", {"seconds": 0.5})
+        result, state, frames = s.job_end()
+        self.assertEqual((result["output"], state["state"]), ({"ticks": 5}, "succeeded"))
+        self.assertIn("job_progress", [f["msg"]["type"] for f in frames])
+        s.run_job("sleep", {"seconds": 60}, job_id="job-2")
+        s.recv()
+        s.request({"type": "cancel_job", "job_id": "job-2", "reason": "test"})
+        result, state, _ = s.job_end()
+        self.assertEqual(state["state"], "cancelled")
+        s.run_job("sleep", {"seconds": 0, "fail": True}, job_id="job-3")
+        result, state, _ = s.job_end()
+        self.assertEqual(result["message"], "RuntimeError: asked to fail")
+        s.request({"type": "shutdown", "grace_ms": 1000})
+        self.assertEqual(s.exit_code(), 0)
+
+    def test_example_is_short(self):
+        with open(self.EXAMPLE) as f:
+            self.assertLess(len(f.readlines()), 100)
+
+
 class BadInput(unittest.TestCase):
     def test_malformed_frames_are_answered_and_the_session_goes_on(self):
         s = Session(self)

@@ -1,0 +1,62 @@
+#!/usr/bin/env python3
+"""An example drover driver: `sleep` for a while with progress and logs, cancel-aware.
+
+Run it under drover's conformance kit:
+
+    drover driver-check -- python3 drivers/python/example_driver.py
+
+or declare it in drover.toml:
+
+    [[drivers]]
+    name = "example"
+    command = ["/usr/bin/python3", "/opt/drivers/example_driver.py"]
+"""
+
+import os
+import sys
+
+# drover_driver.py sits next to this file; a driver may also vendor it or install it.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from drover_driver import Driver  # noqa: E402
+
+driver = Driver("example", "1.0.0")
+
+SLEEP_PARAMS = {
+    "type": "object",
+    "properties": {
+        "seconds": {"type": "number", "minimum": 0, "maximum": 3600},
+        "fail": {"type": "boolean"},
+    },
+    "required": ["seconds"],
+    "additionalProperties": False,
+}
+
+
+@driver.action(params=SLEEP_PARAMS)
+def sleep(job):
+    """Sleeps `seconds` in tenths, reporting progress and a log line each second."""
+    ticks = round(job.params["seconds"] * 10)
+    job.log(f"job {job.id}: sleeping {job.params['seconds']} s")
+    for tick in range(ticks):
+        job.progress(tick, total=max(ticks, 1), unit="ticks", message=f"tick {tick} of {ticks}")
+        if tick % 10 == 0:
+            job.log(f"tick {tick}")
+        # Returns True at once when the job is cancelled (cancel_job, deadline, shutdown).
+        if job.wait(0.1):
+            job.log(f"cancelled after {tick} ticks: {job.cancel_reason}", stream="stderr")
+            return {"ticks": tick}  # reported as `cancelled`, with this output
+    if job.params.get("fail"):
+        raise RuntimeError("asked to fail")  # reported as `failed` with this message
+    job.progress(ticks, total=max(ticks, 1), unit="ticks", message="done")
+    return {"ticks": ticks}
+
+
+@driver.action(params={"type": "object"})
+def echo(job):
+    """Returns its params as the job's output."""
+    return job.params
+
+
+if __name__ == "__main__":
+    driver.main()
