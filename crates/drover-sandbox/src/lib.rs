@@ -54,5 +54,6 @@ pub use policy::{Feature, Limits, Policy, SeccompDefault, SeccompPolicy};
 pub use privilege::{DropConfig, Dropped, LinuxSys, PrivilegeError, drop_privileges};
 pub use seccomp::{Enforcement, SeccompError};
 pub use spawn::{
-    Command, Degradation, Prepared, Sandboxed, SpawnError, WaitError, prepare, reap_strays,
+    Command, Degradation, Prepared, Sandboxed, SpawnError, Terminator, WaitError, prepare,
+    reap_strays,
 };

@@ -667,6 +667,17 @@ impl Sandboxed {
         self.enforcement
     }
 
+    /// A handle that can send SIGTERM to the driver from another thread while this one
+    /// waits: the second-to-last rung of the stop ladder (close the transport, SIGTERM,
+    /// SIGKILL). It holds its own pidfd, so it can never signal a recycled pid.
+    pub fn terminator(&self) -> Result<Terminator, SpawnError> {
+        let pidfd = self
+            .pidfd
+            .try_clone()
+            .map_err(|source| SpawnError::Os { what: "duplicating the pidfd", source })?;
+        Ok(Terminator { pidfd, pid: self.pid, pid_namespace: self.pid_namespace })
+    }
+
     /// Kills the driver (and with it its pid namespace or process group); the death is
     /// reported as [`Cause::KilledBySupervisor`] with `reason`.
     pub fn kill(&mut self, reason: &str) {
@@ -813,6 +824,32 @@ impl Drop for Sandboxed {
         self.reap_now();
         if let Some(leaf) = self.leaf.as_mut() {
             leaf.remove();
+        }
+    }
+}
+
+/// Sends SIGTERM to a sandboxed driver; made by [`Sandboxed::terminator`].
+///
+/// In a pid namespace the driver is its namespace's init, which the kernel shields from
+/// signals it has no handler for: SIGTERM reaches it only if it installed one. Without a pid
+/// namespace the driver's whole process group gets the signal.
+#[derive(Debug)]
+pub struct Terminator {
+    pidfd: OwnedFd,
+    pid: libc::pid_t,
+    pid_namespace: bool,
+}
+
+impl Terminator {
+    /// Sends SIGTERM. A driver that has already exited is not an error.
+    pub fn terminate(&self) {
+        let _ = sys::pidfd_send_signal(self.pidfd.as_fd(), libc::SIGTERM);
+        if !self.pid_namespace {
+            // Only while the leader is unreaped: the pidfd stays pollable until then, and a
+            // reaped leader's group id may have been reused.
+            if sys::waitid_pidfd(self.pidfd.as_fd(), libc::WNOHANG | libc::WNOWAIT).is_ok() {
+                let _ = sys::kill(-self.pid, libc::SIGTERM);
+            }
         }
     }
 }

@@ -1,0 +1,325 @@
+//! Jobs as the supervisor's caller sees them: [`Dispatch`] in, a stream of [`JobEvent`]s out.
+//!
+//! The events of one job arrive in the order the driver sent them. The stream always ends
+//! with a [`JobEvent::State`] whose phase is terminal (`succeeded`, `failed` or `cancelled`),
+//! and then closes:
+//!
+//! - normally, the driver's own terminal `job_state`;
+//! - when the driver died with the job still running: [`JobEvent::DriverDied`] naming the
+//!   cause, then a terminal state made by the supervisor (`cancelled` if a cancel had been
+//!   asked for, `failed` otherwise) whose message names the cause;
+//! - when the driver refused the `run_job` (an `error` reply): a `failed` state with its
+//!   message.
+//!
+//! States and results are never dropped. Progress is coalesced (only the latest undelivered
+//! value is kept). Log lines are held up to [`crate::Options::job_log_bytes`] per job while
+//! the caller is not reading (plus what fits in the receiver, [`JOB_CHANNEL_CAPACITY`]
+//! events); beyond that they are dropped and the count is added to the `dropped` field of the
+//! next delivered `job_log` of the same stream. Lines dropped after the last delivered batch
+//! are reported just before the terminal state, in a `job_log` whose one line is
+//! `[drover: N log lines dropped]` and whose `dropped` is N, so every line is either delivered
+//! or counted. A caller that drops its
+//! receiver simply stops the delivery; the job goes on.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use drover_proto::{
+    ActionName, DriverName, GpuRequest, JobId, JobLog, JobPhase, JobProgress, JobResult, JobState,
+    LogStream, Violation,
+};
+use serde_json::{Map, Value};
+use tokio::sync::{Notify, mpsc};
+
+/// Events a [`JobRun`] receiver can hold before delivery waits for the caller.
+pub const JOB_CHANNEL_CAPACITY: usize = 64;
+
+/// A job to run on a driver.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Dispatch {
+    /// The job's id (unique among the jobs that are running).
+    pub job_id: JobId,
+    /// The driver that runs it.
+    pub driver: DriverName,
+    /// The driver action to run.
+    pub action: ActionName,
+    /// The action's parameters; validated against the schema the driver declared in `hello`
+    /// before anything is sent.
+    pub params: Map<String, Value>,
+    /// The GPUs the job may rent through `acquire_gpu`; `None`: it may not rent any.
+    pub gpu: Option<GpuRequest>,
+    /// Hard cap on the job's run time: at the deadline the job is cancelled, and its driver
+    /// is killed if the job has not ended [`crate::Options::cancel_grace`] later.
+    pub max_runtime: Duration,
+    /// What the job may spend on rentals, in USD; every `acquire_gpu` is gated against it.
+    pub budget_usd: f64,
+}
+
+/// A dispatched job: its events, ending with a terminal state. See the [module docs](self).
+#[derive(Debug)]
+pub struct JobRun {
+    /// The job's events.
+    pub events: mpsc::Receiver<JobEvent>,
+}
+
+/// Something that happened to a job.
+#[derive(Clone, Debug, PartialEq)]
+pub enum JobEvent {
+    /// The job changed state. A terminal phase is the last event.
+    State(JobState),
+    /// How far the job has come (coalesced).
+    Progress(JobProgress),
+    /// A batch of the job's log lines.
+    Log(JobLog),
+    /// The job's result, before its terminal state.
+    Result(JobResult),
+    /// The driver process died while the job was running; a terminal state follows.
+    DriverDied {
+        /// The cause, as [`crate::DeathReport`] describes it.
+        cause: String,
+    },
+}
+
+/// Why a job was not dispatched. Nothing was sent to a driver.
+#[derive(Debug, thiserror::Error)]
+pub enum DispatchError {
+    /// No driver of that name is configured.
+    #[error("no driver named {driver} is configured")]
+    UnknownDriver {
+        /// The name asked for.
+        driver: DriverName,
+    },
+    /// The driver crash-looped and is no longer restarted.
+    #[error("driver {driver} has failed: {cause}")]
+    DriverFailed {
+        /// The driver.
+        driver: DriverName,
+        /// Its last death.
+        cause: String,
+    },
+    /// No session of the driver finished its handshake within the ready timeout.
+    #[error("driver {driver} has no ready session (waited {waited:?})")]
+    NotReady {
+        /// The driver.
+        driver: DriverName,
+        /// How long dispatch waited.
+        waited: Duration,
+    },
+    /// Every session of the driver runs its maximum number of jobs.
+    #[error("driver {driver} is busy: every session runs {max} jobs")]
+    Busy {
+        /// The driver.
+        driver: DriverName,
+        /// Jobs per session.
+        max: usize,
+    },
+    /// The driver declared no such action.
+    #[error("driver {driver} has no action {action}")]
+    UnknownAction {
+        /// The driver.
+        driver: DriverName,
+        /// The action asked for.
+        action: ActionName,
+    },
+    /// The params break the action's declared schema.
+    #[error("params of {driver}/{action} are invalid: {} violation(s), first at {:?}", violations.len(), violations.first().map(|v| v.instance_path.as_str()).unwrap_or(""))]
+    InvalidParams {
+        /// The driver.
+        driver: DriverName,
+        /// The action.
+        action: ActionName,
+        /// Every violation (at most 64), each with the JSON pointer into `params`.
+        violations: Vec<Violation>,
+    },
+    /// A job with this id is already running.
+    #[error("job {job_id} is already running")]
+    DuplicateJob {
+        /// The job.
+        job_id: JobId,
+    },
+    /// The supervisor is shutting down.
+    #[error("the supervisor is shutting down")]
+    ShuttingDown,
+}
+
+/// Why a cancel was not sent.
+#[derive(Debug, thiserror::Error)]
+pub enum CancelError {
+    /// No job with that id is running (it may have ended already).
+    #[error("no running job {job_id}")]
+    UnknownJob {
+        /// The job.
+        job_id: JobId,
+    },
+}
+
+// ---------------------------------------------------------------------------------------------
+// Delivery
+
+/// The supervisor's side of one job's event stream: a bounded queue drained into the
+/// caller's channel by a small task, so that a slow caller never blocks the driver's session.
+#[derive(Clone, Debug)]
+pub(crate) struct JobSink {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    queue: Mutex<Queue>,
+    notify: Notify,
+    /// Bytes of undelivered log lines allowed.
+    log_limit: usize,
+}
+
+#[derive(Debug, Default)]
+struct Queue {
+    events: VecDeque<JobEvent>,
+    /// Bytes of log lines in `events`.
+    log_bytes: usize,
+    /// Lines dropped and not yet reported, per stream (stdout, stderr).
+    dropped: [u64; 2],
+    /// No more events will be pushed.
+    closed: bool,
+    /// The caller dropped its receiver.
+    gone: bool,
+}
+
+fn stream_index(stream: LogStream) -> usize {
+    match stream {
+        LogStream::Stdout => 0,
+        LogStream::Stderr => 1,
+    }
+}
+
+impl JobSink {
+    /// A sink and the receiver the caller gets; `log_bytes` bounds the undelivered log lines.
+    pub(crate) fn new(log_bytes: usize) -> (Self, JobRun) {
+        let (tx, rx) = mpsc::channel(JOB_CHANNEL_CAPACITY);
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Queue::default()),
+            notify: Notify::new(),
+            log_limit: log_bytes,
+        });
+        tokio::spawn(forward(Arc::clone(&shared), tx));
+        (Self { shared }, JobRun { events: rx })
+    }
+
+    fn with_queue<R>(&self, f: impl FnOnce(&mut Queue) -> R) -> R {
+        let result = {
+            let mut queue = self.shared.queue.lock().unwrap_or_else(PoisonError::into_inner);
+            f(&mut queue)
+        };
+        self.shared.notify.notify_one();
+        result
+    }
+
+    /// Queues a state or result (never dropped) or a driver-death notice. A terminal state
+    /// closes the stream.
+    pub(crate) fn push_critical(&self, event: JobEvent) {
+        let terminal = match &event {
+            JobEvent::State(s) if s.state.is_terminal() => Some(s.job_id.clone()),
+            _ => None,
+        };
+        self.with_queue(|q| {
+            if q.closed || q.gone {
+                return;
+            }
+            if let Some(job_id) = &terminal {
+                // Dropped lines that no later batch reported: say so before the end.
+                for (stream, index) in [(LogStream::Stdout, 0), (LogStream::Stderr, 1)] {
+                    let dropped = std::mem::take(&mut q.dropped[index]);
+                    if dropped > 0 {
+                        q.events.push_back(JobEvent::Log(JobLog {
+                            job_id: job_id.clone(),
+                            stream,
+                            lines: vec![format!("[drover: {dropped} log lines dropped]")],
+                            dropped,
+                        }));
+                    }
+                }
+            }
+            q.events.push_back(event);
+            q.closed = terminal.is_some();
+        });
+    }
+
+    /// Queues progress, replacing undelivered progress.
+    pub(crate) fn push_progress(&self, progress: JobProgress) {
+        self.with_queue(|q| {
+            if q.closed || q.gone {
+                return;
+            }
+            if let Some(slot) =
+                q.events.iter_mut().rev().find(|e| matches!(e, JobEvent::Progress(_)))
+            {
+                *slot = JobEvent::Progress(progress);
+            } else {
+                q.events.push_back(JobEvent::Progress(progress));
+            }
+        });
+    }
+
+    /// Queues log lines if they fit in the log limit, otherwise counts them as dropped.
+    pub(crate) fn push_log(&self, mut log: JobLog) {
+        let limit = self.shared.log_limit;
+        self.with_queue(|q| {
+            if q.closed || q.gone {
+                return;
+            }
+            let index = stream_index(log.stream);
+            let bytes: usize = log.lines.iter().map(|l| l.len() + 1).sum();
+            if q.log_bytes + bytes > limit {
+                q.dropped[index] = q.dropped[index]
+                    .saturating_add(log.lines.len() as u64)
+                    .saturating_add(log.dropped);
+                return;
+            }
+            log.dropped = log.dropped.saturating_add(std::mem::take(&mut q.dropped[index]));
+            q.log_bytes += bytes;
+            q.events.push_back(JobEvent::Log(log));
+        });
+    }
+}
+
+/// Moves queued events into the caller's channel, waiting for room there.
+async fn forward(shared: Arc<Shared>, tx: mpsc::Sender<JobEvent>) {
+    loop {
+        let next = {
+            let mut queue = shared.queue.lock().unwrap_or_else(PoisonError::into_inner);
+            match queue.events.pop_front() {
+                Some(event) => {
+                    if let JobEvent::Log(log) = &event {
+                        let bytes: usize = log.lines.iter().map(|l| l.len() + 1).sum();
+                        queue.log_bytes = queue.log_bytes.saturating_sub(bytes);
+                    }
+                    Some(event)
+                }
+                None if queue.closed => return,
+                None => None,
+            }
+        };
+        match next {
+            Some(event) => {
+                if tx.send(event).await.is_err() {
+                    let mut queue = shared.queue.lock().unwrap_or_else(PoisonError::into_inner);
+                    queue.gone = true;
+                    queue.events.clear();
+                    queue.log_bytes = 0;
+                    return;
+                }
+            }
+            None => shared.notify.notified().await,
+        }
+    }
+}
+
+/// The rank of a phase in a job's life: states must strictly increase.
+pub(crate) fn rank(phase: JobPhase) -> u8 {
+    match phase {
+        JobPhase::Queued => 0,
+        JobPhase::Starting => 1,
+        JobPhase::Running => 2,
+        JobPhase::Succeeded | JobPhase::Failed | JobPhase::Cancelled => 3,
+    }
+}

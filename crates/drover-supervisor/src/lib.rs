@@ -1,0 +1,80 @@
+//! The drover supervisor as a library: it runs the configured drivers in the sandbox, speaks
+//! DriverTransport with them, dispatches jobs, routes their GPU requests, and restarts them
+//! when they die.
+//!
+//! ```text
+//!  caller (API, CLI)                      Supervisor                         driver processes
+//!  ─────────────────                      ──────────                         ────────────────
+//!  dispatch(Dispatch) ── params checked ──> least busy ready session ── run_job ──> fd 3
+//!       <── JobRun.events (State, Progress,      │  heartbeats, deadlines     <── job_state,
+//!           Log, Result, DriverDied)             │  lease requests ──> GpuBroker   job_log, ...
+//!  cancel(job) ──────────────────────────> cancel_job (ack at once; outcome as a state)
+//!  drivers() <── health, actions, restarts, last death (typed cause, stdout/stderr tails)
+//!  shutdown(grace) ──> shutdown{grace_ms}, grace, close, SIGTERM, SIGKILL
+//! ```
+//!
+//! - [`spec`]: what it runs ([`DriverSpec`]) and every default ([`Options`]).
+//! - [`supervisor`]: the handle, dispatch, cancel, shutdown, restarts with backoff and the
+//!   crash-loop limit.
+//! - [`session`]: one process's life: spawn, handshake, heartbeats, jobs, leases, the stop
+//!   ladder.
+//! - [`job`]: the event stream of one job and its bounds.
+//! - [`broker`]: the [`GpuBroker`] seam and [`ProvisionerBroker`].
+//! - [`status`]: [`DriverStatus`] and [`DeathReport`].
+//! - [`output`]: stdout and stderr capture.
+//!
+//! Architecture invariants: every driver process is spawned through `drover-sandbox` with the
+//! Phase A proof; every frame in either direction passes `drover-transport`'s validation;
+//! nothing a driver sends can grow the supervisor's memory without bound (every queue has a
+//! limit, and what is over it is dropped and counted, except job states and results, which
+//! are bounded by the state order); every death is recorded with the sandbox's typed cause;
+//! a job always ends with exactly one terminal state.
+//!
+//! ```no_run
+//! # async fn demo(dropped: drover_sandbox::Dropped, policy: drover_sandbox::Policy,
+//! #               config: drover_proto::config::DriverConfig,
+//! #               broker: std::sync::Arc<dyn drover_supervisor::GpuBroker>)
+//! #               -> Result<(), Box<dyn std::error::Error>> {
+//! use std::time::Duration;
+//! use drover_supervisor::{Dispatch, DriverSpec, JobEvent, Options, Supervisor};
+//!
+//! let supervisor =
+//!     Supervisor::start(vec![DriverSpec::new(config, policy)], broker, Options::new(dropped))
+//!         .await?;
+//! let mut run = supervisor
+//!     .dispatch(Dispatch {
+//!         job_id: "job-1".parse()?,
+//!         driver: "echo".parse()?,
+//!         action: "echo".parse()?,
+//!         params: serde_json::Map::new(),
+//!         gpu: None,
+//!         max_runtime: Duration::from_secs(60),
+//!         budget_usd: 0.0,
+//!     })
+//!     .await?;
+//! while let Some(event) = run.events.recv().await {
+//!     if let JobEvent::State(state) = event {
+//!         println!("{:?}", state.state);
+//!     }
+//! }
+//! supervisor.shutdown(Duration::from_secs(10)).await;
+//! # Ok(()) }
+//! ```
+
+#![forbid(unsafe_code)]
+
+pub mod broker;
+pub mod job;
+pub mod output;
+mod process;
+pub mod session;
+pub mod spec;
+pub mod status;
+pub mod supervisor;
+
+pub use broker::{BrokerFuture, GpuBroker, LeaseOwner, ProvisionerBroker};
+pub use job::{CancelError, Dispatch, DispatchError, JobEvent, JobRun};
+pub use process::SpawnFailure;
+pub use spec::{DriverSpec, Options};
+pub use status::{DeathReport, DriverStatus};
+pub use supervisor::{StartError, Supervisor};

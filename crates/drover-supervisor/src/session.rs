@@ -1,0 +1,981 @@
+//! One driver process's life: spawn, handshake, serve, stop, and the report of its death.
+//!
+//! ```text
+//! spawn (sandbox, fd 3) ──> hello within hello_timeout_ms ──> welcome ──> ready
+//!     │                        │ no hello: kill                 │ heartbeats, jobs, leases
+//!     │                        │ no shared version: error        │
+//!     │                        │   {version_mismatch}, close      ▼
+//!     ▼                        ▼                            end: death, EOF, hung, broken
+//! spawn failed            stop ladder                       stream, too many bad frames,
+//!                                                           job ignoring cancel, shutdown
+//! ```
+//!
+//! Rules of a ready session:
+//!
+//! - **Heartbeats.** Every `heartbeat_ms` a `ping`; a ping still unanswered at the next one is
+//!   a miss; `heartbeat_misses` misses in a row: the driver is hung and killed.
+//! - **Writes are bounded in time.** A frame that cannot be written within one heartbeat
+//!   period times the miss limit means the driver has stopped reading: killed as hung.
+//! - **Jobs.** States must move forward (`queued` < `starting` < `running` < terminal) and
+//!   nothing follows a terminal state; a frame about a job that is not running here is
+//!   answered with an `error` event and counted as a violation. At the job's deadline
+//!   `cancel_job` is sent; a job that has not ended [`crate::Options::cancel_grace`] after its
+//!   cancel gets its driver killed.
+//! - **Violations.** Every rejected frame is counted (per session and per driver); more than
+//!   [`crate::Options::max_protocol_violations`] in one session kill the driver.
+//! - **Backpressure.** Frames are read one at a time and handled without waiting for the
+//!   supervisor's caller (see [`crate::job`]): the socket buffer is the only buffer, so a
+//!   driver that floods blocks in its own `write`, and the supervisor's memory stays bounded.
+//! - **Leases.** At most [`MAX_BROKER_REQUESTS`] broker calls run at once per session.
+//!
+//! The stop ladder (shutdown, and a driver that must go but may still be polite): `shutdown
+//! {grace_ms}` and the grace period (shutdown only), then close the transport and wait
+//! [`crate::Options::stop_step`], then SIGTERM and wait again, then SIGKILL. Hung and broken
+//! drivers are killed at once.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use drover_proto::{
+    CancelJob, ErrorCode, GpuRequest, JobId, JobPhase, JobState, Message, MsgId, Party, Ping,
+    RunJob, SessionId, Shutdown, Welcome, WireError,
+};
+use drover_sandbox::Cause;
+use drover_transport::{Connection, ConnectionError, Inbound, SchemaChecker};
+use serde_json::{Map, json};
+use tokio::net::UnixStream;
+use tokio::sync::mpsc;
+use tokio::time::{Instant, MissedTickBehavior};
+
+use crate::broker::{LeaseOwner, unknown_lease, wire};
+use crate::job::{Dispatch, JobEvent, JobSink, rank};
+use crate::output::{Tail, drain};
+use crate::process::{self, Process};
+use crate::status::DeathReport;
+use crate::supervisor::{Driver, Inner, SessionHandle, lock};
+
+/// Broker calls (`acquire_gpu`, `lease_*`) one session may have in flight.
+pub const MAX_BROKER_REQUESTS: usize = 16;
+
+/// How long frames already sent by a dead driver are still read, to deliver its last states.
+const DRAIN_AFTER_DEATH: Duration = Duration::from_millis(500);
+
+/// What the supervisor asks of a ready session.
+#[derive(Debug)]
+pub(crate) enum Command {
+    /// Send `run_job`; events go to `sink`.
+    Run {
+        /// The job.
+        dispatch: Dispatch,
+        /// Where its events go.
+        sink: JobSink,
+    },
+    /// Send `cancel_job`.
+    Cancel {
+        /// The job.
+        job_id: JobId,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// How a session ended, decided by the supervisor (the process's own cause comes from the
+/// sandbox).
+struct End {
+    reason: String,
+    /// Kill at once instead of climbing the stop ladder.
+    kill: bool,
+}
+
+impl End {
+    fn kill(reason: impl Into<String>) -> Self {
+        Self { reason: reason.into(), kill: true }
+    }
+    fn polite(reason: impl Into<String>) -> Self {
+        Self { reason: reason.into(), kill: false }
+    }
+}
+
+struct JobEntry {
+    sink: JobSink,
+    rank: Option<u8>,
+    gpu: Option<GpuRequest>,
+    budget_usd: f64,
+    deadline: Instant,
+    cancel: Option<Instant>,
+}
+
+/// What one of this side's requests was for.
+#[derive(Debug)]
+enum Pending {
+    Run(JobId),
+    Other,
+}
+
+type BrokerResult = (MsgId, Result<Message, WireError>, Option<(drover_proto::LeaseId, JobId)>);
+
+static SESSIONS: AtomicU64 = AtomicU64::new(1);
+
+/// Runs one process of `driver` from spawn to death and reports the death.
+pub(crate) async fn run(inner: &Arc<Inner>, driver: &Arc<Driver>, slot: u16) -> DeathReport {
+    let options = &inner.options;
+    let (process, streams) = match process::spawn(&driver.spec, options).await {
+        Ok(started) => started,
+        Err(error) => {
+            return DeathReport {
+                cause: None,
+                session_end: Some(format!("could not start: {error}")),
+                at: SystemTime::now(),
+                stdout_tail: Vec::new(),
+                stderr_tail: Vec::new(),
+            };
+        }
+    };
+    let name = driver.name().to_string();
+    let id = SESSIONS.fetch_add(1, Ordering::Relaxed);
+    tracing::info!(driver = %name, slot, session = id, pid = process.pid, "driver process started");
+    for degradation in &process.degradations {
+        tracing::warn!(driver = %name, pid = process.pid, %degradation, "sandbox degraded");
+    }
+    let (stdout_tail, stderr_tail) = (Tail::default(), Tail::default());
+    let (keep, max_line) = (options.output_tail_lines, options.output_line_bytes);
+    let drains = [
+        tokio::spawn(drain(
+            streams.stdout,
+            stdout_tail.clone(),
+            name.clone(),
+            "stdout",
+            keep,
+            max_line,
+        )),
+        tokio::spawn(drain(
+            streams.stderr,
+            stderr_tail.clone(),
+            name.clone(),
+            "stderr",
+            keep,
+            max_line,
+        )),
+    ];
+    let mut conn = Connection::new(streams.transport, Party::Supervisor);
+    conn.set_max_frame_bytes(options.max_frame_bytes);
+    let (commands_tx, commands) = mpsc::channel(options.max_jobs_per_session * 2 + 16);
+    let (broker_tx, broker_rx) = mpsc::channel(MAX_BROKER_REQUESTS);
+    let config = &driver.spec.config;
+    let mut session = Session {
+        inner: Arc::clone(inner),
+        driver: Arc::clone(driver),
+        id,
+        conn,
+        process,
+        death: None,
+        commands_tx,
+        commands,
+        broker_tx,
+        broker_rx,
+        broker_inflight: 0,
+        jobs: HashMap::new(),
+        pending: HashMap::new(),
+        ping: None,
+        misses: 0,
+        violations: 0,
+        handle: None,
+        note: None,
+        write_timeout: Duration::from_millis(u64::from(config.heartbeat_ms))
+            * config.heartbeat_misses.max(1),
+    };
+    let end = session.serve().await;
+    session.deregister();
+    let death = session.stop(end.as_ref()).await;
+    // The pipes close when the last process holding them is gone; the tails are complete
+    // then, or soon after.
+    for drain in drains {
+        let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
+    }
+    let (cause, mut session_end) = match death {
+        Ok(death) => (Some(death.cause), None),
+        Err(reason) => (None, Some(format!("waiting for the process failed: {reason}"))),
+    };
+    let cause = match (cause, &end) {
+        (Some(Cause::KilledBySupervisor { .. }), Some(end)) => {
+            Some(Cause::KilledBySupervisor { reason: end.reason.clone() })
+        }
+        (cause, _) => cause,
+    };
+    if let Some(end) = end {
+        session_end = Some(end.reason);
+    } else if session_end.is_none() {
+        session_end = session.note.take();
+    }
+    let report = DeathReport {
+        cause,
+        session_end,
+        at: SystemTime::now(),
+        stdout_tail: stdout_tail.snapshot(),
+        stderr_tail: stderr_tail.snapshot(),
+    };
+    session.fail_jobs(&report.summary());
+    report
+}
+
+struct Session {
+    inner: Arc<Inner>,
+    driver: Arc<Driver>,
+    id: u64,
+    conn: Connection<UnixStream>,
+    process: Process,
+    /// The process's death, once observed.
+    death: Option<Result<drover_sandbox::Death, String>>,
+    commands_tx: mpsc::Sender<Command>,
+    commands: mpsc::Receiver<Command>,
+    broker_tx: mpsc::Sender<BrokerResult>,
+    broker_rx: mpsc::Receiver<BrokerResult>,
+    broker_inflight: usize,
+    jobs: HashMap<JobId, JobEntry>,
+    /// This side's requests awaiting a reply.
+    pending: HashMap<MsgId, Pending>,
+    /// The unanswered ping, if any.
+    ping: Option<MsgId>,
+    misses: u32,
+    violations: u32,
+    /// Set while the session takes jobs.
+    handle: Option<SessionHandle>,
+    /// What to say about a death that the supervisor did not cause (e.g. after `shutdown`).
+    note: Option<String>,
+    write_timeout: Duration,
+}
+
+fn flatten(
+    death: Result<Result<drover_sandbox::Death, String>, tokio::sync::oneshot::error::RecvError>,
+) -> Result<drover_sandbox::Death, String> {
+    death.unwrap_or_else(|_| Err("the driver's thread ended without a report".to_owned()))
+}
+
+fn unix_ms(at: SystemTime) -> u64 {
+    at.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .clamp(1, drover_proto::ids::MAX_SAFE_INTEGER)
+}
+
+/// Cuts `text` to the protocol's message limit, on a character boundary.
+fn bounded(text: &str) -> String {
+    let max = drover_proto::limits::MESSAGE_LEN as usize;
+    match text.char_indices().nth(max) {
+        Some((cut, _)) => text[..cut].to_owned(),
+        None => text.to_owned(),
+    }
+}
+
+async fn wait_shutdown(rx: &mut tokio::sync::watch::Receiver<Option<Duration>>) -> Duration {
+    match rx.wait_for(Option::is_some).await {
+        Ok(grace) => grace.unwrap_or_default(),
+        // The supervisor is gone: stop at once.
+        Err(_) => Duration::ZERO,
+    }
+}
+
+impl Session {
+    fn name(&self) -> &drover_proto::DriverName {
+        self.driver.name()
+    }
+
+    /// Handshake, then serve until the session must end. `None`: the process died by itself.
+    async fn serve(&mut self) -> Option<End> {
+        let mut shutdown = self.inner.shutdown.subscribe();
+        let checkers = match self.handshake(&mut shutdown).await {
+            Ok(checkers) => checkers,
+            Err(end) => return end,
+        };
+        self.register(checkers);
+        let config = &self.driver.spec.config;
+        let period = Duration::from_millis(u64::from(config.heartbeat_ms));
+        let miss_limit = config.heartbeat_misses.max(1);
+        let mut heartbeat = tokio::time::interval_at(Instant::now() + period, period);
+        heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut housekeeping = tokio::time::interval(Duration::from_millis(100));
+        housekeeping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut stopping_until: Option<Instant> = None;
+        loop {
+            tokio::select! {
+                inbound = self.conn.recv() => match inbound {
+                    Ok(Some(inbound)) => {
+                        if let Some(end) = self.on_inbound(inbound).await {
+                            return Some(end);
+                        }
+                    }
+                    Ok(None) => {
+                        // A driver that is exiting closes its transport first: give it a
+                        // moment, so that an orderly exit is not reported as a problem.
+                        let step = self.inner.options.stop_step;
+                        if let Ok(death) = tokio::time::timeout(step, &mut self.process.death).await {
+                            self.death = Some(flatten(death));
+                            return None;
+                        }
+                        return Some(End::polite("the driver closed its transport"));
+                    }
+                    Err(error) => return Some(End::kill(format!("broken transport: {error}"))),
+                },
+                Some(command) = self.commands.recv() => {
+                    if let Some(end) = self.on_command(command, stopping_until.is_some()).await {
+                        return Some(end);
+                    }
+                }
+                Some(result) = self.broker_rx.recv() => {
+                    if let Some(end) = self.on_broker(result).await {
+                        return Some(end);
+                    }
+                }
+                _ = heartbeat.tick() => {
+                    if let Some(old) = self.ping.take() {
+                        self.conn.forget(old);
+                        self.misses += 1;
+                        if self.misses >= miss_limit {
+                            return Some(End::kill(format!(
+                                "hung: {} heartbeats in a row unanswered (every {} ms)",
+                                self.misses, period.as_millis()
+                            )));
+                        }
+                    }
+                    match self.request(Ping {}).await {
+                        Ok(id) => self.ping = Some(id),
+                        Err(end) => return Some(end),
+                    }
+                }
+                _ = housekeeping.tick() => {
+                    if let Some(end) = self.housekeeping(stopping_until).await {
+                        return Some(end);
+                    }
+                }
+                grace = wait_shutdown(&mut shutdown), if stopping_until.is_none() => {
+                    self.deregister();
+                    self.note = Some("stopped by supervisor shutdown".to_owned());
+                    let grace_ms = u32::try_from(grace.as_millis())
+                        .unwrap_or(u32::MAX)
+                        .min(drover_proto::limits::MAX_GRACE_MS);
+                    stopping_until = Some(Instant::now() + grace);
+                    if let Err(end) = self.request(Shutdown { grace_ms }).await {
+                        return Some(end);
+                    }
+                }
+                death = &mut self.process.death => {
+                    self.death = Some(flatten(death));
+                    self.read_last_frames().await;
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// Waits for `hello` and answers it. `Err(None)`: the process died first.
+    async fn handshake(
+        &mut self,
+        shutdown: &mut tokio::sync::watch::Receiver<Option<Duration>>,
+    ) -> Result<Arc<BTreeMap<drover_proto::ActionName, SchemaChecker>>, Option<End>> {
+        let timeout_ms = self.driver.spec.config.hello_timeout_ms;
+        let deadline = Instant::now() + Duration::from_millis(u64::from(timeout_ms));
+        loop {
+            tokio::select! {
+                inbound = self.conn.recv() => match inbound {
+                    Ok(Some(Inbound::Request { id, msg: Message::Hello(hello) })) => {
+                        return self.answer_hello(id, hello).await.map_err(Some);
+                    }
+                    Ok(Some(Inbound::Request { id, msg })) => {
+                        let error = wire(ErrorCode::NotReady, format!("{} before hello", msg.message_type()));
+                        self.reply(id, error).await.map_err(Some)?;
+                        self.count_violation("a request before hello").map_err(Some)?;
+                    }
+                    Ok(Some(Inbound::Event(msg))) => {
+                        let error = wire(ErrorCode::NotReady, format!("{} before hello", msg.message_type()));
+                        self.send_event(error).await.map_err(Some)?;
+                        self.count_violation("an event before hello").map_err(Some)?;
+                    }
+                    Ok(Some(Inbound::Reply { .. })) => {}
+                    Ok(Some(Inbound::Rejected(invalid))) => {
+                        self.count_violation(&invalid.to_string()).map_err(Some)?;
+                    }
+                    Ok(None) => return Err(Some(End::polite("the driver closed its transport before hello"))),
+                    Err(error) => return Err(Some(End::kill(format!("broken transport before hello: {error}")))),
+                },
+                () = tokio::time::sleep_until(deadline) => {
+                    return Err(Some(End::kill(format!("no hello within {timeout_ms} ms"))));
+                }
+                _ = wait_shutdown(shutdown) => {
+                    return Err(Some(End::kill("supervisor shutdown before hello")));
+                }
+                death = &mut self.process.death => {
+                    self.death = Some(flatten(death));
+                    self.note = Some("died before hello".to_owned());
+                    return Err(None);
+                }
+            }
+        }
+    }
+
+    async fn answer_hello(
+        &mut self,
+        id: MsgId,
+        hello: drover_proto::Hello,
+    ) -> Result<Arc<BTreeMap<drover_proto::ActionName, SchemaChecker>>, End> {
+        let supported = drover_proto::PROTOCOL_VERSIONS;
+        let Some(version) =
+            hello.protocol_versions.iter().copied().filter(|v| supported.contains(v)).max()
+        else {
+            let mut details = Map::new();
+            details.insert("supported".into(), json!(supported));
+            details.insert("offered".into(), json!(hello.protocol_versions));
+            let error = WireError {
+                code: ErrorCode::VersionMismatch,
+                message: "no protocol version in common".to_owned(),
+                violations: Vec::new(),
+                details: Some(details),
+            };
+            self.reply(id, error).await?;
+            return Err(End::polite(format!(
+                "version mismatch: the driver offers {:?}, the supervisor speaks {supported:?}",
+                hello.protocol_versions
+            )));
+        };
+        let mut checkers = BTreeMap::new();
+        for (action, schema) in &hello.actions {
+            match SchemaChecker::new(&schema.0) {
+                Ok(checker) => {
+                    checkers.insert(action.clone(), checker);
+                }
+                Err(error) => {
+                    let reason =
+                        format!("action {action}: params schema does not compile: {error}");
+                    let error = WireError {
+                        code: ErrorCode::SchemaViolation,
+                        message: bounded(&reason),
+                        violations: vec![drover_proto::Violation {
+                            instance_path: format!("/msg/actions/{action}"),
+                            schema_path: String::new(),
+                            message: "not a valid JSON Schema (draft 2020-12)".to_owned(),
+                        }],
+                        details: None,
+                    };
+                    self.reply(id, error).await?;
+                    return Err(End::polite(format!("invalid hello: {reason}")));
+                }
+            }
+        }
+        if hello.driver.name != *self.name() {
+            tracing::warn!(driver = %self.name(), announced = %hello.driver.name, "the driver announces another name");
+        }
+        if hello.schema_sha256 != drover_proto::schema::schema_set_sha256() {
+            tracing::info!(driver = %self.name(), "the driver was built against another schema set; the versions agree");
+        }
+        let max_frame_bytes = hello
+            .max_frame_bytes
+            .unwrap_or(drover_transport::codec::DEFAULT_MAX_FRAME_BYTES)
+            .min(self.inner.options.max_frame_bytes);
+        let session_id: SessionId = format!("s{}", self.id)
+            .parse()
+            .map_err(|e| End::kill(format!("internal: session id: {e}")))?;
+        let welcome = Welcome {
+            protocol_version: version,
+            session_id,
+            heartbeat_ms: self.driver.spec.config.heartbeat_ms,
+            max_frame_bytes,
+        };
+        self.reply(id, welcome).await?;
+        self.conn.set_max_frame_bytes(max_frame_bytes);
+        {
+            let mut state = lock(&self.driver.state);
+            state.version = Some(hello.driver.version.clone());
+            state.actions =
+                hello.actions.into_iter().map(|(name, schema)| (name, schema.0)).collect();
+        }
+        tracing::info!(driver = %self.name(), session = self.id, version = %hello.driver.version, protocol = version, "driver session ready");
+        Ok(Arc::new(checkers))
+    }
+
+    fn register(&mut self, checkers: Arc<BTreeMap<drover_proto::ActionName, SchemaChecker>>) {
+        let handle = SessionHandle {
+            id: self.id,
+            commands: self.commands_tx.clone(),
+            jobs: Arc::new(AtomicUsize::new(0)),
+            checkers,
+        };
+        {
+            let mut state = lock(&self.driver.state);
+            state.ever_ready = true;
+            state.sessions.push(handle.clone());
+        }
+        self.handle = Some(handle);
+        self.driver.notify();
+    }
+
+    /// Takes the session out of the driver's ready list: no new jobs come.
+    fn deregister(&mut self) {
+        if self.handle.is_some() {
+            lock(&self.driver.state).sessions.retain(|s| s.id != self.id);
+            self.driver.notify();
+        }
+    }
+
+    fn count_violation(&mut self, what: &str) -> Result<(), End> {
+        self.violations += 1;
+        lock(&self.driver.state).protocol_violations += 1;
+        tracing::info!(driver = %self.name(), session = self.id, violations = self.violations, %what, "frame rejected");
+        if self.violations > self.inner.options.max_protocol_violations {
+            return Err(End::kill(format!(
+                "protocol violation: {} frames rejected (last: {})",
+                self.violations,
+                bounded(what)
+            )));
+        }
+        Ok(())
+    }
+
+    async fn timed<T>(
+        &mut self,
+        op: impl AsyncFnOnce(&mut Connection<UnixStream>) -> Result<T, ConnectionError>,
+    ) -> Result<Result<T, ConnectionError>, End> {
+        let limit = self.write_timeout;
+        match tokio::time::timeout(limit, op(&mut self.conn)).await {
+            Ok(result) => Ok(result),
+            Err(_) => Err(End::kill(format!(
+                "hung: the driver did not read its transport for {} ms",
+                limit.as_millis()
+            ))),
+        }
+    }
+
+    fn outgoing(result: Result<(), ConnectionError>, what: &str) -> Result<(), End> {
+        match result {
+            Ok(()) => Ok(()),
+            Err(ConnectionError::Codec(error)) => {
+                Err(End::kill(format!("broken transport while sending {what}: {error}")))
+            }
+            Err(ConnectionError::Outgoing(invalid)) => {
+                // A bug on this side; the frame was not sent and the session goes on.
+                tracing::error!(%invalid, what, "refused to send an invalid frame");
+                Ok(())
+            }
+        }
+    }
+
+    async fn reply(&mut self, re: MsgId, msg: impl Into<Message>) -> Result<(), End> {
+        let msg = msg.into();
+        let what = msg.message_type();
+        let result = self.timed(async |conn| conn.reply(re, msg).await).await?;
+        Self::outgoing(result, what.as_str())
+    }
+
+    async fn send_event(&mut self, msg: impl Into<Message>) -> Result<(), End> {
+        let msg = msg.into();
+        let result = self.timed(async |conn| conn.event(msg).await).await?;
+        Self::outgoing(result, "an event")
+    }
+
+    async fn request(&mut self, msg: impl Into<Message>) -> Result<MsgId, End> {
+        let msg = msg.into();
+        match self.timed(async |conn| conn.request(msg).await).await? {
+            Ok(id) => Ok(id),
+            Err(ConnectionError::Codec(error)) => {
+                Err(End::kill(format!("broken transport: {error}")))
+            }
+            Err(ConnectionError::Outgoing(invalid)) => {
+                Err(End::kill(format!("internal: refused to send an invalid request: {invalid}")))
+            }
+        }
+    }
+
+    async fn on_command(&mut self, command: Command, stopping: bool) -> Option<End> {
+        match command {
+            Command::Run { dispatch, sink } => {
+                if stopping {
+                    self.end_job_early(&dispatch.job_id, &sink, "the driver is shutting down");
+                    return None;
+                }
+                let job_id = dispatch.job_id.clone();
+                let job = entry(sink, &dispatch, Instant::now() + dispatch.max_runtime);
+                let run = RunJob {
+                    job_id: job_id.clone(),
+                    action: dispatch.action,
+                    params: dispatch.params,
+                    gpu: dispatch.gpu,
+                    deadline_unix_ms: unix_ms(SystemTime::now() + dispatch.max_runtime),
+                };
+                let sent = self.timed(async |conn| conn.request(run).await).await;
+                match sent {
+                    Err(end) => {
+                        self.jobs.insert(job_id, job);
+                        return Some(end);
+                    }
+                    Ok(Err(ConnectionError::Codec(error))) => {
+                        self.jobs.insert(job_id, job);
+                        return Some(End::kill(format!("broken transport: {error}")));
+                    }
+                    Ok(Err(ConnectionError::Outgoing(invalid))) => {
+                        let reason = format!("run_job could not be sent: {invalid}");
+                        self.end_job_early(&job_id, &job.sink, &reason);
+                    }
+                    Ok(Ok(id)) => {
+                        self.pending.insert(id, Pending::Run(job_id.clone()));
+                        self.jobs.insert(job_id, job);
+                    }
+                }
+                None
+            }
+            Command::Cancel { job_id, reason } => self.cancel(&job_id, &reason).await.err(),
+        }
+    }
+
+    async fn cancel(&mut self, job_id: &JobId, reason: &str) -> Result<(), End> {
+        let grace = self.inner.options.cancel_grace;
+        match self.jobs.get_mut(job_id) {
+            Some(entry) if entry.cancel.is_none() => entry.cancel = Some(Instant::now() + grace),
+            _ => return Ok(()),
+        }
+        let cancel = CancelJob { job_id: job_id.clone(), reason: bounded(reason) };
+        let id = self.request(cancel).await?;
+        self.pending.insert(id, Pending::Other);
+        Ok(())
+    }
+
+    /// A job that never reached the driver: one failed state, and it is forgotten.
+    fn end_job_early(&mut self, job_id: &JobId, sink: &JobSink, reason: &str) {
+        sink.push_critical(JobEvent::State(JobState {
+            job_id: job_id.clone(),
+            state: JobPhase::Failed,
+            message: Some(bounded(reason)),
+        }));
+        self.forget_job(job_id);
+    }
+
+    fn forget_job(&mut self, job_id: &JobId) {
+        self.jobs.remove(job_id);
+        lock(&self.inner.jobs).remove(job_id);
+        if let Some(handle) = &self.handle {
+            handle.jobs.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    async fn housekeeping(&mut self, stopping_until: Option<Instant>) -> Option<End> {
+        let now = Instant::now();
+        let grace = self.inner.options.cancel_grace;
+        let mut due = Vec::new();
+        for (job_id, entry) in &self.jobs {
+            match entry.cancel {
+                Some(kill_at) if now >= kill_at => {
+                    return Some(End::kill(format!(
+                        "job {job_id} did not end within {} ms of its cancel",
+                        grace.as_millis()
+                    )));
+                }
+                None if now >= entry.deadline => due.push(job_id.clone()),
+                _ => {}
+            }
+        }
+        for job_id in due {
+            if let Err(end) = self.cancel(&job_id, "the job's maximum run time passed").await {
+                return Some(end);
+            }
+        }
+        match stopping_until {
+            Some(until) if now >= until => {
+                Some(End::polite("the driver did not exit within its shutdown grace"))
+            }
+            _ => None,
+        }
+    }
+
+    async fn on_inbound(&mut self, inbound: Inbound) -> Option<End> {
+        match inbound {
+            Inbound::Request { id, msg } => self.on_request(id, msg).await.err(),
+            Inbound::Reply { re, msg, .. } => {
+                if self.ping == Some(re) {
+                    self.ping = None;
+                    self.misses = 0;
+                }
+                match (self.pending.remove(&re), msg) {
+                    (Some(Pending::Run(job_id)), Message::Error(error)) => {
+                        if let Some(entry) = self.jobs.get(&job_id) {
+                            let sink = entry.sink.clone();
+                            let reason = format!(
+                                "the driver refused the job: {}: {}",
+                                error.code, error.message
+                            );
+                            self.end_job_early(&job_id, &sink, &reason);
+                        }
+                    }
+                    (_, Message::Error(error)) => {
+                        tracing::info!(driver = %self.name(), code = %error.code, message = %error.message, "the driver answered with an error");
+                    }
+                    _ => {}
+                }
+                None
+            }
+            Inbound::Event(msg) => self.on_event(msg).await.err(),
+            Inbound::Rejected(invalid) => self.count_violation(&invalid.to_string()).err(),
+        }
+    }
+
+    async fn on_request(&mut self, id: MsgId, msg: Message) -> Result<(), End> {
+        match msg {
+            Message::Ping(_) => self.reply(id, drover_proto::Pong {}).await,
+            Message::AcquireGpu(req) => {
+                let refusal = match self.jobs.get(&req.job_id) {
+                    None => Some(wire(
+                        ErrorCode::UnknownJob,
+                        format!("no job {} runs on this session", req.job_id),
+                    )),
+                    Some(JobEntry { gpu: None, .. }) => Some(wire(
+                        ErrorCode::Forbidden,
+                        format!("job {} may not rent GPUs", req.job_id),
+                    )),
+                    Some(JobEntry { gpu: Some(allowed), .. }) if req.gpu.count > allowed.count => {
+                        Some(wire(
+                            ErrorCode::Forbidden,
+                            format!("job {} may rent at most {} GPUs", req.job_id, allowed.count),
+                        ))
+                    }
+                    Some(_) => None,
+                };
+                if let Some(error) = refusal {
+                    return self.reply(id, error).await;
+                }
+                let budget_usd = self.jobs.get(&req.job_id).map_or(0.0, |e| e.budget_usd);
+                let owner = LeaseOwner { driver: self.name().clone(), job_id: req.job_id.clone() };
+                self.call_broker(id, owner, BrokerCall::Acquire { budget_usd, req }).await
+            }
+            Message::LeaseStatus(req) => {
+                self.lease_call(id, req.lease_id.clone(), BrokerCall::Status(req.lease_id)).await
+            }
+            Message::LeaseLogs(req) => {
+                let call = BrokerCall::Logs(req.lease_id.clone(), req.tail);
+                self.lease_call(id, req.lease_id, call).await
+            }
+            Message::ReleaseGpu(req) => {
+                self.lease_call(id, req.lease_id.clone(), BrokerCall::Release(req.lease_id)).await
+            }
+            other => {
+                let error = wire(
+                    ErrorCode::UnexpectedMessage,
+                    format!("{} is not expected now", other.message_type()),
+                );
+                self.reply(id, error).await?;
+                self.count_violation(&format!("unexpected {}", other.message_type()))
+            }
+        }
+    }
+
+    /// Forwards a call about an existing lease, if this driver acquired it.
+    async fn lease_call(
+        &mut self,
+        id: MsgId,
+        lease_id: drover_proto::LeaseId,
+        call: BrokerCall,
+    ) -> Result<(), End> {
+        let job_id = lock(&self.driver.leases).get(&lease_id).cloned();
+        match job_id {
+            None => self.reply(id, unknown_lease(&lease_id)).await,
+            Some(job_id) => {
+                let owner = LeaseOwner { driver: self.name().clone(), job_id };
+                self.call_broker(id, owner, call).await
+            }
+        }
+    }
+
+    async fn call_broker(
+        &mut self,
+        id: MsgId,
+        owner: LeaseOwner,
+        call: BrokerCall,
+    ) -> Result<(), End> {
+        if self.broker_inflight >= MAX_BROKER_REQUESTS {
+            let error = wire(
+                ErrorCode::NotReady,
+                format!("{MAX_BROKER_REQUESTS} lease requests are already in flight"),
+            );
+            return self.reply(id, error).await;
+        }
+        self.broker_inflight += 1;
+        let broker = Arc::clone(&self.inner.broker);
+        let results = self.broker_tx.clone();
+        tokio::spawn(async move {
+            let outcome = call.run(broker.as_ref(), &owner).await;
+            let result = match outcome {
+                Ok((msg, record)) => (id, Ok(msg), record),
+                Err(error) => (id, Err(error), None),
+            };
+            let _ = results.send(result).await;
+        });
+        Ok(())
+    }
+
+    async fn on_broker(&mut self, (id, result, record): BrokerResult) -> Option<End> {
+        self.broker_inflight = self.broker_inflight.saturating_sub(1);
+        if let Some((lease_id, job_id)) = record {
+            lock(&self.driver.leases).insert(lease_id, job_id);
+        }
+        let msg = match result {
+            Ok(msg) => msg,
+            Err(error) => Message::Error(error),
+        };
+        self.reply(id, msg).await.err()
+    }
+
+    async fn on_event(&mut self, msg: Message) -> Result<(), End> {
+        let job_id = match &msg {
+            Message::JobState(e) => e.job_id.clone(),
+            Message::JobProgress(e) => e.job_id.clone(),
+            Message::JobLog(e) => e.job_id.clone(),
+            Message::JobResult(e) => e.job_id.clone(),
+            Message::Log(log) => {
+                let level = format!("{:?}", log.level).to_lowercase();
+                tracing::info!(driver = %self.name(), session = self.id, %level, message = %log.message, "driver log");
+                return Ok(());
+            }
+            Message::Error(error) => {
+                tracing::info!(driver = %self.name(), session = self.id, code = %error.code, message = %error.message, "the driver reports an error");
+                return Ok(());
+            }
+            other => {
+                return self.count_violation(&format!("unexpected {}", other.message_type()));
+            }
+        };
+        let Some(entry) = self.jobs.get_mut(&job_id) else {
+            let error =
+                wire(ErrorCode::UnknownJob, format!("no job {job_id} runs on this session"));
+            self.send_event(error).await?;
+            return self.count_violation(&format!("an event for unknown job {job_id}"));
+        };
+        match msg {
+            Message::JobState(state) => {
+                let new = rank(state.state);
+                if let Some(old) = entry.rank
+                    && new <= old
+                {
+                    let error = wire(
+                        ErrorCode::UnexpectedMessage,
+                        format!(
+                            "job {job_id}: state {:?} cannot follow the previous one",
+                            state.state
+                        ),
+                    );
+                    self.send_event(error).await?;
+                    return self.count_violation(&format!("job {job_id}: state out of order"));
+                }
+                entry.rank = Some(new);
+                let terminal = state.state.is_terminal();
+                entry.sink.push_critical(JobEvent::State(state));
+                if terminal {
+                    self.forget_job(&job_id);
+                }
+            }
+            Message::JobResult(result) => entry.sink.push_critical(JobEvent::Result(result)),
+            Message::JobProgress(progress) => entry.sink.push_progress(progress),
+            Message::JobLog(log) => entry.sink.push_log(log),
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// After the process died: deliver what it sent before dying.
+    async fn read_last_frames(&mut self) {
+        let until = Instant::now() + DRAIN_AFTER_DEATH;
+        while let Ok(Ok(Some(inbound))) = tokio::time::timeout_at(until, self.conn.recv()).await {
+            match inbound {
+                Inbound::Event(msg) => {
+                    if self.on_event(msg).await.is_err() {
+                        break;
+                    }
+                }
+                Inbound::Rejected(_) | Inbound::Request { .. } | Inbound::Reply { .. } => {}
+            }
+        }
+    }
+
+    /// Makes sure the process is dead and returns its death: at once for `kill`, else the
+    /// ladder (close, SIGTERM, SIGKILL).
+    async fn stop(&mut self, end: Option<&End>) -> Result<drover_sandbox::Death, String> {
+        if let Some(death) = self.death.take() {
+            return death;
+        }
+        let step = self.inner.options.stop_step;
+        if end.is_some_and(|e| !e.kill) {
+            let _ = tokio::time::timeout(step, self.conn.close()).await;
+            if let Ok(death) = tokio::time::timeout(step, &mut self.process.death).await {
+                return flatten(death);
+            }
+            self.process.terminator.terminate();
+            if let Ok(death) = tokio::time::timeout(step, &mut self.process.death).await {
+                return flatten(death);
+            }
+        }
+        self.process.kill();
+        flatten((&mut self.process.death).await)
+    }
+
+    /// Ends every job still running here with the driver's death, and every job still queued
+    /// for this session.
+    fn fail_jobs(&mut self, cause: &str) {
+        self.commands.close();
+        while let Ok(command) = self.commands.try_recv() {
+            if let Command::Run { dispatch, sink } = command {
+                self.jobs.insert(dispatch.job_id.clone(), entry(sink, &dispatch, Instant::now()));
+            }
+        }
+        let jobs: Vec<JobId> = self.jobs.keys().cloned().collect();
+        for job_id in jobs {
+            let Some(entry) = self.jobs.get(&job_id) else { continue };
+            let state = if entry.cancel.is_some() { JobPhase::Cancelled } else { JobPhase::Failed };
+            entry.sink.push_critical(JobEvent::DriverDied { cause: cause.to_owned() });
+            entry.sink.push_critical(JobEvent::State(JobState {
+                job_id: job_id.clone(),
+                state,
+                message: Some(bounded(&format!("the driver died: {cause}"))),
+            }));
+            self.forget_job(&job_id);
+        }
+    }
+}
+
+/// A driver request for the broker.
+enum BrokerCall {
+    Acquire { budget_usd: f64, req: drover_proto::AcquireGpu },
+    Status(drover_proto::LeaseId),
+    Logs(drover_proto::LeaseId, u32),
+    Release(drover_proto::LeaseId),
+}
+
+impl BrokerCall {
+    async fn run(
+        self,
+        broker: &dyn crate::broker::GpuBroker,
+        owner: &LeaseOwner,
+    ) -> Result<(Message, Option<(drover_proto::LeaseId, JobId)>), WireError> {
+        match self {
+            BrokerCall::Acquire { budget_usd, req } => {
+                let lease = broker.acquire(owner, budget_usd, req).await?;
+                let record = (lease.lease_id.clone(), owner.job_id.clone());
+                Ok((Message::Lease(lease), Some(record)))
+            }
+            BrokerCall::Status(lease_id) => {
+                Ok((Message::Lease(broker.status(owner, lease_id).await?), None))
+            }
+            BrokerCall::Logs(lease_id, tail) => {
+                Ok((Message::LeaseLog(broker.logs(owner, lease_id, tail).await?), None))
+            }
+            BrokerCall::Release(lease_id) => {
+                Ok((Message::Lease(broker.release(owner, lease_id).await?), None))
+            }
+        }
+    }
+}
+
+fn entry(sink: JobSink, dispatch: &Dispatch, deadline: Instant) -> JobEntry {
+    JobEntry {
+        sink,
+        rank: None,
+        gpu: dispatch.gpu.clone(),
+        budget_usd: dispatch.budget_usd,
+        deadline,
+        cancel: None,
+    }
+}

@@ -1,0 +1,360 @@
+//! [`Supervisor`]: the registry of drivers, job dispatch and cancellation, and the keepers
+//! that restart dead driver processes.
+//!
+//! Each configured driver gets `pool_size` keepers. A keeper runs one session after another:
+//! spawn a process, handshake, serve jobs, and when the process dies record its
+//! [`DeathReport`], wait the backoff (doubling from [`Options::restart_backoff`] up to
+//! [`Options::restart_backoff_max`]) and start again. More than `max_restarts` deaths within
+//! [`Options::crash_loop_window`] stop the keeper; a driver whose keepers have all stopped is
+//! `failed` and refuses jobs. A session that lived longer than the window resets the count
+//! and the backoff.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use drover_proto::api::DriverHealth;
+use drover_proto::{ActionName, DriverName, JobId, LeaseId};
+use drover_transport::SchemaChecker;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::broker::GpuBroker;
+use crate::job::{CancelError, Dispatch, DispatchError, JobRun, JobSink};
+use crate::session;
+use crate::spec::{DriverSpec, Options};
+use crate::status::{DeathReport, DriverStatus};
+
+/// Why the supervisor did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Two drivers have the same name.
+    #[error("drivers[{index}].name: {name} is configured twice")]
+    DuplicateDriver {
+        /// The position of the second one.
+        index: usize,
+        /// The name.
+        name: DriverName,
+    },
+    /// A driver's command is empty.
+    #[error("drivers[{index}].command: empty (driver {name})")]
+    EmptyCommand {
+        /// The driver's position.
+        index: usize,
+        /// Its name.
+        name: DriverName,
+    },
+}
+
+/// A cheap, cloneable handle to the running supervisor. See the [crate docs](crate).
+#[derive(Clone, Debug)]
+pub struct Supervisor {
+    inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) drivers: BTreeMap<DriverName, Arc<Driver>>,
+    pub(crate) broker: Arc<dyn GpuBroker>,
+    pub(crate) options: Options,
+    /// Running jobs, by id: where their commands go.
+    pub(crate) jobs: Mutex<HashMap<JobId, mpsc::Sender<session::Command>>>,
+    /// `Some(grace)` once shutdown began.
+    pub(crate) shutdown: watch::Sender<Option<Duration>>,
+    keepers: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Supervisor")
+            .field("drivers", &self.drivers.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+/// One configured driver and what its sessions have told about it.
+pub(crate) struct Driver {
+    pub(crate) spec: DriverSpec,
+    pub(crate) state: Mutex<DriverState>,
+    /// Bumped on every change a waiting `dispatch` may care about.
+    pub(crate) changed: watch::Sender<u64>,
+    /// Leases this driver acquired, with the job each is for. Kept across restarts.
+    pub(crate) leases: Mutex<HashMap<LeaseId, JobId>>,
+}
+
+#[derive(Default)]
+pub(crate) struct DriverState {
+    pub(crate) version: Option<String>,
+    pub(crate) actions: BTreeMap<ActionName, serde_json::Value>,
+    pub(crate) sessions: Vec<SessionHandle>,
+    pub(crate) ever_ready: bool,
+    pub(crate) failed_keepers: usize,
+    pub(crate) restarts: u32,
+    pub(crate) protocol_violations: u64,
+    pub(crate) last_death: Option<DeathReport>,
+}
+
+/// A session that finished its handshake and takes jobs.
+#[derive(Clone)]
+pub(crate) struct SessionHandle {
+    pub(crate) id: u64,
+    pub(crate) commands: mpsc::Sender<session::Command>,
+    /// Jobs assigned to it and not yet ended.
+    pub(crate) jobs: Arc<AtomicUsize>,
+    /// The compiled params schema of each declared action.
+    pub(crate) checkers: Arc<BTreeMap<ActionName, SchemaChecker>>,
+}
+
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Driver {
+    pub(crate) fn name(&self) -> &DriverName {
+        &self.spec.config.name
+    }
+
+    pub(crate) fn notify(&self) {
+        self.changed.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    fn status(&self) -> DriverStatus {
+        let state = lock(&self.state);
+        let pool = usize::from(self.spec.config.pool_size);
+        let ready = state.sessions.len();
+        let health = if state.failed_keepers >= pool {
+            DriverHealth::Failed
+        } else if ready >= pool {
+            DriverHealth::Ready
+        } else if !state.ever_ready && state.failed_keepers == 0 {
+            DriverHealth::Starting
+        } else {
+            DriverHealth::Degraded
+        };
+        DriverStatus {
+            name: self.name().clone(),
+            health,
+            version: state.version.clone(),
+            ready_sessions: u16::try_from(ready).unwrap_or(u16::MAX),
+            actions: state.actions.clone(),
+            restarts: state.restarts,
+            protocol_violations: state.protocol_violations,
+            last_death: state.last_death.clone(),
+        }
+    }
+}
+
+impl Supervisor {
+    /// Starts `pool_size` processes of every driver (in the background: this returns before
+    /// their handshakes; [`Supervisor::dispatch`] waits for a ready session) and returns the
+    /// handle. Must run inside a tokio runtime, after Phase A (see [`Options::dropped`]).
+    pub async fn start(
+        drivers: Vec<DriverSpec>,
+        broker: Arc<dyn GpuBroker>,
+        options: Options,
+    ) -> Result<Supervisor, StartError> {
+        let mut registry = BTreeMap::new();
+        let mut seen = HashSet::new();
+        for (index, spec) in drivers.into_iter().enumerate() {
+            let name = spec.config.name.clone();
+            if !seen.insert(name.clone()) {
+                return Err(StartError::DuplicateDriver { index, name });
+            }
+            if spec.config.command.is_empty() {
+                return Err(StartError::EmptyCommand { index, name });
+            }
+            let driver = Driver {
+                spec,
+                state: Mutex::new(DriverState::default()),
+                changed: watch::channel(0).0,
+                leases: Mutex::new(HashMap::new()),
+            };
+            registry.insert(name, Arc::new(driver));
+        }
+        let inner = Arc::new(Inner {
+            drivers: registry,
+            broker,
+            options,
+            jobs: Mutex::new(HashMap::new()),
+            shutdown: watch::channel(None).0,
+            keepers: Mutex::new(Vec::new()),
+        });
+        let mut keepers = Vec::new();
+        for driver in inner.drivers.values() {
+            for slot in 0..driver.spec.config.pool_size {
+                keepers.push(tokio::spawn(keep(Arc::clone(&inner), Arc::clone(driver), slot)));
+            }
+        }
+        *lock(&inner.keepers) = keepers;
+        Ok(Supervisor { inner })
+    }
+
+    /// A snapshot of every configured driver, by name.
+    pub fn drivers(&self) -> Vec<DriverStatus> {
+        self.inner.drivers.values().map(|d| d.status()).collect()
+    }
+
+    /// Validates `job.params` against the schema its driver declared for the action, then
+    /// sends `run_job` to the driver's least busy ready session. Waits up to
+    /// [`Options::ready_timeout`] for a ready session. See [`crate::job`] for the events.
+    pub async fn dispatch(&self, job: Dispatch) -> Result<JobRun, DispatchError> {
+        let inner = &self.inner;
+        let driver = inner
+            .drivers
+            .get(&job.driver)
+            .ok_or_else(|| DispatchError::UnknownDriver { driver: job.driver.clone() })?;
+        let waited_from = Instant::now();
+        let deadline = waited_from + inner.options.ready_timeout;
+        let max = inner.options.max_jobs_per_session;
+        loop {
+            if inner.shutdown.borrow().is_some() {
+                return Err(DispatchError::ShuttingDown);
+            }
+            let mut changed = driver.changed.subscribe();
+            let picked = {
+                let state = lock(&driver.state);
+                if state.failed_keepers >= usize::from(driver.spec.config.pool_size) {
+                    let cause = state
+                        .last_death
+                        .as_ref()
+                        .map_or_else(|| "no cause recorded".to_owned(), DeathReport::summary);
+                    return Err(DispatchError::DriverFailed { driver: job.driver.clone(), cause });
+                }
+                let least = state.sessions.iter().min_by_key(|s| s.jobs.load(Ordering::Relaxed));
+                match least {
+                    Some(s) if s.jobs.load(Ordering::Relaxed) >= max => {
+                        return Err(DispatchError::Busy { driver: job.driver.clone(), max });
+                    }
+                    Some(s) => {
+                        s.jobs.fetch_add(1, Ordering::Relaxed);
+                        Some(s.clone())
+                    }
+                    None => None,
+                }
+            };
+            let Some(session) = picked else {
+                if tokio::time::timeout_at(deadline, changed.changed()).await.is_err() {
+                    return Err(DispatchError::NotReady {
+                        driver: job.driver.clone(),
+                        waited: waited_from.elapsed(),
+                    });
+                }
+                continue;
+            };
+            let release = || {
+                session.jobs.fetch_sub(1, Ordering::Relaxed);
+            };
+            let Some(checker) = session.checkers.get(&job.action) else {
+                release();
+                return Err(DispatchError::UnknownAction {
+                    driver: job.driver.clone(),
+                    action: job.action.clone(),
+                });
+            };
+            if let Err(violations) = checker.check(&serde_json::Value::Object(job.params.clone())) {
+                release();
+                return Err(DispatchError::InvalidParams {
+                    driver: job.driver.clone(),
+                    action: job.action.clone(),
+                    violations: violations.list,
+                });
+            }
+            {
+                let mut jobs = lock(&inner.jobs);
+                if jobs.contains_key(&job.job_id) {
+                    release();
+                    return Err(DispatchError::DuplicateJob { job_id: job.job_id.clone() });
+                }
+                jobs.insert(job.job_id.clone(), session.commands.clone());
+            }
+            let (sink, run) = JobSink::new(inner.options.job_log_bytes);
+            let job_id = job.job_id.clone();
+            let command = session::Command::Run { dispatch: job.clone(), sink };
+            if session.commands.send(command).await.is_ok() {
+                return Ok(run);
+            }
+            // The session ended between the pick and the send: try another.
+            release();
+            lock(&inner.jobs).remove(&job_id);
+        }
+    }
+
+    /// Asks the driver running `job_id` to stop it. Returns once `cancel_job` is on its way;
+    /// the outcome arrives as the job's terminal state (which may be `succeeded` if the job
+    /// won the race). A job that has not ended [`Options::cancel_grace`] later gets its
+    /// driver killed, and ends `cancelled` with the cause.
+    pub async fn cancel(&self, job_id: &JobId, reason: &str) -> Result<(), CancelError> {
+        let route = lock(&self.inner.jobs).get(job_id).cloned();
+        let Some(route) = route else {
+            return Err(CancelError::UnknownJob { job_id: job_id.clone() });
+        };
+        let command =
+            session::Command::Cancel { job_id: job_id.clone(), reason: reason.to_owned() };
+        route.send(command).await.map_err(|_| CancelError::UnknownJob { job_id: job_id.clone() })
+    }
+
+    /// Stops every driver: each session sends `shutdown {grace_ms}` and lets its jobs finish;
+    /// after `grace` it closes the transport, then sends SIGTERM, then SIGKILL, waiting
+    /// [`Options::stop_step`] between rungs. Returns when every driver process has died. Jobs
+    /// still running end `failed` (or `cancelled`) with the cause. Dispatch is refused from
+    /// the first moment.
+    pub async fn shutdown(&self, grace: Duration) {
+        self.inner.shutdown.send_replace(Some(grace));
+        let keepers = std::mem::take(&mut *lock(&self.inner.keepers));
+        for keeper in keepers {
+            let _ = keeper.await;
+        }
+    }
+}
+
+/// Runs sessions of one pool slot of `driver` until shutdown or a crash loop.
+async fn keep(inner: Arc<Inner>, driver: Arc<Driver>, slot: u16) {
+    let options = &inner.options;
+    let max_restarts = usize::try_from(driver.spec.config.max_restarts).unwrap_or(usize::MAX);
+    let mut deaths: VecDeque<Instant> = VecDeque::new();
+    let mut backoff = options.restart_backoff;
+    let mut shutdown = inner.shutdown.subscribe();
+    loop {
+        if shutdown.borrow().is_some() {
+            break;
+        }
+        let started = Instant::now();
+        let report = session::run(&inner, &driver, slot).await;
+        let now = Instant::now();
+        if now.duration_since(started) > options.crash_loop_window {
+            deaths.clear();
+            backoff = options.restart_backoff;
+        }
+        deaths.push_back(now);
+        while deaths.front().is_some_and(|t| now.duration_since(*t) > options.crash_loop_window) {
+            deaths.pop_front();
+        }
+        let stopping = shutdown.borrow().is_some();
+        let crash_loop = !stopping && deaths.len() > max_restarts;
+        if !stopping {
+            tracing::warn!(driver = %driver.name(), slot, death = %report, crash_loop, "driver process died");
+        }
+        {
+            let mut state = lock(&driver.state);
+            state.last_death = Some(report);
+            if crash_loop {
+                state.failed_keepers += 1;
+            }
+        }
+        driver.notify();
+        if stopping {
+            break;
+        }
+        if crash_loop {
+            tracing::error!(driver = %driver.name(), slot, deaths = deaths.len(), window = ?options.crash_loop_window, "driver crash-looped; not restarting it");
+            break;
+        }
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            _ = shutdown.wait_for(Option::is_some) => break,
+        }
+        backoff = (backoff * 2).min(options.restart_backoff_max);
+        lock(&driver.state).restarts += 1;
+    }
+}

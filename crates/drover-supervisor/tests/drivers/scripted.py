@@ -1,0 +1,201 @@
+# A driver for the supervisor's tests, standard library only. argv[1] picks a behaviour:
+#
+#   good             a well-behaved driver (the actions below)
+#   silent           never says hello
+#   wrong-version    offers protocol version 99 only, then exits 1 once refused
+#   bad-schema       declares an action whose params schema does not compile
+#   garbage-frames   after the handshake, sends frames that are not JSON, forever
+#   ignore-shutdown  ignores `shutdown`, transport EOF and SIGTERM
+#   hang             after the handshake, stops reading its transport (no pong)
+#   stdout-garbage   writes binary junk and an overlong line to stdout, then is good
+#
+# Actions (a well-behaved driver offers them all):
+#   echo   {"text": string}    starting, running, a log line, result {"echo": text}, succeeded
+#   sleep  {"seconds": n}      running until done (succeeded) or cancelled (cancelled);
+#                              with "ignore_cancel": true it ignores cancel_job
+#   crash  {}                  running, then the process exits with status 3
+#   flood  {"frames": n}       n job_log frames of 100 lines each, then succeeded
+#   gpu    {}                  acquire_gpu, lease_status, release_gpu; the replies are the output
+#   steal  {"lease_id": id}    release_gpu on someone else's lease; the reply is the output
+import json
+import os
+import signal
+import socket
+import struct
+import sys
+import threading
+import time
+
+MODE = sys.argv[1]
+NAME = sys.argv[2] if len(sys.argv) > 2 else "scripted"
+SOCK = socket.socket(fileno=int(os.environ["DROVER_TRANSPORT_FD"]))
+LOCK = threading.Lock()
+CANCELLED = {}
+REPLIES = {}
+REPLY_READY = threading.Condition()
+NEXT_ID = [1000]
+
+
+def send(obj):
+    data = json.dumps(obj).encode()
+    with LOCK:
+        SOCK.sendall(struct.pack(">I", len(data)) + data)
+
+
+def read_exact(n):
+    buf = b""
+    while len(buf) < n:
+        chunk = SOCK.recv(n - len(buf))
+        if not chunk:
+            return None
+        buf += chunk
+    return buf
+
+
+def recv():
+    head = read_exact(4)
+    if head is None:
+        return None
+    body = read_exact(struct.unpack(">I", head)[0])
+    return None if body is None else json.loads(body)
+
+
+def event(msg):
+    send({"msg": msg})
+
+
+def request(msg):
+    """Sends a request from a job thread and waits for the reply the main loop files."""
+    with REPLY_READY:
+        NEXT_ID[0] += 1
+        mid = NEXT_ID[0]
+    send({"id": mid, "msg": msg})
+    with REPLY_READY:
+        while mid not in REPLIES:
+            REPLY_READY.wait()
+        return REPLIES.pop(mid)
+
+
+def state(job, phase, message=None):
+    msg = {"type": "job_state", "job_id": job, "state": phase}
+    if message:
+        msg["message"] = message
+    event(msg)
+
+
+ACTIONS = {
+    "echo": {"type": "object", "properties": {"text": {"type": "string", "maxLength": 64}},
+             "required": ["text"], "additionalProperties": False},
+    "sleep": {"type": "object", "properties": {"seconds": {"type": "number", "minimum": 0},
+                                               "ignore_cancel": {"type": "boolean"}},
+              "required": ["seconds"]},
+    "crash": {"type": "object"},
+    "flood": {"type": "object", "properties": {"frames": {"type": "integer", "minimum": 1}}},
+    "gpu": {"type": "object"},
+    "steal": {"type": "object", "properties": {"lease_id": {"type": "string"}},
+              "required": ["lease_id"]},
+}
+if MODE == "bad-schema":
+    ACTIONS["echo"] = {"type": "no-such-type"}
+
+
+def run_job(job, action, params):
+    if action == "echo":
+        state(job, "starting")
+        state(job, "running")
+        event({"type": "job_log", "job_id": job, "stream": "stdout", "lines": ["echo " + params["text"]]})
+        event({"type": "job_progress", "job_id": job, "current": 1, "total": 1})
+        event({"type": "job_result", "job_id": job, "outcome": "succeeded", "output": {"echo": params["text"]}})
+        state(job, "succeeded")
+    elif action == "sleep":
+        state(job, "running")
+        until = time.time() + params["seconds"]
+        while time.time() < until:
+            if CANCELLED.get(job) and not params.get("ignore_cancel"):
+                event({"type": "job_result", "job_id": job, "outcome": "cancelled"})
+                state(job, "cancelled", "cancelled on request")
+                return
+            time.sleep(0.02)
+        event({"type": "job_result", "job_id": job, "outcome": "succeeded"})
+        state(job, "succeeded")
+    elif action == "crash":
+        state(job, "running")
+        sys.stderr.write("about to crash\n")
+        sys.stderr.flush()
+        os._exit(3)
+    elif action == "flood":
+        state(job, "running")
+        lines = ["flood line %d " % i + "x" * 200 for i in range(100)]
+        for _ in range(params.get("frames", 1)):
+            event({"type": "job_log", "job_id": job, "stream": "stdout", "lines": lines})
+        state(job, "succeeded")
+    elif action == "gpu":
+        state(job, "running")
+        lease = request({"type": "acquire_gpu", "job_id": job, "gpu": {"count": 1},
+                         "image": "example/image:1", "disk_gib": 16, "max_runtime_s": 600})
+        out = {"acquire": lease}
+        if lease["type"] == "lease":
+            lid = lease["lease_id"]
+            out["status"] = request({"type": "lease_status", "lease_id": lid})
+            out["release"] = request({"type": "release_gpu", "lease_id": lid})
+        event({"type": "job_result", "job_id": job, "outcome": "succeeded", "output": out})
+        state(job, "succeeded")
+    elif action == "steal":
+        state(job, "running")
+        reply = request({"type": "release_gpu", "lease_id": params["lease_id"]})
+        event({"type": "job_result", "job_id": job, "outcome": "succeeded", "output": reply})
+        state(job, "succeeded")
+
+
+def main():
+    if MODE == "silent":
+        time.sleep(3600)
+    if MODE == "ignore-shutdown":
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if MODE == "stdout-garbage":
+        sys.stdout.buffer.write(b"\x00\xff garbage \x1b[31m not a frame\n" + b"y" * 10000 + b"\n")
+        sys.stdout.flush()
+    versions = [99] if MODE == "wrong-version" else [1]
+    send({"id": 1, "msg": {"type": "hello", "protocol_versions": versions,
+                           "driver": {"name": NAME, "version": "0.1.0"},
+                           "actions": ACTIONS, "schema_sha256": "0" * 64}})
+    answer = recv()
+    if answer is None or answer["msg"]["type"] != "welcome":
+        sys.stderr.write("refused: %s\n" % json.dumps(answer))
+        sys.exit(1)
+    if MODE == "garbage-frames":
+        while True:
+            junk = b"this is not json"
+            with LOCK:
+                SOCK.sendall(struct.pack(">I", len(junk)) + junk)
+            time.sleep(0.001)
+    if MODE == "hang":
+        time.sleep(3600)
+    while True:
+        frame = recv()
+        if frame is None:
+            if MODE == "ignore-shutdown":
+                time.sleep(3600)
+            sys.exit(0)
+        msg = frame["msg"]
+        kind = msg["type"]
+        if "re" in frame:
+            with REPLY_READY:
+                REPLIES[frame["re"]] = msg
+                REPLY_READY.notify_all()
+        elif kind == "ping":
+            send({"re": frame["id"], "msg": {"type": "pong"}})
+        elif kind == "run_job":
+            send({"re": frame["id"], "msg": {"type": "ack"}})
+            threading.Thread(target=run_job, args=(msg["job_id"], msg["action"], msg["params"]),
+                             daemon=True).start()
+        elif kind == "cancel_job":
+            send({"re": frame["id"], "msg": {"type": "ack"}})
+            CANCELLED[msg["job_id"]] = True
+        elif kind == "shutdown":
+            send({"re": frame["id"], "msg": {"type": "ack"}})
+            if MODE != "ignore-shutdown":
+                sys.exit(0)
+
+
+main()
