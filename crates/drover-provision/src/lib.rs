@@ -58,7 +58,7 @@ pub use estimate::{CostModel, Estimate, EstimateInputs};
 pub use gate::{CostGateError, Gate, GateReason};
 pub use provider::Provider;
 pub use provisioner::{
-    AcquireError, JobContext, LeaseError, Provisioner, ProvisionerConfig, ReapReport,
+    AcquireError, DryRun, JobContext, LeaseError, Provisioner, ProvisionerConfig, ReapReport,
 };
 pub use retry::RetryPolicy;
 pub use secret::ApiKey;

@@ -34,7 +34,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use drover_proto::config::GateConfig;
 use drover_proto::{
-    AcquireGpu, ErrorCode, Lease, LeaseId, LeaseLog, LeasePhase, Pricing, WireError,
+    AcquireGpu, ErrorCode, GpuRequest, Lease, LeaseId, LeaseLog, LeasePhase, Pricing, WireError,
 };
 use serde_json::{Map, Value, json};
 use tokio::sync::Notify;
@@ -42,7 +42,7 @@ use tokio::task::{AbortHandle, JoinHandle};
 use tracing::{info, warn};
 
 use crate::clock::Clock;
-use crate::estimate::{CostModel, EstimateInputs, GB_PER_GIB};
+use crate::estimate::{CostModel, Estimate, EstimateInputs, GB_PER_GIB};
 use crate::gate::{CostGateError, Gate, GateConfigError, GateReason};
 use crate::provider::Provider;
 use crate::redact::bounded;
@@ -320,6 +320,50 @@ fn s_to_ms(s: f64) -> u64 {
     ms
 }
 
+/// The estimator's inputs for a set of failover candidates: the worst price of each kind
+/// among them, so whichever candidate is rented, the estimate holds.
+#[allow(clippy::too_many_arguments)]
+fn estimate_inputs(
+    candidates: &[Candidate],
+    dearest: &Candidate,
+    pricing: Pricing,
+    disk_gb: f64,
+    bandwidth_gib: f64,
+    max_runtime_s: u32,
+    quote_age_s: f64,
+    remaining_budget_usd: f64,
+) -> EstimateInputs {
+    EstimateInputs {
+        offer_id: dearest.offer.id,
+        pricing,
+        compute_usd_per_hour: worst_of(candidates.iter().map(|c| match pricing {
+            Pricing::OnDemand => c.offer.dph_base,
+            Pricing::Interruptible => c.bid,
+        })),
+        storage_usd_per_gb_month: worst_of(candidates.iter().map(|c| c.offer.storage_cost)),
+        inet_up_usd_per_gb: worst_of(candidates.iter().map(|c| c.offer.inet_up_cost)),
+        inet_down_usd_per_gb: worst_of(candidates.iter().map(|c| c.offer.inet_down_cost)),
+        disk_gb,
+        bandwidth_gb: bandwidth_gib * GB_PER_GIB,
+        max_runtime_s: f64::from(max_runtime_s),
+        quote_age_s,
+        remaining_budget_usd,
+    }
+}
+
+/// What a dry run decided: the gate's answer for a rental that is never made.
+#[derive(Debug)]
+pub struct DryRun {
+    /// The estimate the gate allowed, or its refusal (which carries the estimate when one was
+    /// made).
+    pub decision: Result<Estimate, CostGateError>,
+    /// The offer the estimate priced (the dearest failover candidate): GPU model, GPU count,
+    /// compute plus storage in USD per hour.
+    pub offer: Option<(String, u32, f64)>,
+    /// The confidence floor.
+    pub floor: f64,
+}
+
 /// One offer to try, with the price drover will pay.
 #[derive(Clone, Debug)]
 struct Candidate {
@@ -447,6 +491,61 @@ impl<P: Provider, S: Store> Provisioner<P, S> {
         Ok(LeaseLog { lease_id: lease_id.clone(), lines, truncated: keep < all.len() })
     }
 
+    /// A dry run of `acquire`'s decision: a fresh quote, the estimate and the gate, exactly
+    /// as a rental would be judged (with `budget_usd` as the remaining budget and today's
+    /// committed spend), but nothing is reserved and nothing is rented. Audited as
+    /// `gate.estimate`. Errors are what `acquire` would fail with before deciding (no
+    /// offers, the provider unreachable, the store).
+    pub async fn dry_run(
+        &self,
+        gpu: &GpuRequest,
+        max_runtime_s: u32,
+        disk_gib: u32,
+        bandwidth_gib: f64,
+        budget_usd: f64,
+        actor: &str,
+    ) -> Result<DryRun, AcquireError> {
+        let inner = &self.inner;
+        let disk_gb = f64::from(disk_gib) * GB_PER_GIB;
+        let offers = inner.provider.search_offers(&inner.offer_query(gpu, disk_gb)).await?;
+        let quoted_at = inner.clock.now_s();
+        let candidates = inner.candidates(offers, gpu.pricing, disk_gb);
+        let Some(dearest) = candidates.last() else { return Err(AcquireError::NoOffers) };
+        let day = inner.clock.now_ms() / 86_400_000;
+        // Only today's total is used; the job part of the answer is ignored.
+        let nobody = drover_proto::JobId::new("dry-run").map_err(|_| AcquireError::NoOffers)?;
+        let day_usd = inner.store.committed(&nobody, day).await?.day_usd;
+        let inputs = estimate_inputs(
+            &candidates,
+            dearest,
+            gpu.pricing,
+            disk_gb,
+            bandwidth_gib,
+            max_runtime_s,
+            inner.clock.now_s() - quoted_at,
+            budget_usd,
+        );
+        let decision = inner.gate.decide(&inputs, day_usd);
+        let (result, reason) = match &decision {
+            Ok(_) => ("allowed", Value::Null),
+            Err(rejection) => ("rejected", Value::from(rejection.reason_code())),
+        };
+        inner
+            .audit(
+                "gate.estimate",
+                actor,
+                "estimate".to_owned(),
+                result,
+                json!({
+                    "reason": reason, "inputs": inputs, "floor": inner.gate.floor(),
+                    "day_committed_usd": day_usd, "daily_cap_usd": inner.gate.daily_cap_usd(),
+                }),
+            )
+            .await;
+        let offer = Some((dearest.offer.gpu_name.clone(), dearest.offer.num_gpus, dearest.rate));
+        Ok(DryRun { decision, offer, floor: inner.gate.floor() })
+    }
+
     /// One reaper pass, now.
     pub async fn reap_once(&self) -> Result<ReapReport, LeaseError> {
         Inner::reap_once(&self.inner).await
@@ -538,6 +637,19 @@ impl<P: Provider, S: Store> Inner<P, S> {
         let id = format!("l{:x}{n:04x}", self.clock.now_ms());
         // Hex digits after a letter always fit the lease-id grammar and its 64-byte bound.
         LeaseId::new(id).unwrap_or_else(|_| unreachable!("hex lease ids are valid"))
+    }
+
+    fn offer_query(&self, gpu: &GpuRequest, disk_gb: f64) -> OfferQuery {
+        OfferQuery {
+            gpu_names: gpu.models.clone(),
+            num_gpus: u32::from(gpu.count),
+            min_gpu_ram_mb: gpu.min_gpu_ram_gib.map(|g| f64::from(g) * 1000.0),
+            max_dph_total: gpu.max_usd_per_hour,
+            min_reliability: gpu.min_reliability,
+            interruptible: gpu.pricing == Pricing::Interruptible,
+            disk_gb,
+            limit: self.cfg.search_limit.max(1),
+        }
     }
 
     fn candidates(&self, offers: Vec<Offer>, pricing: Pricing, disk_gb: f64) -> Vec<Candidate> {
@@ -633,16 +745,7 @@ impl<P: Provider, S: Store> Inner<P, S> {
         disk_gb: f64,
     ) -> Result<(LeaseRecord, Vec<Candidate>), AcquireError> {
         let gpu = &req.gpu;
-        let query = OfferQuery {
-            gpu_names: gpu.models.clone(),
-            num_gpus: u32::from(gpu.count),
-            min_gpu_ram_mb: gpu.min_gpu_ram_gib.map(|g| f64::from(g) * 1000.0),
-            max_dph_total: gpu.max_usd_per_hour,
-            min_reliability: gpu.min_reliability,
-            interruptible: gpu.pricing == Pricing::Interruptible,
-            disk_gb,
-            limit: self.cfg.search_limit.max(1),
-        };
+        let query = self.offer_query(gpu, disk_gb);
         for _ in 0..3 {
             let offers = self.provider.search_offers(&query).await?;
             let quoted_at = self.clock.now_s();
@@ -651,22 +754,16 @@ impl<P: Provider, S: Store> Inner<P, S> {
             let now_ms = self.clock.now_ms();
             let day = now_ms / 86_400_000;
             let committed = self.store.committed(&req.job_id, day).await?;
-            let inputs = EstimateInputs {
-                offer_id: dearest.offer.id,
-                pricing: gpu.pricing,
-                compute_usd_per_hour: worst_of(candidates.iter().map(|c| match gpu.pricing {
-                    Pricing::OnDemand => c.offer.dph_base,
-                    Pricing::Interruptible => c.bid,
-                })),
-                storage_usd_per_gb_month: worst_of(candidates.iter().map(|c| c.offer.storage_cost)),
-                inet_up_usd_per_gb: worst_of(candidates.iter().map(|c| c.offer.inet_up_cost)),
-                inet_down_usd_per_gb: worst_of(candidates.iter().map(|c| c.offer.inet_down_cost)),
+            let inputs = estimate_inputs(
+                &candidates,
+                dearest,
+                gpu.pricing,
                 disk_gb,
-                bandwidth_gb: req.bandwidth_gib * GB_PER_GIB,
-                max_runtime_s: f64::from(req.max_runtime_s),
-                quote_age_s: self.clock.now_s() - quoted_at,
-                remaining_budget_usd: ctx.budget_usd - committed.job_usd,
-            };
+                req.bandwidth_gib,
+                req.max_runtime_s,
+                self.clock.now_s() - quoted_at,
+                ctx.budget_usd - committed.job_usd,
+            );
             let resource = format!("lease:{lease_id}");
             let estimate = match self.gate.decide(&inputs, committed.day_usd) {
                 Ok(e) => e,

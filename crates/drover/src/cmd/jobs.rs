@@ -124,39 +124,42 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async move {
-        let outcome = match args.command {
-            JobsCommand::Submit { file, idempotency_key } => {
-                submit(&client, json, &file, idempotency_key.as_deref()).await
+        let outcome = async move {
+            match args.command {
+                JobsCommand::Submit { file, idempotency_key } => {
+                    submit(&client, json, &file, idempotency_key.as_deref()).await
+                }
+                JobsCommand::List { state, driver, label, limit, cursor } => {
+                    let mut query = Vec::new();
+                    let mut add = |key: &str, value: Option<String>| {
+                        if let Some(value) = value {
+                            query.push(format!("{key}={}", encode(&value)));
+                        }
+                    };
+                    add("state", state);
+                    add("driver", driver);
+                    add("label", label);
+                    add("limit", limit.map(|l| l.to_string()));
+                    add("cursor", cursor);
+                    list(&client, json, &query.join("&")).await
+                }
+                JobsCommand::Show { id } => {
+                    let answer = client.job(&id).await?;
+                    print_job(json, &answer.raw, &answer.body)
+                }
+                JobsCommand::Cancel { id } => {
+                    let answer = client.cancel(&id).await?;
+                    print_job(json, &answer.raw, &answer.body)
+                }
+                JobsCommand::Logs { id, follow } => {
+                    logs(&client, json, &id, follow).await.map(|phase| match phase {
+                        Some(JobPhase::Failed | JobPhase::Cancelled) if follow => ExitCode::from(1),
+                        _ => ExitCode::SUCCESS,
+                    })
+                }
             }
-            JobsCommand::List { state, driver, label, limit, cursor } => {
-                let mut query = Vec::new();
-                let mut add = |key: &str, value: Option<String>| {
-                    if let Some(value) = value {
-                        query.push(format!("{key}={}", encode(&value)));
-                    }
-                };
-                add("state", state);
-                add("driver", driver);
-                add("label", label);
-                add("limit", limit.map(|l| l.to_string()));
-                add("cursor", cursor);
-                list(&client, json, &query.join("&")).await
-            }
-            JobsCommand::Show { id } => {
-                let answer = client.job(&id).await?;
-                print_job(json, &answer.raw, &answer.body)
-            }
-            JobsCommand::Cancel { id } => {
-                let answer = client.cancel(&id).await?;
-                print_job(json, &answer.raw, &answer.body)
-            }
-            JobsCommand::Logs { id, follow } => {
-                logs(&client, json, &id, follow).await.map(|phase| match phase {
-                    Some(JobPhase::Failed | JobPhase::Cancelled) if follow => ExitCode::from(1),
-                    _ => ExitCode::SUCCESS,
-                })
-            }
-        };
+        }
+        .await;
         outcome_code(outcome)
     })
 }

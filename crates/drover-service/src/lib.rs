@@ -1,0 +1,738 @@
+//! drover's API backend: the real [`drover_api::Backend`], over the store, the job runner
+//! (the supervisor) and the gated provisioner.
+//!
+//! ```text
+//! POST /v1/jobs ─> Service::submit ─> Store::submit_job (durable) ─> 201
+//!                                         └─> job task: dispatch (retried while the driver is
+//!                                             starting or busy) ─> events ─> Store::append_event
+//!                                                                          └─> live SSE streams
+//! DELETE /v1/jobs/{id} ─> runner.cancel (running) or a `cancelled` state (still queued)
+//! POST /v1/estimates  ─> Provisioner::dry_run: quote, estimate, gate; nothing rented
+//! ```
+//!
+//! Rules this module keeps:
+//!
+//! - A job is acknowledged only once the store has committed it ([`Store::submit_job`]); an
+//!   `Idempotency-Key` replay returns the earlier job and dispatches nothing.
+//! - Every event of a running job is stored before it is streamed; streams read the stored
+//!   history first and then live events, so a client sees every event once, in order, and
+//!   resumes with `Last-Event-ID`. The store refuses anything after a terminal state.
+//! - A job always ends: when the runner's channel closes without a terminal state, or the
+//!   dispatch is refused, or the job's deadline passes while it waits for a driver, the
+//!   service records `failed` with the reason.
+//! - At start ([`Service::recover`]) jobs a previous run left `queued` are dispatched again;
+//!   jobs it left `starting` or `running` are recorded `failed` (their driver is gone, and the
+//!   provisioner's start-up reaper has destroyed any instance they rented).
+//! - [`Service::shutdown`] stops accepting jobs (503), cancels every running job and waits for
+//!   them to end (up to a grace period, default 10 s); the caller then shuts the supervisor
+//!   and the provisioner down (which releases every lease).
+//! - Readiness says loudly when the provider is the embedded simulator.
+//!
+//! Defaults ([`ServiceConfig::default`]): dispatch retried every 500 ms while a driver is
+//! starting or busy, shutdown grace 10 s, no webhooks.
+
+#![forbid(unsafe_code)]
+
+pub mod runner;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::Duration;
+
+use drover_api::backend::{
+    Backend, BackendError, BoxFuture, EventStream, JobQuery, SchemaLookupError, Submission,
+    Submitted,
+};
+use drover_api::webhook::WebhookSender;
+use drover_proto::api::{
+    AuditEvent, Check, DriverHealth, DriverList, EstimateRequest, EstimateResponse, Job, JobEvent,
+    JobEventKind, JobList, OfferSummary, Readiness, WebhookEvent, WebhookKind,
+};
+use drover_proto::{ActionName, DriverName, JobId, JobPhase, JobState, ParamsSchema};
+use drover_provision::{AcquireError, Provider, Provisioner};
+use drover_store::{Idempotency, JobFilter, NewJob, Store, StoreError};
+use futures_util::StreamExt;
+use serde_json::{Map, Value, json};
+use tokio::sync::{broadcast, mpsc, watch};
+
+pub use runner::{JobRunner, RunError, RunEvent, RunRequest};
+
+/// Where rentals go, as readiness and the logs name it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProviderKind {
+    /// The embedded Vast.ai simulator: nothing real is rented, nothing is spent.
+    Simulator,
+    /// The real Vast.ai: rentals cost real money.
+    Vastai,
+}
+
+/// What readiness says about the simulator.
+pub const SIMULATOR_NOTICE: &str = "SIMULATOR: the embedded Vast.ai simulator is the provider; \
+     nothing real is rented and nothing is spent";
+
+/// How the service behaves.
+#[derive(Clone, Debug)]
+pub struct ServiceConfig {
+    /// The provider behind the provisioner.
+    pub provider: ProviderKind,
+    /// Pause between dispatch attempts while the driver is starting or busy. Default 500 ms.
+    pub dispatch_retry: Duration,
+    /// How long [`Service::shutdown`] waits for cancelled jobs to end. Default 10 s.
+    pub shutdown_grace: Duration,
+    /// The gate's confidence floor, for answers made without the gate (no offers). Default
+    /// 0.95.
+    pub confidence_floor: f64,
+    /// Sends `job.finished` to jobs' webhook URLs; `None`: jobs with a webhook URL are
+    /// accepted but nothing is sent (logged).
+    pub webhooks: Option<WebhookSender>,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        Self {
+            provider: ProviderKind::Simulator,
+            dispatch_retry: Duration::from_millis(500),
+            shutdown_grace: Duration::from_secs(10),
+            confidence_floor: 0.95,
+            webhooks: None,
+        }
+    }
+}
+
+/// A job the service is running (waiting for a driver, or on one).
+#[derive(Debug)]
+struct Running {
+    cancel: watch::Sender<Option<String>>,
+    done: watch::Receiver<bool>,
+}
+
+/// The API backend. See the [module docs](self).
+pub struct Service<P: Provider, S: Store> {
+    store: S,
+    provisioner: Arc<Provisioner<P, S>>,
+    runner: Arc<dyn JobRunner>,
+    config: ServiceConfig,
+    live: broadcast::Sender<JobEvent>,
+    running: Mutex<HashMap<JobId, Running>>,
+    accepting: AtomicBool,
+    me: Weak<Self>,
+}
+
+impl<P: Provider, S: Store> std::fmt::Debug for Service<P, S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Service").field("provider", &self.config.provider).finish_non_exhaustive()
+    }
+}
+
+/// Unix time in milliseconds.
+pub fn now_ms() -> u64 {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis();
+    u64::try_from(since).unwrap_or(u64::MAX).max(1)
+}
+
+fn new_job_id() -> JobId {
+    let mut random = [0u8; 6];
+    // Ids are not secrets; if the CSPRNG fails the clock still makes them unique enough.
+    if getrandom::fill(&mut random).is_err() {
+        random = now_ms().to_le_bytes()[..6].try_into().unwrap_or([0; 6]);
+    }
+    let text = format!("job-{:x}-{}", now_ms(), hex::encode(random));
+    // The text is ASCII letters, digits and `-`, starting with a letter, 30 characters: a
+    // valid job id by construction.
+    JobId::new(text).unwrap_or_else(|_| JobId::new("job-0").unwrap_or_else(|_| unreachable!()))
+}
+
+fn store_error(error: StoreError) -> BackendError {
+    match error {
+        StoreError::IdempotencyConflict => BackendError::IdempotencyConflict,
+        StoreError::JobNotFound(_) => BackendError::NotFound,
+        StoreError::JobFinished { .. } => BackendError::Conflict("the job has already ended"),
+        other => BackendError::internal(other),
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn state(job_id: &JobId, phase: JobPhase, message: impl Into<String>) -> JobEventKind {
+    let mut message: String = message.into();
+    let max = usize::try_from(drover_proto::limits::MESSAGE_LEN).unwrap_or(1024);
+    if message.len() > max {
+        let mut end = max;
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        message.truncate(end);
+    }
+    JobEventKind::JobState(JobState {
+        job_id: job_id.clone(),
+        state: phase,
+        message: Some(message),
+    })
+}
+
+impl<P: Provider, S: Store> Service<P, S> {
+    /// A service over `store`, `runner` and `provisioner`. Call [`Service::recover`] before
+    /// serving.
+    pub fn new(
+        store: S,
+        runner: Arc<dyn JobRunner>,
+        provisioner: Arc<Provisioner<P, S>>,
+        config: ServiceConfig,
+    ) -> Arc<Self> {
+        let (live, _) = broadcast::channel(4096);
+        Arc::new_cyclic(|me| Self {
+            store,
+            provisioner,
+            runner,
+            config,
+            live,
+            running: Mutex::new(HashMap::new()),
+            accepting: AtomicBool::new(true),
+            me: me.clone(),
+        })
+    }
+
+    /// The store.
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// The provisioner.
+    pub fn provisioner(&self) -> &Arc<Provisioner<P, S>> {
+        &self.provisioner
+    }
+
+    /// Jobs waiting for a driver or running on one.
+    pub fn running_jobs(&self) -> usize {
+        lock(&self.running).len()
+    }
+
+    /// Takes over what a previous run left unfinished: `queued` jobs are dispatched again,
+    /// `starting`/`running` ones are recorded `failed`. Returns (resumed, failed).
+    pub async fn recover(&self) -> Result<(usize, usize), StoreError> {
+        let mut resumed = 0;
+        let mut failed = 0;
+        for job in self.store.unfinished_jobs().await? {
+            if job.state == JobPhase::Queued {
+                resumed += 1;
+                tracing::info!(job = %job.id, "resuming a job the previous run left queued");
+                self.spawn(job);
+            } else {
+                failed += 1;
+                let message = format!(
+                    "the supervisor restarted while the job was {}; its driver is gone and the \
+                     reaper has destroyed any instance it rented",
+                    phase_name(job.state)
+                );
+                tracing::warn!(job = %job.id, "{message}");
+                self.record(&job.id, state(&job.id, JobPhase::Failed, message)).await;
+                self.audit_internal("job.recover", &job.id, "failed", Map::new()).await;
+            }
+        }
+        Ok((resumed, failed))
+    }
+
+    /// Stops accepting jobs, cancels every running job and waits (up to the grace period)
+    /// for them to end. Returns how many had not ended in time.
+    pub async fn shutdown(&self) -> usize {
+        self.accepting.store(false, Ordering::SeqCst);
+        let waiting: Vec<(JobId, watch::Receiver<bool>)> = {
+            let running = lock(&self.running);
+            running
+                .iter()
+                .map(|(id, run)| {
+                    let _ = run.cancel.send(Some("the supervisor is shutting down".to_owned()));
+                    (id.clone(), run.done.clone())
+                })
+                .collect()
+        };
+        for (id, _) in &waiting {
+            self.runner.cancel(id, "the supervisor is shutting down").await;
+        }
+        let wait_all = async {
+            for (_, mut done) in waiting {
+                let _ = done.wait_for(|d| *d).await;
+            }
+        };
+        if tokio::time::timeout(self.config.shutdown_grace, wait_all).await.is_err() {
+            let left = self.running_jobs();
+            tracing::warn!(left, "jobs did not end within the shutdown grace period");
+            return left;
+        }
+        0
+    }
+
+    /// Stores an event and publishes it to live streams. An event after the job's terminal
+    /// state is dropped (the store refuses it).
+    async fn record(&self, id: &JobId, event: JobEventKind) -> bool {
+        match self.store.append_event(id, now_ms(), event).await {
+            Ok(stored) => {
+                let _ = self.live.send(stored);
+                true
+            }
+            Err(StoreError::JobFinished { .. }) => false,
+            Err(error) => {
+                tracing::error!(job = %id, %error, "a job event could not be stored");
+                false
+            }
+        }
+    }
+
+    async fn audit_internal(
+        &self,
+        action: &str,
+        id: &JobId,
+        result: &str,
+        metadata: Map<String, Value>,
+    ) {
+        let event = AuditEvent {
+            timestamp: drover_api::audit::rfc3339(now_ms()),
+            request_id: None,
+            actor: "supervisor".to_owned(),
+            action: action.to_owned(),
+            resource: format!("job:{id}"),
+            result: result.to_owned(),
+            metadata,
+        };
+        if let Err(error) = self.store.append_audit(&event).await {
+            tracing::warn!(%error, action, "audit event could not be stored");
+        }
+    }
+
+    fn spawn(&self, job: Job) {
+        let Some(me) = self.me.upgrade() else { return };
+        let (cancel, cancelled) = watch::channel(None);
+        let (done_tx, done) = watch::channel(false);
+        lock(&self.running).insert(job.id.clone(), Running { cancel, done });
+        tokio::spawn(async move {
+            let id = job.id.clone();
+            me.run(job, cancelled).await;
+            lock(&me.running).remove(&id);
+            let _ = done_tx.send(true);
+        });
+    }
+
+    /// One job's life: dispatch (retried while the driver is not ready), events, the end.
+    async fn run(&self, job: Job, mut cancelled: watch::Receiver<Option<String>>) {
+        let id = job.id.clone();
+        let max_runtime = Duration::from_secs(u64::from(job.spec.max_runtime_s));
+        let deadline = tokio::time::Instant::now() + max_runtime;
+        let request = RunRequest {
+            job_id: id.clone(),
+            driver: job.spec.driver.clone(),
+            action: job.spec.action.clone(),
+            params: job.spec.params.clone(),
+            gpu: job.spec.gpu.clone(),
+            max_runtime,
+            budget_usd: job.spec.budget_usd,
+        };
+        let mut events = loop {
+            let reason = cancelled.borrow().clone();
+            if let Some(reason) = reason {
+                self.record(&id, state(&id, JobPhase::Cancelled, reason)).await;
+                return self.finished(&id).await;
+            }
+            let mut request = request.clone();
+            request.max_runtime = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.runner.dispatch(request).await {
+                Ok(events) => break events,
+                Err(RunError::Retry(why)) if tokio::time::Instant::now() < deadline => {
+                    tracing::debug!(job = %id, %why, "driver not ready; dispatch retried");
+                    tokio::select! {
+                        () = tokio::time::sleep(self.config.dispatch_retry) => {}
+                        _ = cancelled.changed() => {}
+                    }
+                }
+                Err(error) => {
+                    let message = match error {
+                        RunError::Retry(why) => {
+                            format!("no driver took the job before its deadline: {why}")
+                        }
+                        RunError::Refused(why) => format!("dispatch refused: {why}"),
+                    };
+                    self.record(&id, state(&id, JobPhase::Failed, message)).await;
+                    return self.finished(&id).await;
+                }
+            }
+        };
+        // A cancel that arrived while dispatching reaches the runner now.
+        let reason = cancelled.borrow().clone();
+        if let Some(reason) = reason {
+            self.runner.cancel(&id, &reason).await;
+        }
+        let mut ended = false;
+        let mut watching_cancel = true;
+        loop {
+            tokio::select! {
+                event = events.recv() => {
+                    let Some(event) = event else { break };
+                    match event {
+                        RunEvent::Job(kind) => {
+                            if kind.job_id() != &id {
+                                tracing::warn!(job = %id, other = %kind.job_id(), "runner sent another job's event; dropped");
+                                continue;
+                            }
+                            let terminal = matches!(&kind, JobEventKind::JobState(s) if s.state.is_terminal());
+                            self.record(&id, kind).await;
+                            if terminal {
+                                ended = true;
+                            }
+                        }
+                        RunEvent::DriverDied { cause } => {
+                            tracing::warn!(job = %id, %cause, "the driver died with the job running");
+                            let mut metadata = Map::new();
+                            metadata.insert("cause".to_owned(), Value::from(cause));
+                            self.audit_internal("job.driver_died", &id, "error", metadata).await;
+                        }
+                    }
+                }
+                changed = cancelled.changed(), if watching_cancel => {
+                    if changed.is_err() {
+                        watching_cancel = false;
+                        continue;
+                    }
+                    let reason = cancelled.borrow().clone();
+                    if let Some(reason) = reason {
+                        self.runner.cancel(&id, &reason).await;
+                    }
+                }
+            }
+        }
+        if !ended {
+            let message = "the supervisor lost the job's driver session before the job ended";
+            self.record(&id, state(&id, JobPhase::Failed, message)).await;
+        }
+        self.finished(&id).await;
+    }
+
+    /// After a job's terminal state: audit, webhook.
+    async fn finished(&self, id: &JobId) {
+        let job = match self.store.get_job(id).await {
+            Ok(Some(job)) => job,
+            Ok(None) => return,
+            Err(error) => {
+                tracing::error!(job = %id, %error, "reading a finished job");
+                return;
+            }
+        };
+        let mut metadata = Map::new();
+        metadata.insert("state".to_owned(), Value::from(phase_name(job.state)));
+        self.audit_internal("job.finish", id, phase_name(job.state), metadata).await;
+        let Some(url) = job.spec.webhook_url.clone() else { return };
+        let Some(sender) = self.config.webhooks.clone() else {
+            tracing::warn!(job = %id, "the job has a webhook URL but no webhook secret is configured; nothing sent");
+            return;
+        };
+        let event = WebhookEvent {
+            id: format!("evt-{id}-finished"),
+            kind: WebhookKind::JobFinished,
+            created_unix_ms: now_ms(),
+            job,
+        };
+        let id = id.clone();
+        tokio::spawn(async move {
+            if let Err(error) = sender.deliver(&url, &event).await {
+                tracing::warn!(job = %id, %error, "webhook delivery failed");
+            }
+        });
+    }
+}
+
+/// A phase's name as the API spells it.
+pub fn phase_name(phase: JobPhase) -> &'static str {
+    match phase {
+        JobPhase::Queued => "queued",
+        JobPhase::Starting => "starting",
+        JobPhase::Running => "running",
+        JobPhase::Succeeded => "succeeded",
+        JobPhase::Failed => "failed",
+        JobPhase::Cancelled => "cancelled",
+    }
+}
+
+fn is_terminal_event(event: &JobEvent) -> bool {
+    matches!(&event.event, JobEventKind::JobState(s) if s.state.is_terminal())
+}
+
+impl<P: Provider, S: Store> Backend for Service<P, S> {
+    fn submit(&self, submission: Submission) -> BoxFuture<'_, Result<Submitted, BackendError>> {
+        Box::pin(async move {
+            if !self.accepting.load(Ordering::SeqCst) {
+                return Err(BackendError::Unavailable("the supervisor is shutting down"));
+            }
+            let new = NewJob {
+                id: new_job_id(),
+                spec: submission.spec,
+                submitted_by: submission.actor,
+                at_unix_ms: now_ms(),
+                idempotency: submission
+                    .idempotency
+                    .map(|(key, request_sha256)| Idempotency { key, request_sha256 }),
+            };
+            let done = self.store.submit_job(new).await.map_err(store_error)?;
+            if !done.replayed {
+                let mut metadata = Map::new();
+                metadata.insert("driver".to_owned(), Value::from(done.job.spec.driver.as_str()));
+                metadata.insert("budget_usd".to_owned(), json!(done.job.spec.budget_usd));
+                self.audit_internal("job.dispatch", &done.job.id, "queued", metadata).await;
+                self.spawn(done.job.clone());
+            }
+            Ok(Submitted { job: done.job, replayed: done.replayed })
+        })
+    }
+
+    fn job<'a>(&'a self, id: &'a JobId) -> BoxFuture<'a, Result<Option<Job>, BackendError>> {
+        Box::pin(async move { self.store.get_job(id).await.map_err(store_error) })
+    }
+
+    fn jobs(&self, query: JobQuery) -> BoxFuture<'_, Result<JobList, BackendError>> {
+        Box::pin(async move {
+            let filter = JobFilter {
+                state: query.state,
+                driver: query.driver.map(|d| d.to_string()),
+                label: query.label,
+                before: query.cursor.map(|c| i64::try_from(c).unwrap_or(i64::MAX)),
+                limit: query.limit,
+            };
+            let page = self.store.list_jobs(&filter).await.map_err(store_error)?;
+            Ok(JobList { jobs: page.jobs, next_cursor: page.next_cursor.map(|c| c.to_string()) })
+        })
+    }
+
+    fn cancel<'a>(
+        &'a self,
+        id: &'a JobId,
+        actor: &'a str,
+    ) -> BoxFuture<'a, Result<Job, BackendError>> {
+        Box::pin(async move {
+            let job =
+                self.store.get_job(id).await.map_err(store_error)?.ok_or(BackendError::NotFound)?;
+            if job.state.is_terminal() {
+                return Err(BackendError::Conflict("the job has already ended"));
+            }
+            let reason = format!("cancelled through the API by {actor}");
+            let sender = lock(&self.running).get(id).map(|run| run.cancel.clone());
+            match sender {
+                Some(sender) => {
+                    // The job task passes it to the runner (now, or once dispatched).
+                    let _ = sender.send(Some(reason));
+                }
+                None => {
+                    // Not running here (e.g. left queued by a previous run and not resumed):
+                    // end it directly.
+                    self.record(id, state(id, JobPhase::Cancelled, reason)).await;
+                }
+            }
+            self.store.get_job(id).await.map_err(store_error)?.ok_or(BackendError::NotFound)
+        })
+    }
+
+    fn events<'a>(
+        &'a self,
+        id: &'a JobId,
+        after: u64,
+    ) -> BoxFuture<'a, Result<EventStream, BackendError>> {
+        Box::pin(async move {
+            // Subscribe first, then read history, so nothing falls between the two.
+            let mut live = self.live.subscribe();
+            let job =
+                self.store.get_job(id).await.map_err(store_error)?.ok_or(BackendError::NotFound)?;
+            let mut history = Vec::new();
+            let mut last = after;
+            loop {
+                let page = self.store.events_after(id, last, 1000).await.map_err(store_error)?;
+                let full = page.len() == 1000;
+                if let Some(event) = page.last() {
+                    last = event.seq;
+                }
+                history.extend(page);
+                if !full {
+                    break;
+                }
+            }
+            let ended = job.state.is_terminal() || history.iter().any(is_terminal_event);
+            let (tx, rx) = mpsc::channel(64);
+            let id = id.clone();
+            let store = self.store.clone();
+            if !ended {
+                tokio::spawn(async move {
+                    loop {
+                        let batch = match live.recv().await {
+                            Ok(event) if event.event.job_id() == &id && event.seq > last => {
+                                vec![event]
+                            }
+                            Ok(_) => continue,
+                            Err(broadcast::error::RecvError::Lagged(_)) => {
+                                // Fell behind: the store has everything.
+                                match store.events_after(&id, last, 1000).await {
+                                    Ok(events) => events,
+                                    Err(_) => return,
+                                }
+                            }
+                            Err(broadcast::error::RecvError::Closed) => return,
+                        };
+                        for event in batch {
+                            last = event.seq;
+                            let terminal = is_terminal_event(&event);
+                            if tx.send(event).await.is_err() || terminal {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+            let rest = tokio_stream::wrappers::ReceiverStream::new(rx);
+            let stream: EventStream = Box::pin(futures_util::stream::iter(history).chain(rest));
+            Ok(stream)
+        })
+    }
+
+    fn drivers(&self) -> BoxFuture<'_, Result<DriverList, BackendError>> {
+        Box::pin(async move { Ok(self.runner.drivers().await) })
+    }
+
+    fn params_schema(
+        &self,
+        driver: &DriverName,
+        action: &ActionName,
+    ) -> Result<Arc<ParamsSchema>, SchemaLookupError> {
+        self.runner.params_schema(driver, action)
+    }
+
+    fn estimate(
+        &self,
+        request: EstimateRequest,
+    ) -> BoxFuture<'_, Result<EstimateResponse, BackendError>> {
+        Box::pin(async move {
+            let dry = self
+                .provisioner
+                .dry_run(
+                    &request.gpu,
+                    request.max_runtime_s,
+                    request.disk_gib,
+                    request.bandwidth_gib,
+                    request.budget_usd,
+                    "api",
+                )
+                .await;
+            let dry = match dry {
+                Ok(dry) => dry,
+                Err(AcquireError::NoOffers) => {
+                    return Ok(EstimateResponse {
+                        allowed: false,
+                        estimate: None,
+                        confidence_floor: self.config.confidence_floor,
+                        reason: Some("no offer matches the GPU request".to_owned()),
+                        offer: None,
+                    });
+                }
+                Err(AcquireError::Provider(error)) => {
+                    tracing::warn!(%error, "estimate: the provider did not answer");
+                    return Err(BackendError::Unavailable("the GPU provider cannot be reached"));
+                }
+                Err(other) => return Err(BackendError::internal(other)),
+            };
+            let offer = dry.offer.and_then(|(model, count, rate)| {
+                Some(OfferSummary {
+                    gpu_model: model.chars().take(64).collect(),
+                    gpu_count: u8::try_from(count).ok()?,
+                    usd_per_hour: rate.is_finite().then_some(rate)?,
+                })
+            });
+            Ok(match dry.decision {
+                Ok(estimate) => EstimateResponse {
+                    allowed: true,
+                    estimate: Some(estimate.to_proto()),
+                    confidence_floor: dry.floor,
+                    reason: None,
+                    offer,
+                },
+                Err(rejection) => EstimateResponse {
+                    allowed: false,
+                    estimate: rejection.estimate.as_ref().map(|e| e.to_proto()),
+                    confidence_floor: dry.floor,
+                    reason: Some(rejection.reason.to_string().chars().take(1000).collect()),
+                    offer,
+                },
+            })
+        })
+    }
+
+    fn readiness(&self) -> BoxFuture<'_, Readiness> {
+        Box::pin(async move {
+            let mut checks = BTreeMap::new();
+            let store = self.store.ping().await.is_ok();
+            checks.insert(
+                "store".to_owned(),
+                Check {
+                    ok: store,
+                    message: (!store).then(|| "the store does not answer".to_owned()),
+                },
+            );
+            let drivers = self.runner.drivers().await;
+            let not_ready: Vec<String> = drivers
+                .drivers
+                .iter()
+                .filter(|d| d.ready_sessions == 0 || d.health == DriverHealth::Failed)
+                .map(|d| d.name.to_string())
+                .collect();
+            let drivers_ok = !drivers.drivers.is_empty() && not_ready.is_empty();
+            let message = if drivers.drivers.is_empty() {
+                Some("no drivers are configured".to_owned())
+            } else if !not_ready.is_empty() {
+                Some(format!("not ready: {}", not_ready.join(", ")).chars().take(256).collect())
+            } else {
+                None
+            };
+            checks.insert("drivers".to_owned(), Check { ok: drivers_ok, message });
+            let provider = match self.config.provider {
+                ProviderKind::Simulator => SIMULATOR_NOTICE.to_owned(),
+                ProviderKind::Vastai => "vast.ai: rentals cost real money".to_owned(),
+            };
+            checks.insert("provider".to_owned(), Check { ok: true, message: Some(provider) });
+            let accepting = self.accepting.load(Ordering::SeqCst);
+            checks.insert(
+                "accepting".to_owned(),
+                Check { ok: accepting, message: (!accepting).then(|| "shutting down".to_owned()) },
+            );
+            let ready = checks.values().all(|c| c.ok);
+            Readiness { ready, checks }
+        })
+    }
+
+    fn audit(&self, events: Vec<AuditEvent>) -> BoxFuture<'_, Result<(), BackendError>> {
+        Box::pin(async move {
+            for event in &events {
+                self.store.append_audit(event).await.map_err(store_error)?;
+            }
+            Ok(())
+        })
+    }
+
+    fn metrics(&self) -> BoxFuture<'_, String> {
+        Box::pin(async move {
+            let mut text = String::new();
+            text.push_str("# HELP drover_jobs_active Jobs waiting for a driver or running.\n");
+            text.push_str("# TYPE drover_jobs_active gauge\n");
+            text.push_str(&format!("drover_jobs_active {}\n", self.running_jobs()));
+            if let Ok(report) = self.store.ledger_report().await {
+                text.push_str("# HELP drover_leases_open Leases not yet settled.\n");
+                text.push_str("# TYPE drover_leases_open gauge\n");
+                text.push_str(&format!("drover_leases_open {}\n", report.open));
+                text.push_str("# HELP drover_ledger_usd Net ledger total (reserved plus charged, minus released), USD.\n");
+                text.push_str("# TYPE drover_ledger_usd gauge\n");
+                text.push_str(&format!(
+                    "drover_ledger_usd {}\n",
+                    drover_store::micros_to_usd(report.ledger_micros)
+                ));
+            }
+            text
+        })
+    }
+}
