@@ -40,8 +40,9 @@ trap cleanup EXIT
 server_pid=$!
 exec 3>"$fifo"   # the server runs until this is closed
 for _ in $(seq 100); do [ -s "$work/addresses" ] && break; sleep 0.1; done
-read -r api_field bare_field < "$work/addresses"
+read -r api_field volatile_field bare_field < "$work/addresses"
 api=${api_field#api=}
+volatile=${volatile_field#volatile=}
 bare=${bare_field#bare=}
 token=$(cat "$work/token")
 
@@ -72,9 +73,11 @@ load() {
 
 bare_runs=()
 api_runs=()
+volatile_runs=()
 for _ in $(seq "$rounds"); do
   bare_runs+=("$(load "$bare")")
   api_runs+=("$(load "$api")")
+  volatile_runs+=("$(load "$volatile")")
 done
 exec 3>&-
 wait "$server_pid"
@@ -84,6 +87,8 @@ server_pid=
 median() { printf '%s\n' "$@" | sort -n -k1,1 | awk '{a[NR]=$0} END {print a[int((NR+1)/2)]}'; }
 read -r bare_rps bare_p99 bare_errors <<<"$(median "${bare_runs[@]}")"
 read -r api_rps api_p99 api_errors <<<"$(median "${api_runs[@]}")"
+read -r volatile_rps volatile_p99 volatile_errors <<<"$(median "${volatile_runs[@]}")"
+volatile_ratio=$(awk -v a="$volatile_rps" -v b="$bare_rps" 'BEGIN {printf "%.2f", a / b}')
 ratio=$(awk -v a="$api_rps" -v b="$bare_rps" 'BEGIN {printf "%.2f", a / b}')
 p99_ratio=$(awk -v a="$api_p99" -v b="$bare_p99" 'BEGIN {printf "%.2f", a / b}')
 verdict=$(awk -v r="$ratio" 'BEGIN {print (r >= 0.8) ? "pass" : "fail"}')
@@ -102,5 +107,27 @@ echo "| Server | Requests/s | p99 latency | Non-2xx |"
 echo "|---|---|---|---|"
 echo "| bare axum echo | $bare_rps | $bare_p99 ms | $bare_errors |"
 echo "| drover \`POST /v1/jobs\` | $api_rps | $api_p99 ms | $api_errors |"
+echo "| drover router, volatile backend (not a product mode) | $volatile_rps | $volatile_p99 ms | $volatile_errors |"
 echo
 echo "Throughput ratio (drover / bare): **${ratio}x** (target >= 0.8x): **$verdict**. p99 ratio: ${p99_ratio}x."
+echo "The API layer alone (the same router and checks over a backend that writes nothing) runs at"
+echo "**${volatile_ratio}x** of the bare handler."
+if [ "$verdict" = fail ]; then
+  echo
+  echo '**Why the target is missed, and the plan.** Two profiles (`perf record -g`, 5 s under this'
+  echo 'load, 2026-11-29). *Durable path*: about half of all CPU time was context switches between'
+  echo "tokio's workers and sqlx's SQLite worker thread: sqlx runs each SQLite connection on its own"
+  echo 'thread and hands every statement over a channel, and accepting a job takes six to seven'
+  echo 'statements on the single writer (BEGIN IMMEDIATE, INSERT job, INSERT label, UPDATE event'
+  echo "counter, INSERT event, COMMIT), each a hand-off and a wake-up; SQLite's own work (VDBE, WAL"
+  echo 'frames, checksums) was under 5%. *API layer* (the volatile row): a flat profile, no symbol'
+  echo 'over 7%: allocation and copying about 15%, JSON parsing and serialising, the two schema'
+  echo 'validations (their id patterns run a regex engine), the token digest, audit events, the'
+  echo 'kernel TCP path. Durability is not negotiable (a job is acknowledged only after its fsynced'
+  echo 'commit), so the plan cuts hand-offs, not guarantees: group commit (one writer task folds the'
+  echo 'submissions waiting at that moment into one transaction) and the first event written by the'
+  echo 'job insert itself, from about six hand-offs per job to about two; then, for the API layer,'
+  echo 'one parse of the body shared by both validations and the typed value, and audit events'
+  echo 'built without intermediate strings. A durable write per request will still not reach 0.8x'
+  echo 'of a handler that does nothing; the volatile row is the ceiling the API layer sets.'
+fi
