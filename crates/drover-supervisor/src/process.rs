@@ -1,5 +1,7 @@
 //! One driver process: spawned through the sandbox on a dedicated thread, with the transport
-//! at fd 3, stdin on `/dev/null`, stdout and stderr on pipes, and a stop pipe that kills it.
+//! at fd 3 (`DROVER_TRANSPORT_FD=3`), stdin on `/dev/null`, stdout and stderr on pipes, and a
+//! stop pipe that kills it. With `transport = "stdio"` the transport is the driver's stdin and
+//! stdout instead (`DROVER_TRANSPORT=stdio` in its environment) and only stderr is captured.
 //!
 //! The thread prepares and spawns (the `pre_exec` path allocates nothing; `PDEATHSIG` is tied
 //! to this thread, which lives exactly as long as the driver), reports the start, then blocks
@@ -13,6 +15,7 @@ use std::os::fd::{AsFd as _, OwnedFd};
 use std::os::unix::net::UnixStream as StdUnixStream;
 use std::path::PathBuf;
 
+use drover_proto::config::TransportKind;
 use drover_sandbox::{Command, Death, Terminator, prepare};
 use nix::fcntl::OFlag;
 use tokio::net::UnixStream;
@@ -56,8 +59,8 @@ pub enum SpawnFailure {
 pub(crate) struct Streams {
     /// The supervisor's end of the transport.
     pub(crate) transport: UnixStream,
-    /// The driver's stdout.
-    pub(crate) stdout: pipe::Receiver,
+    /// The driver's stdout, unless it carries the transport.
+    pub(crate) stdout: Option<pipe::Receiver>,
     /// The driver's stderr.
     pub(crate) stderr: pipe::Receiver,
 }
@@ -123,17 +126,27 @@ pub(crate) async fn spawn(
     let (ours, theirs) = StdUnixStream::pair().map_err(setup("socketpair"))?;
     ours.set_nonblocking(true).map_err(setup("socketpair"))?;
     let transport = UnixStream::from_std(ours).map_err(setup("socketpair"))?;
-    let (stdout_read, stdout_write) = pipe_pair(&driver, "stdout pipe")?;
     let (stderr_read, stderr_write) = pipe_pair(&driver, "stderr pipe")?;
     let (stop_read, stop_write) = pipe_pair(&driver, "stop pipe")?;
-    let stdin = File::open("/dev/null").map_err(setup("opening /dev/null"))?;
-    let stdout = pipe::Receiver::from_owned_fd(stdout_read).map_err(setup("stdout pipe"))?;
     let stderr = pipe::Receiver::from_owned_fd(stderr_read).map_err(setup("stderr pipe"))?;
-
+    let mut policy = spec.policy.clone();
     let mut command = Command::new(program, work_dir).args(argv);
-    command.transport = Some(OwnedFd::from(theirs));
-    command.stdio = [Some(OwnedFd::from(stdin)), Some(stdout_write), Some(stderr_write)];
-    let policy = spec.policy.clone();
+    let stdout = match spec.config.transport {
+        TransportKind::Fd3 => {
+            let (stdout_read, stdout_write) = pipe_pair(&driver, "stdout pipe")?;
+            let stdin = File::open("/dev/null").map_err(setup("opening /dev/null"))?;
+            command.transport = Some(OwnedFd::from(theirs));
+            command.stdio = [Some(OwnedFd::from(stdin)), Some(stdout_write), Some(stderr_write)];
+            Some(pipe::Receiver::from_owned_fd(stdout_read).map_err(setup("stdout pipe"))?)
+        }
+        TransportKind::Stdio => {
+            let theirs = OwnedFd::from(theirs);
+            let stdin = theirs.try_clone().map_err(setup("socketpair"))?;
+            command.stdio = [Some(stdin), Some(theirs), Some(stderr_write)];
+            policy.env.push(("DROVER_TRANSPORT".into(), "stdio".into()));
+            None
+        }
+    };
     let dropped = options.dropped.clone();
 
     let (started_tx, started_rx) = oneshot::channel();

@@ -36,6 +36,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Instant as StdInstant;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use drover_proto::{
@@ -58,6 +59,15 @@ use crate::supervisor::{Driver, Inner, SessionHandle, lock};
 
 /// Broker calls (`acquire_gpu`, `lease_*`) one session may have in flight.
 pub const MAX_BROKER_REQUESTS: usize = 16;
+
+/// This side's requests (`run_job`, `cancel_job`, `shutdown`) remembered while their replies
+/// are outstanding; beyond it the oldest is forgotten (its late reply is then rejected), so a
+/// driver that never answers cannot grow the map.
+pub const MAX_PENDING: usize = 1024;
+
+/// Driver `log` and `error` events written to the supervisor's log per second and session;
+/// the rest are counted, and the count is logged.
+pub const LOGGED_EVENTS_PER_SECOND: u32 = 50;
 
 /// How long frames already sent by a dead driver are still read, to deliver its last states.
 const DRAIN_AFTER_DEATH: Duration = Duration::from_millis(500);
@@ -141,24 +151,18 @@ pub(crate) async fn run(inner: &Arc<Inner>, driver: &Arc<Driver>, slot: u16) -> 
     }
     let (stdout_tail, stderr_tail) = (Tail::default(), Tail::default());
     let (keep, max_line) = (options.output_tail_lines, options.output_line_bytes);
-    let drains = [
-        tokio::spawn(drain(
-            streams.stdout,
-            stdout_tail.clone(),
-            name.clone(),
-            "stdout",
-            keep,
-            max_line,
-        )),
-        tokio::spawn(drain(
-            streams.stderr,
-            stderr_tail.clone(),
-            name.clone(),
-            "stderr",
-            keep,
-            max_line,
-        )),
-    ];
+    let mut drains = vec![tokio::spawn(drain(
+        streams.stderr,
+        stderr_tail.clone(),
+        name.clone(),
+        "stderr",
+        keep,
+        max_line,
+    ))];
+    if let Some(stdout) = streams.stdout {
+        let tail = stdout_tail.clone();
+        drains.push(tokio::spawn(drain(stdout, tail, name.clone(), "stdout", keep, max_line)));
+    }
     let mut conn = Connection::new(streams.transport, Party::Supervisor);
     conn.set_max_frame_bytes(options.max_frame_bytes);
     let (commands_tx, commands) = mpsc::channel(options.max_jobs_per_session * 2 + 16);
@@ -177,7 +181,8 @@ pub(crate) async fn run(inner: &Arc<Inner>, driver: &Arc<Driver>, slot: u16) -> 
         broker_rx,
         broker_inflight: 0,
         jobs: HashMap::new(),
-        pending: HashMap::new(),
+        pending: BTreeMap::new(),
+        logged: (StdInstant::now(), 0, 0),
         ping: None,
         misses: 0,
         violations: 0,
@@ -234,8 +239,10 @@ struct Session {
     broker_rx: mpsc::Receiver<BrokerResult>,
     broker_inflight: usize,
     jobs: HashMap<JobId, JobEntry>,
-    /// This side's requests awaiting a reply.
-    pending: HashMap<MsgId, Pending>,
+    /// This side's requests awaiting a reply, oldest first; at most [`MAX_PENDING`].
+    pending: BTreeMap<MsgId, Pending>,
+    /// Driver `log` and `error` events written to the supervisor's log in this second.
+    logged: (StdInstant, u32, u64),
     /// The unanswered ping, if any.
     ping: Option<MsgId>,
     misses: u32,
@@ -355,8 +362,9 @@ impl Session {
                         .unwrap_or(u32::MAX)
                         .min(drover_proto::limits::MAX_GRACE_MS);
                     stopping_until = Some(Instant::now() + grace);
-                    if let Err(end) = self.request(Shutdown { grace_ms }).await {
-                        return Some(end);
+                    match self.request(Shutdown { grace_ms }).await {
+                        Ok(id) => self.remember(id, Pending::Other),
+                        Err(end) => return Some(end),
                     }
                 }
                 death = &mut self.process.death => {
@@ -395,7 +403,15 @@ impl Session {
                     Ok(Some(Inbound::Rejected(invalid))) => {
                         self.count_violation(&invalid.to_string()).map_err(Some)?;
                     }
-                    Ok(None) => return Err(Some(End::polite("the driver closed its transport before hello"))),
+                    Ok(None) => {
+                        let step = self.inner.options.stop_step;
+                        if let Ok(death) = tokio::time::timeout(step, &mut self.process.death).await {
+                            self.death = Some(flatten(death));
+                            self.note = Some("died before hello".to_owned());
+                            return Err(None);
+                        }
+                        return Err(Some(End::polite("the driver closed its transport before hello")));
+                    }
                     Err(error) => return Err(Some(End::kill(format!("broken transport before hello: {error}")))),
                 },
                 () = tokio::time::sleep_until(deadline) => {
@@ -584,6 +600,34 @@ impl Session {
         }
     }
 
+    /// Remembers one of this side's requests until its reply.
+    fn remember(&mut self, id: MsgId, pending: Pending) {
+        self.pending.insert(id, pending);
+        while self.pending.len() > MAX_PENDING {
+            if let Some((old, _)) = self.pending.pop_first() {
+                self.conn.forget(old);
+            }
+        }
+    }
+
+    /// Whether a driver `log` or `error` event may go to the supervisor's log now.
+    fn may_log(&mut self) -> bool {
+        let (since, logged, unlogged) = &mut self.logged;
+        if since.elapsed() >= Duration::from_secs(1) {
+            if *unlogged > 0 {
+                tracing::warn!(driver = %self.driver.name(), session = self.id, events = *unlogged, "driver log events not logged (rate limit)");
+            }
+            (*since, *logged, *unlogged) = (StdInstant::now(), 0, 0);
+        }
+        if *logged < LOGGED_EVENTS_PER_SECOND {
+            *logged += 1;
+            true
+        } else {
+            *unlogged += 1;
+            false
+        }
+    }
+
     async fn on_command(&mut self, command: Command, stopping: bool) -> Option<End> {
         match command {
             Command::Run { dispatch, sink } => {
@@ -615,7 +659,7 @@ impl Session {
                         self.end_job_early(&job_id, &job.sink, &reason);
                     }
                     Ok(Ok(id)) => {
-                        self.pending.insert(id, Pending::Run(job_id.clone()));
+                        self.remember(id, Pending::Run(job_id.clone()));
                         self.jobs.insert(job_id, job);
                     }
                 }
@@ -633,7 +677,7 @@ impl Session {
         }
         let cancel = CancelJob { job_id: job_id.clone(), reason: bounded(reason) };
         let id = self.request(cancel).await?;
-        self.pending.insert(id, Pending::Other);
+        self.remember(id, Pending::Other);
         Ok(())
     }
 
@@ -826,6 +870,7 @@ impl Session {
             Message::JobProgress(e) => e.job_id.clone(),
             Message::JobLog(e) => e.job_id.clone(),
             Message::JobResult(e) => e.job_id.clone(),
+            Message::Log(_) | Message::Error(_) if !self.may_log() => return Ok(()),
             Message::Log(log) => {
                 let level = format!("{:?}", log.level).to_lowercase();
                 tracing::info!(driver = %self.name(), session = self.id, %level, message = %log.message, "driver log");

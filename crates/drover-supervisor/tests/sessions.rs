@@ -205,6 +205,10 @@ async fn start(dropped: drover_sandbox::Dropped, dir: &Path) -> World {
     good.pool_size = 2;
     let mut silent = config("silent", "silent", &script);
     silent.hello_timeout_ms = 1000;
+    let mut stdio = config("stdio", "good", &script);
+    stdio.transport = drover_proto::config::TransportKind::Stdio;
+    let mut crash_loop = config("crash-loop", "crash-at-start", &script);
+    crash_loop.max_restarts = 2;
     let mut hang = config("hang", "hang", &script);
     (hang.heartbeat_ms, hang.heartbeat_misses) = (200, 3);
     let mut drivers = vec![
@@ -215,6 +219,9 @@ async fn start(dropped: drover_sandbox::Dropped, dir: &Path) -> World {
         spec(config("thief", "good", &script)),
         spec(config("ignore-shutdown", "ignore-shutdown", &script)),
         spec(config("stdout-garbage", "stdout-garbage", &script)),
+        spec(config("picky", "some-bad-frames", &script)),
+        spec(config("sneaky", "good", &script)),
+        spec(stdio),
     ];
     for mut bad in [
         silent,
@@ -226,6 +233,7 @@ async fn start(dropped: drover_sandbox::Dropped, dir: &Path) -> World {
         bad.max_restarts = 0;
         drivers.push(spec(bad));
     }
+    drivers.push(spec(crash_loop));
     let mut options = Options::new(dropped);
     options.restart_backoff = Duration::from_millis(100);
     options.cancel_grace = Duration::from_secs(1);
@@ -453,14 +461,16 @@ async fn a_job_that_ignores_cancel_gets_its_driver_killed(world: &World) {
 }
 
 async fn a_log_flood_is_bounded_and_counted(world: &World) {
-    let frames = 300u64;
+    let frames = 1000u64;
+    let rss_before = rss_kib();
     let mut run = world
         .supervisor
         .dispatch(job("flooder", "flood", json!({"frames": frames})))
         .await
         .unwrap();
     // Not reading: the supervisor must hold at most its bound and count the rest.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let rss_after = rss_kib();
     let events = all_events(&mut run).await;
     let (mut lines, mut dropped) = (0u64, 0u64);
     for event in &events {
@@ -476,7 +486,71 @@ async fn a_log_flood_is_bounded_and_counted(world: &World) {
     let flooder =
         world.supervisor.drivers().into_iter().find(|d| d.name.as_str() == "flooder").unwrap();
     assert!(flooder.last_death.is_none(), "{flooder:?}");
-    println!("  flood: {lines} lines delivered, {dropped} counted as dropped");
+    let grown = rss_after.saturating_sub(rss_before);
+    println!(
+        "  flood: {} MiB sent, {lines} lines delivered, {dropped} counted as dropped, RSS grew {grown} KiB",
+        frames * 100 * 215 / (1 << 20)
+    );
+    // The flood is ~20 MiB; the bound is 64 KiB queued plus 64 events in the channel.
+    assert!(grown < 12 * 1024, "RSS grew by {grown} KiB");
+}
+
+fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+async fn invalid_frames_are_answered_and_counted(world: &World) {
+    let mut run = world.supervisor.dispatch(job("picky", "errors", json!({}))).await.unwrap();
+    let out = output(&all_events(&mut run).await);
+    assert_eq!(out, json!(["invalid_json", "schema_violation", "unknown_type"]));
+    let picky =
+        world.supervisor.drivers().into_iter().find(|d| d.name.as_str() == "picky").unwrap();
+    assert_eq!(picky.protocol_violations, 3);
+    assert_eq!((picky.health, picky.last_death.is_none()), (DriverHealth::Ready, true));
+}
+
+async fn a_crash_loop_marks_the_driver_failed(world: &World) {
+    let until = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        let status = world
+            .supervisor
+            .drivers()
+            .into_iter()
+            .find(|d| d.name.as_str() == "crash-loop")
+            .unwrap();
+        if status.health == DriverHealth::Failed {
+            break status;
+        }
+        assert!(Instant::now() < until, "{status:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(status.restarts, 2);
+    let death = status.last_death.unwrap();
+    assert_eq!(death.cause, Some(Cause::Exited { code: 2 }));
+    assert_eq!(death.session_end.as_deref(), Some("died before hello"));
+    let err = world.supervisor.dispatch(job("crash-loop", "echo", json!({}))).await.unwrap_err();
+    assert!(err.to_string().contains("exited with status 2"), "{err}");
+}
+
+async fn a_refused_system_call_is_the_recorded_cause(world: &World) {
+    let mut run = world.supervisor.dispatch(job("sneaky", "syscall", json!({}))).await.unwrap();
+    let events = all_events(&mut run).await;
+    assert_eq!(states(&events).last(), Some(&JobPhase::Failed));
+    let (_, death) = death_of(world, "sneaky").await;
+    match &death.cause {
+        Some(Cause::SeccompViolation { name, .. }) => assert_eq!(*name, Some("ptrace")),
+        Some(Cause::SeccompKill) => {}
+        other => panic!("{other:?}"),
+    }
+    println!("  cause: {}", death.summary());
+}
+
+async fn a_stdio_driver_is_served_like_any_other(world: &World) {
+    let mut run =
+        world.supervisor.dispatch(job("stdio", "echo", json!({"text": "io"}))).await.unwrap();
+    assert_eq!(output(&all_events(&mut run).await), json!({"echo": "io"}));
 }
 
 async fn misbehaving_drivers_are_diagnosed(world: &World) {
@@ -589,6 +663,18 @@ fn main() -> ExitCode {
             Box::pin(a_job_that_ignores_cancel_gets_its_driver_killed(w))
         }),
         ("a_log_flood_is_bounded_and_counted", |w| Box::pin(a_log_flood_is_bounded_and_counted(w))),
+        ("invalid_frames_are_answered_and_counted", |w| {
+            Box::pin(invalid_frames_are_answered_and_counted(w))
+        }),
+        ("a_crash_loop_marks_the_driver_failed", |w| {
+            Box::pin(a_crash_loop_marks_the_driver_failed(w))
+        }),
+        ("a_refused_system_call_is_the_recorded_cause", |w| {
+            Box::pin(a_refused_system_call_is_the_recorded_cause(w))
+        }),
+        ("a_stdio_driver_is_served_like_any_other", |w| {
+            Box::pin(a_stdio_driver_is_served_like_any_other(w))
+        }),
         ("misbehaving_drivers_are_diagnosed", |w| Box::pin(misbehaving_drivers_are_diagnosed(w))),
         ("shutdown_climbs_the_ladder", |w| Box::pin(shutdown_climbs_the_ladder(w))),
     ];

@@ -8,6 +8,11 @@
 #   ignore-shutdown  ignores `shutdown`, transport EOF and SIGTERM
 #   hang             after the handshake, stops reading its transport (no pong)
 #   stdout-garbage   writes binary junk and an overlong line to stdout, then is good
+#   some-bad-frames  after the handshake, sends three invalid frames, then is good
+#   crash-at-start   exits with status 2 before saying anything
+#
+# The transport is fd $DROVER_TRANSPORT_FD, or stdin/stdout when that is unset (a driver
+# configured with transport = "stdio").
 #
 # Actions (a well-behaved driver offers them all):
 #   echo   {"text": string}    starting, running, a log line, result {"echo": text}, succeeded
@@ -17,6 +22,8 @@
 #   flood  {"frames": n}       n job_log frames of 100 lines each, then succeeded
 #   gpu    {}                  acquire_gpu, lease_status, release_gpu; the replies are the output
 #   steal  {"lease_id": id}    release_gpu on someone else's lease; the reply is the output
+#   errors {}                  the codes of the `error` events received so far are the output
+#   syscall {}                 calls ptrace(2), which the default profile refuses
 import json
 import os
 import signal
@@ -28,9 +35,10 @@ import time
 
 MODE = sys.argv[1]
 NAME = sys.argv[2] if len(sys.argv) > 2 else "scripted"
-SOCK = socket.socket(fileno=int(os.environ["DROVER_TRANSPORT_FD"]))
+SOCK = socket.socket(fileno=int(os.environ.get("DROVER_TRANSPORT_FD", "0")))
 LOCK = threading.Lock()
 CANCELLED = {}
+ERRORS = []
 REPLIES = {}
 REPLY_READY = threading.Condition()
 NEXT_ID = [1000]
@@ -94,6 +102,8 @@ ACTIONS = {
     "gpu": {"type": "object"},
     "steal": {"type": "object", "properties": {"lease_id": {"type": "string"}},
               "required": ["lease_id"]},
+    "errors": {"type": "object"},
+    "syscall": {"type": "object"},
 }
 if MODE == "bad-schema":
     ACTIONS["echo"] = {"type": "no-such-type"}
@@ -140,6 +150,14 @@ def run_job(job, action, params):
             out["release"] = request({"type": "release_gpu", "lease_id": lid})
         event({"type": "job_result", "job_id": job, "outcome": "succeeded", "output": out})
         state(job, "succeeded")
+    elif action == "errors":
+        event({"type": "job_result", "job_id": job, "outcome": "succeeded", "output": list(ERRORS)})
+        state(job, "succeeded")
+    elif action == "syscall":
+        import ctypes
+        state(job, "running")
+        ctypes.CDLL(None).syscall(101, 0, 0, 0, 0)  # ptrace(PTRACE_TRACEME) on x86_64
+        state(job, "succeeded")
     elif action == "steal":
         state(job, "running")
         reply = request({"type": "release_gpu", "lease_id": params["lease_id"]})
@@ -148,6 +166,8 @@ def run_job(job, action, params):
 
 
 def main():
+    if MODE == "crash-at-start":
+        sys.exit(2)
     if MODE == "silent":
         time.sleep(3600)
     if MODE == "ignore-shutdown":
@@ -171,6 +191,11 @@ def main():
             time.sleep(0.001)
     if MODE == "hang":
         time.sleep(3600)
+    if MODE == "some-bad-frames":
+        for junk in [b"{not json", json.dumps({"msg": {"type": "job_progress", "job_id": "j 1", "current": -1}}).encode(),
+                     json.dumps({"msg": {"type": "teleport"}}).encode()]:
+            with LOCK:
+                SOCK.sendall(struct.pack(">I", len(junk)) + junk)
     while True:
         frame = recv()
         if frame is None:
@@ -183,6 +208,8 @@ def main():
             with REPLY_READY:
                 REPLIES[frame["re"]] = msg
                 REPLY_READY.notify_all()
+        elif kind == "error":
+            ERRORS.append(msg["code"])
         elif kind == "ping":
             send({"re": frame["id"], "msg": {"type": "pong"}})
         elif kind == "run_job":

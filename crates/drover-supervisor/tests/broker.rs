@@ -1,0 +1,113 @@
+//! [`ProvisionerBroker`] over the real provisioner and the Vast.ai simulator: a lease is
+//! rented through the gate, and only the driver that acquired it can see or release it.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::cast_possible_truncation)]
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use drover_proto::config::GateConfig;
+use drover_proto::{AcquireGpu, ErrorCode, GpuRequest, LeasePhase, Pricing};
+use drover_provision::sim::{SimConfig, Simulator};
+use drover_provision::{
+    ApiKey, Clock, CostModel, Provisioner, ProvisionerConfig, RetryPolicy, VastClient,
+};
+use drover_store::SqliteStore;
+use drover_supervisor::{GpuBroker, LeaseOwner, ProvisionerBroker};
+
+const KEY: &str = "drv-broker-test-key-0123456789abcdef";
+
+fn owner(driver: &str, job: &str) -> LeaseOwner {
+    LeaseOwner { driver: driver.parse().unwrap(), job_id: job.parse().unwrap() }
+}
+
+fn request(job: &str) -> AcquireGpu {
+    AcquireGpu {
+        job_id: job.parse().unwrap(),
+        gpu: GpuRequest {
+            count: 1,
+            models: vec!["RTX 4090".into()],
+            min_gpu_ram_gib: None,
+            max_usd_per_hour: None,
+            min_reliability: None,
+            pricing: Pricing::OnDemand,
+        },
+        image: "pytorch/pytorch:2.4.0-cuda12.4-cudnn9-runtime".into(),
+        onstart: None,
+        env: BTreeMap::new(),
+        disk_gib: 20,
+        max_runtime_s: 600,
+        bandwidth_gib: 1.0,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_are_rented_through_the_gate_and_stay_with_their_driver() {
+    // Simulated time runs 200x faster, so provisioning takes milliseconds.
+    let clock = Clock::scaled(200.0);
+    let sim = Simulator::start(
+        "127.0.0.1:0".parse().unwrap(),
+        SimConfig {
+            api_key: Some(ApiKey::new(KEY).unwrap()),
+            seed: 7,
+            clock,
+            ..SimConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open_in(dir.path()).await.unwrap();
+    let client =
+        VastClient::new(sim.base_url(), ApiKey::new(KEY).unwrap(), RetryPolicy::default()).unwrap();
+    let config = ProvisionerConfig {
+        gate: GateConfig { daily_cap_usd: 50.0, ..GateConfig::default() },
+        model: CostModel { provision_max_s: 120.0, ..CostModel::default() },
+        poll_interval_s: 2.0,
+        monitor_interval_s: 5.0,
+        reap_interval_s: 1.0e6,
+        destroy_confirm_interval_s: 1.0,
+        ..ProvisionerConfig::new("test")
+    };
+    let provisioner = Provisioner::start(client, store, config, clock).await.unwrap();
+    let broker = ProvisionerBroker::new(Arc::new(provisioner));
+
+    let alpha = owner("alpha", "job-a");
+    let lease = broker.acquire(&alpha, 2.0, request("job-a")).await.unwrap();
+    assert_eq!(lease.job_id.as_str(), "job-a");
+    assert_eq!(lease.state, LeasePhase::Running);
+    assert!(lease.estimate.as_ref().unwrap().confidence >= 0.95);
+
+    // Another driver learns nothing about it, not even that it exists.
+    let beta = owner("beta", "job-b");
+    let missing: drover_proto::LeaseId = "no-such-lease".parse().unwrap();
+    let theirs = broker.status(&beta, lease.lease_id.clone()).await.unwrap_err();
+    let nothing = broker.status(&beta, missing.clone()).await.unwrap_err();
+    assert_eq!((theirs.code, nothing.code), (ErrorCode::UnknownLease, ErrorCode::UnknownLease));
+    assert_eq!(
+        theirs.message.replace(lease.lease_id.as_str(), "ID"),
+        nothing.message.replace(missing.as_str(), "ID")
+    );
+    let err = broker.logs(&beta, lease.lease_id.clone(), 10).await.unwrap_err();
+    assert_eq!(err.code, ErrorCode::UnknownLease);
+    let err = broker.release(&beta, lease.lease_id.clone()).await.unwrap_err();
+    assert_eq!(err.code, ErrorCode::UnknownLease);
+    assert_eq!(
+        broker.status(&alpha, lease.lease_id.clone()).await.unwrap().state,
+        LeasePhase::Running
+    );
+
+    // Its owner releases it: destroyed and confirmed; a second release is harmless.
+    let released = broker.release(&alpha, lease.lease_id.clone()).await.unwrap();
+    assert_eq!(released.state, LeasePhase::Released);
+    let again = broker.release(&alpha, lease.lease_id.clone()).await.unwrap();
+    assert_eq!(again.state, LeasePhase::Released);
+    assert!(sim.ledger().live().is_empty(), "an instance is still billing");
+
+    // A request the gate cannot approve rents nothing and says why.
+    let mut greedy = request("job-c");
+    greedy.max_runtime_s = 86_400;
+    let err = broker.acquire(&owner("alpha", "job-c"), 0.01, greedy).await.unwrap_err();
+    assert_eq!(err.code, ErrorCode::CostGateRejected, "{err:?}");
+    assert!(sim.ledger().live().is_empty());
+}
