@@ -143,6 +143,14 @@ pub enum DispatchError {
     ShuttingDown,
 }
 
+impl DispatchError {
+    /// Whether the same dispatch may succeed later: the driver is still starting (no ready
+    /// session yet) or every session is busy. Every other refusal is final.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Self::NotReady { .. } | Self::Busy { .. })
+    }
+}
+
 /// Why a cancel was not sent.
 #[derive(Debug, thiserror::Error)]
 pub enum CancelError {

@@ -195,6 +195,17 @@ impl Supervisor {
         self.inner.drivers.values().map(|d| d.status()).collect()
     }
 
+    /// The params schema `driver` declared for `action` in its latest `hello`; `None` before
+    /// the first handshake or when there is no such driver or action.
+    pub fn params_schema(
+        &self,
+        driver: &DriverName,
+        action: &ActionName,
+    ) -> Option<serde_json::Value> {
+        let driver = self.inner.drivers.get(driver)?;
+        lock(&driver.state).actions.get(action).cloned()
+    }
+
     /// Validates `job.params` against the schema its driver declared for the action, then
     /// sends `run_job` to the driver's least busy ready session. Waits up to
     /// [`Options::ready_timeout`] for a ready session. See [`crate::job`] for the events.

@@ -8,7 +8,8 @@
 #   ignore-shutdown  ignores `shutdown`, transport EOF and SIGTERM
 #   hang             after the handshake, stops reading its transport (no pong)
 #   stdout-garbage   writes binary junk and an overlong line to stdout, then is good
-#   some-bad-frames  after the handshake, sends three invalid frames, then is good
+#   some-bad-frames  after the handshake, sends four invalid frames (not JSON, a schema
+#                    violation, an unknown type, one over the 1 MiB limit), then is good
 #   crash-at-start   exits with status 2 before saying anything
 #
 # The transport is fd $DROVER_TRANSPORT_FD, or stdin/stdout when that is unset (a driver
@@ -22,7 +23,10 @@
 #   flood  {"frames": n}       n job_log frames of 100 lines each, then succeeded
 #   gpu    {}                  acquire_gpu, lease_status, release_gpu; the replies are the output
 #   steal  {"lease_id": id}    release_gpu on someone else's lease; the reply is the output
-#   errors {}                  the codes of the `error` events received so far are the output
+#   errors {"wait_for": n}     the codes of the `error` events received so far are the output
+#                              (after waiting up to 10 s until there are n)
+#   disorder {}                running, then starting (out of order), a state for a job that
+#                              does not exist, then succeeded
 #   syscall {}                 calls ptrace(2), which the default profile refuses
 import json
 import os
@@ -103,6 +107,7 @@ ACTIONS = {
     "steal": {"type": "object", "properties": {"lease_id": {"type": "string"}},
               "required": ["lease_id"]},
     "errors": {"type": "object"},
+    "disorder": {"type": "object"},
     "syscall": {"type": "object"},
 }
 if MODE == "bad-schema":
@@ -151,6 +156,16 @@ def run_job(job, action, params):
         event({"type": "job_result", "job_id": job, "outcome": "succeeded", "output": out})
         state(job, "succeeded")
     elif action == "errors":
+        until = time.time() + 10
+        while len(ERRORS) < params.get("wait_for", 0) and time.time() < until:
+            time.sleep(0.01)
+        event({"type": "job_result", "job_id": job, "outcome": "succeeded", "output": list(ERRORS)})
+        state(job, "succeeded")
+    elif action == "disorder":
+        state(job, "running")
+        state(job, "starting")
+        state("ghost-job", "running")
+        time.sleep(0.2)
         event({"type": "job_result", "job_id": job, "outcome": "succeeded", "output": list(ERRORS)})
         state(job, "succeeded")
     elif action == "syscall":
@@ -193,7 +208,8 @@ def main():
         time.sleep(3600)
     if MODE == "some-bad-frames":
         for junk in [b"{not json", json.dumps({"msg": {"type": "job_progress", "job_id": "j 1", "current": -1}}).encode(),
-                     json.dumps({"msg": {"type": "teleport"}}).encode()]:
+                     json.dumps({"msg": {"type": "teleport"}}).encode(),
+                     b" " * (2 << 20)]:
             with LOCK:
                 SOCK.sendall(struct.pack(">I", len(junk)) + junk)
     while True:
