@@ -63,6 +63,8 @@ pub(crate) struct Inner {
     /// `Some(grace)` once shutdown began.
     pub(crate) shutdown: watch::Sender<Option<Duration>>,
     keepers: Mutex<Vec<JoinHandle<()>>>,
+    /// Set once every keeper has stopped after a shutdown.
+    stopped: watch::Sender<bool>,
 }
 
 impl std::fmt::Debug for Inner {
@@ -179,6 +181,7 @@ impl Supervisor {
             jobs: Mutex::new(HashMap::new()),
             shutdown: watch::channel(None).0,
             keepers: Mutex::new(Vec::new()),
+            stopped: watch::channel(false).0,
         });
         let mut keepers = Vec::new();
         for driver in inner.drivers.values() {
@@ -309,12 +312,27 @@ impl Supervisor {
     /// after `grace` it closes the transport, then sends SIGTERM, then SIGKILL, waiting
     /// [`Options::stop_step`] between rungs. Returns when every driver process has died. Jobs
     /// still running end `failed` (or `cancelled`) with the cause. Dispatch is refused from
-    /// the first moment.
+    /// the first moment. A second call (from any clone) waits for the first to finish; its
+    /// `grace` is ignored.
+    ///
+    /// Dropping every handle without calling this leaves the drivers running.
     pub async fn shutdown(&self, grace: Duration) {
-        self.inner.shutdown.send_replace(Some(grace));
-        let keepers = std::mem::take(&mut *lock(&self.inner.keepers));
-        for keeper in keepers {
-            let _ = keeper.await;
+        let first = self.inner.shutdown.send_if_modified(|state| {
+            let first = state.is_none();
+            if first {
+                *state = Some(grace);
+            }
+            first
+        });
+        if first {
+            let keepers = std::mem::take(&mut *lock(&self.inner.keepers));
+            for keeper in keepers {
+                let _ = keeper.await;
+            }
+            self.inner.stopped.send_replace(true);
+        } else {
+            let mut stopped = self.inner.stopped.subscribe();
+            let _ = stopped.wait_for(|done| *done).await;
         }
     }
 }
