@@ -196,9 +196,17 @@ fn config(name: &str, mode: &str, script: &Path) -> DriverConfig {
     .unwrap()
 }
 
-async fn start(dropped: drover_sandbox::Dropped, dir: &Path) -> World {
+async fn start(dropped: drover_sandbox::Dropped, dir: &Path, sdk: &[(String, String)]) -> World {
     let script = dir.join("scripted.py");
     std::fs::write(&script, SCRIPT).unwrap();
+    for (name, text) in sdk {
+        std::fs::write(dir.join(name), text).unwrap();
+    }
+    let example: DriverConfig = serde_json::from_value(json!({
+        "name": "python-example",
+        "command": ["/usr/bin/python3", dir.join("example_driver.py").to_str().unwrap()],
+    }))
+    .unwrap();
     let policy = default_policy(dir);
     let spec = |config: DriverConfig| DriverSpec::new(config, policy.clone());
     let mut good = config("good", "good", &script);
@@ -222,6 +230,7 @@ async fn start(dropped: drover_sandbox::Dropped, dir: &Path) -> World {
         spec(config("picky", "some-bad-frames", &script)),
         spec(config("sneaky", "good", &script)),
         spec(stdio),
+        spec(example),
     ];
     for mut bad in [
         silent,
@@ -570,6 +579,33 @@ async fn a_stdio_driver_is_served_like_any_other(world: &World) {
     assert_eq!(output(&all_events(&mut run).await), json!({"echo": "io"}));
 }
 
+async fn the_python_sdk_example_is_served(world: &World) {
+    let mut run = world
+        .supervisor
+        .dispatch(job("python-example", "echo", json!({"a": [1, 2]})))
+        .await
+        .unwrap();
+    let events = all_events(&mut run).await;
+    assert_eq!(output(&events), json!({"a": [1, 2]}));
+    assert_eq!(states(&events).last(), Some(&JobPhase::Succeeded));
+
+    let dispatch = job("python-example", "sleep", json!({"seconds": 30}));
+    let job_id = dispatch.job_id.clone();
+    let mut run = world.supervisor.dispatch(dispatch).await.unwrap();
+    wait_for_state(&mut run, JobPhase::Running).await;
+    world.supervisor.cancel(&job_id, "test").await.unwrap();
+    let events = all_events(&mut run).await;
+    assert_eq!(states(&events).last(), Some(&JobPhase::Cancelled), "{events:?}");
+    assert!(output(&events)["ticks"].is_u64(), "{events:?}");
+    let err = world
+        .supervisor
+        .dispatch(job("python-example", "sleep", json!({"seconds": -1})))
+        .await
+        .unwrap_err();
+    let DispatchError::InvalidParams { violations, .. } = err else { panic!("{err:?}") };
+    assert_eq!(violations[0].instance_path, "/seconds");
+}
+
 async fn misbehaving_drivers_are_diagnosed(world: &World) {
     let (status, death) = death_of(world, "silent").await;
     assert_eq!(status.health, DriverHealth::Failed);
@@ -663,12 +699,21 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
+    // The Python SDK and its example driver (drivers/python), read while this process may
+    // still read the checkout, and written below where the drivers' uid can read them.
+    let sdk: Vec<(String, String)> = ["drover_driver.py", "example_driver.py"]
+        .iter()
+        .map(|name| {
+            let path = repo().join("drivers/python").join(name);
+            (name.to_string(), std::fs::read_to_string(&path).unwrap())
+        })
+        .collect();
     let dropped = drop_privileges(&DropConfig::default(), &LinuxSys).unwrap();
     // Created after the drop, so it belongs to the drivers' uid; /tmp is world-traversable.
     let dir = tempfile::tempdir().unwrap();
     let runtime =
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let world = runtime.block_on(start(dropped, dir.path()));
+    let world = runtime.block_on(start(dropped, dir.path(), &sdk));
 
     type Case = for<'a> fn(&'a World) -> std::pin::Pin<Box<dyn Future<Output = ()> + 'a>>;
     let cases: Vec<(&str, Case)> = vec![
@@ -704,6 +749,7 @@ fn main() -> ExitCode {
         ("a_stdio_driver_is_served_like_any_other", |w| {
             Box::pin(a_stdio_driver_is_served_like_any_other(w))
         }),
+        ("the_python_sdk_example_is_served", |w| Box::pin(the_python_sdk_example_is_served(w))),
         ("misbehaving_drivers_are_diagnosed", |w| Box::pin(misbehaving_drivers_are_diagnosed(w))),
         ("shutdown_climbs_the_ladder", |w| Box::pin(shutdown_climbs_the_ladder(w))),
     ];
