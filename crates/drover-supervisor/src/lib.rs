@@ -23,6 +23,23 @@
 //! - [`status`]: [`DriverStatus`] and [`DeathReport`].
 //! - [`output`]: stdout and stderr capture.
 //!
+//! # Defaults
+//!
+//! Per driver, from `drover.toml` ([`drover_proto::config::DriverConfig`]): pool 1, hello
+//! within 10 s, a ping every 5 s and 3 misses, 10 s shutdown grace, 5 restarts. Supervisor-wide
+//! settings and their defaults are in [`spec`]. Fixed bounds:
+//!
+//! | Bound | Value |
+//! |---|---|
+//! | events a job's receiver holds | [`job::JOB_CHANNEL_CAPACITY`] (64) |
+//! | broker calls in flight per session | [`session::MAX_BROKER_REQUESTS`] (16) |
+//! | leases remembered per driver | [`session::MAX_LEASES_PER_DRIVER`] (4096) |
+//! | unanswered requests remembered per session | [`session::MAX_PENDING`] (1024) |
+//! | driver `log`/`error` events logged per second | [`session::LOGGED_EVENTS_PER_SECOND`] (50) |
+//! | stdout/stderr lines logged per second and stream | [`output::LOGGED_LINES_PER_SECOND`] (50) |
+//! | deadline and cancel checks | every 100 ms |
+//! | frames still read after a driver died | for 500 ms |
+//!
 //! Architecture invariants: every driver process is spawned through `drover-sandbox` with the
 //! Phase A proof; every frame in either direction passes `drover-transport`'s validation;
 //! nothing a driver sends can grow the supervisor's memory without bound (every queue has a

@@ -60,6 +60,10 @@ use crate::supervisor::{Driver, Inner, SessionHandle, lock};
 /// Broker calls (`acquire_gpu`, `lease_*`) one session may have in flight.
 pub const MAX_BROKER_REQUESTS: usize = 16;
 
+/// Leases one driver may have acquired (released ones included: a driver may still ask
+/// about them); `acquire_gpu` beyond it is refused with `forbidden`.
+pub const MAX_LEASES_PER_DRIVER: usize = 4096;
+
 /// This side's requests (`run_job`, `cancel_job`, `shutdown`) remembered while their replies
 /// are outstanding; beyond it the oldest is forgotten (its late reply is then rejected), so a
 /// driver that never answers cannot grow the map.
@@ -776,6 +780,12 @@ impl Session {
                         Some(wire(
                             ErrorCode::Forbidden,
                             format!("job {} may rent at most {} GPUs", req.job_id, allowed.count),
+                        ))
+                    }
+                    Some(_) if lock(&self.driver.leases).len() >= MAX_LEASES_PER_DRIVER => {
+                        Some(wire(
+                            ErrorCode::Forbidden,
+                            format!("this driver already holds {MAX_LEASES_PER_DRIVER} leases"),
                         ))
                     }
                     Some(_) => None,
