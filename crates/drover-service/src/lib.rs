@@ -34,6 +34,7 @@
 #![forbid(unsafe_code)]
 
 pub mod runner;
+pub mod supervisor;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -57,6 +58,7 @@ use serde_json::{Map, Value, json};
 use tokio::sync::{broadcast, mpsc, watch};
 
 pub use runner::{JobRunner, RunError, RunEvent, RunRequest};
+pub use supervisor::SupervisorRunner;
 
 /// Where rentals go, as readiness and the logs name it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

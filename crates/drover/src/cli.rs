@@ -31,6 +31,12 @@ pub enum Command {
     FakeVast(cmd::fake_vast::Args),
     /// Submit, list, show, cancel and follow jobs on a running server.
     Jobs(cmd::jobs::Args),
+    /// The whole product in one command: supervisor, token, a GPU job over HTTP, its cost.
+    Demo(cmd::demo::Args),
+    /// Run the supervisor and its API (embedded default: loopback, SQLite, the simulator).
+    Serve(cmd::serve::Args),
+    /// Run a driver bundled with drover (started by the supervisor, in the sandbox).
+    Driver(cmd::driver::Args),
     /// A dry-run cost estimate for a job through the server's gate; nothing is rented.
     Estimate(cmd::estimate::Args),
 }

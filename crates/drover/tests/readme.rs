@@ -1,5 +1,6 @@
-//! README.md tells the truth: its quick-start command prints what it says, and `.ci/run` runs
-//! exactly the test command it prints.
+//! README.md tells the truth: its quick start's first command is `drover demo`, which runs a
+//! whole job and exits 0 (so the demo runs in CI), its validation example prints what it says,
+//! and `.ci/run` runs exactly the test command it prints.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -37,10 +38,53 @@ fn ci_runs_the_test_command_from_the_readme() {
     );
 }
 
+/// Every shell command in README's "Quick start" section, in all its `sh` blocks.
+fn quick_start_all(readme: &str) -> Vec<String> {
+    let section = readme.split("## Quick start").nth(1).unwrap().split("\n## ").next().unwrap();
+    section
+        .split("```sh")
+        .skip(1)
+        .flat_map(|block| block.split("```").next().unwrap().lines())
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn the_first_command_is_the_demo_and_it_runs_a_whole_job() {
+    let readme = repository_file("README.md");
+    let first = quick_start_commands(&readme).into_iter().next().unwrap();
+    assert_eq!(first, "cargo run --release -- demo");
+    let started = std::time::Instant::now();
+    let output = Command::new(env!("CARGO_BIN_EXE_drover"))
+        .arg("demo")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stdout}\n{stderr}");
+    for shown in [
+        "provider: SIMULATOR",
+        "decision    allowed",
+        "worst case",
+        "[state] running",
+        "stdout | [sim] onstart finished",
+        "[state] succeeded",
+        "billed by the provider (simulator ledger)",
+        "instances left running                     0",
+        "demo: OK",
+    ] {
+        assert!(stdout.contains(shown), "{shown:?} missing from the demo's output:\n{stdout}");
+    }
+    assert!(started.elapsed() < std::time::Duration::from_secs(60), "the demo took too long");
+}
+
 #[test]
 fn quick_start_validation_prints_what_the_readme_shows() {
     let readme = repository_file("README.md");
-    let command = quick_start_commands(&readme)
+    let command = quick_start_all(&readme)
         .into_iter()
         .find(|c| c.contains("validate"))
         .expect("README's quick start validates a frame");

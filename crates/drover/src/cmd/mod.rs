@@ -1,11 +1,14 @@
 //! One module per subcommand, each with its `Args` and a `run` returning the exit code.
 
+pub mod demo;
+pub mod driver;
 pub mod estimate;
 pub mod exec;
 pub mod fake_vast;
 pub mod jobs;
 pub mod sandbox;
 pub mod schemas;
+pub mod serve;
 pub mod token;
 pub mod validate;
 
@@ -24,5 +27,8 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Token(args) => token::run(args),
         Command::Jobs(args) => jobs::run(args),
         Command::Estimate(args) => estimate::run(args),
+        Command::Driver(args) => driver::run(args),
+        Command::Serve(args) => serve::run(args),
+        Command::Demo(args) => demo::run(args),
     }
 }

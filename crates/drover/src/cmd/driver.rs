@@ -1,0 +1,38 @@
+//! `drover driver <NAME>`: runs a driver bundled with drover. The supervisor starts bundled
+//! drivers as this same binary, re-executed into the sandbox with the transport at fd 3; run
+//! by hand, a driver says that it was not started by drover and exits 1.
+//!
+//! | Name | What it is |
+//! |---|---|
+//! | `container` | runs an image with a command on a rented GPU instance, through the supervisor's gated provisioner (see [`container`]) |
+//!
+//! A new bundled driver is one variant of [`DriverName`] and one module under `driver/`.
+//! Exit status: 0 after `shutdown` or the end of the transport, 1 on any error (printed on
+//! stderr).
+
+pub mod container;
+
+use std::process::ExitCode;
+
+/// Arguments of `drover driver`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Which bundled driver to run.
+    #[arg(value_enum)]
+    pub name: DriverName,
+}
+
+/// The drivers bundled with drover.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[non_exhaustive]
+pub enum DriverName {
+    /// Runs a container image with a command on a rented GPU (`run`).
+    Container,
+}
+
+/// Runs `drover driver`.
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    Ok(match args.name {
+        DriverName::Container => drover_driver::main(container::Container),
+    })
+}

@@ -1,0 +1,384 @@
+//! `drover serve [--config FILE] [--listen ADDR] [--development]`: the supervisor with its API.
+//!
+//! Start-up, in this order (any failure stops it with exit 2):
+//!
+//! 1. The configuration: `--config FILE` (TOML, every key optional; see `schemas/config.json`
+//!    or `drover validate --kind config`), else the embedded default: API on `127.0.0.1:8080`,
+//!    SQLite in `./drover-data`, the embedded Vast.ai simulator, and the bundled `container`
+//!    driver. A configuration without drivers gets the bundled `container` driver (this same
+//!    binary, `drover driver container`, in the default sandbox profile).
+//! 2. **Phase A**, before any thread or async runtime exists: as root, the data directory is
+//!    created and given to `supervisor.uid`/`gid` (default 65534), then the process drops to
+//!    them; started non-root, it clears what it holds. Either way it verifies that all five
+//!    capability sets are empty, no-new-privs is set and it is not dumpable, or refuses to
+//!    start.
+//! 3. The store (SQLite in the data directory, or `store.url`).
+//! 4. The provider: the real Vast.ai only when the configuration says `provider.kind =
+//!    "vastai"` **and** `VASTAI_API_KEY` is set; otherwise the embedded simulator (on a
+//!    loopback port, its clock 10x faster than real time), announced loudly in the log and
+//!    in `/readyz`. The provisioner's start-up reaper reconciles the account before anything
+//!    is rented: instances a killed predecessor left are destroyed and its leases settled.
+//! 5. The supervisor with its drivers, each in its sandbox, renting only through the
+//!    provisioner.
+//! 6. The service (jobs a predecessor left `queued` are resumed, `running` ones failed) and
+//!    the API. One line on stdout, `drover serve: listening on http://ADDR`, says where
+//!    (with `--listen 127.0.0.1:0` the kernel picks the port). SIGHUP reloads the API tokens.
+//!
+//! Shutdown on SIGTERM or SIGINT: the listener stops accepting and in-flight requests finish;
+//! new jobs get 503; every running job is cancelled and given up to 10 s (default) to end;
+//! the drivers get `shutdown` with their grace period, then the stop ladder; every lease still
+//! open is released (destroyed and confirmed gone, cost settled); then the process exits 0.
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use drover_api::{ApiState, Auditor, router};
+use drover_proto::config::{Config, DriverConfig, ProviderConfig};
+use drover_provision::sim::{SimConfig, Simulator};
+use drover_provision::{ApiKey, Clock, Provisioner, ProvisionerConfig, RetryPolicy, VastClient};
+use drover_sandbox::{DropConfig, Dropped, LinuxSys, drop_privileges};
+use drover_service::{ProviderKind, Service, ServiceConfig, SupervisorRunner};
+use drover_store::{SqliteStore, Store};
+use drover_supervisor::{DriverSpec, Options, ProvisionerBroker, Supervisor};
+
+use crate::profile;
+
+/// Simulated seconds per real second of the embedded simulator.
+pub const SIM_SPEED: f64 = 10.0;
+/// How long running jobs get to end after a shutdown signal.
+pub const JOB_GRACE: Duration = Duration::from_secs(10);
+/// The deployment id in every instance label.
+pub const DEPLOYMENT: &str = "drover";
+
+/// Arguments of `drover serve`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Configuration file (TOML). Default: the embedded configuration.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Listen here instead of `api.listen`.
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// Development mode (also needs `api.mode = "development"`): error bodies carry details.
+    #[arg(long)]
+    pub development: bool,
+}
+
+/// Reads a configuration file.
+pub fn load_config(path: &Path) -> anyhow::Result<Config> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    toml::from_str(&text)
+        .with_context(|| format!("{} is not a valid configuration", path.display()))
+}
+
+/// The bundled `container` driver, as this binary runs it.
+pub fn bundled_container(exe: &Path) -> anyhow::Result<DriverConfig> {
+    let exe = exe.to_str().context("the drover binary's path is not UTF-8")?.to_owned();
+    let config = serde_json::json!({
+        "name": "container",
+        "command": [exe, "driver", "container"],
+    });
+    serde_json::from_value(config).context("the bundled driver's configuration")
+}
+
+/// What Phase A left: the proof, the configuration, the data directory.
+#[derive(Debug)]
+pub struct Prepared {
+    /// Proof that the process holds no privilege.
+    pub dropped: Dropped,
+    /// The configuration, with the bundled driver added when it had none.
+    pub config: Config,
+    /// The data directory.
+    pub data_dir: PathBuf,
+    /// This binary.
+    pub exe: PathBuf,
+}
+
+/// Phase A: the root-only work, then the drop, then the proof. Call before any thread or
+/// runtime exists.
+pub fn prepare(mut config: Config) -> anyhow::Result<Prepared> {
+    let exe = std::env::current_exe().context("finding the drover binary")?;
+    if config.drivers.is_empty() {
+        config.drivers.push(bundled_container(&exe)?);
+    }
+    let data_dir = PathBuf::from(&config.supervisor.data_dir);
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("creating the data directory {}", data_dir.display()))?;
+    let root = nix::unistd::geteuid().is_root();
+    let target = if root {
+        let (uid, gid) = (config.supervisor.uid, config.supervisor.gid);
+        nix::unistd::chown(
+            &data_dir,
+            Some(nix::unistd::Uid::from_raw(uid)),
+            Some(nix::unistd::Gid::from_raw(gid)),
+        )
+        .with_context(|| format!("giving {} to uid {uid}", data_dir.display()))?;
+        DropConfig { uid, gid }
+    } else {
+        DropConfig { uid: nix::unistd::getuid().as_raw(), gid: nix::unistd::getgid().as_raw() }
+    };
+    let dropped = drop_privileges(&target, &LinuxSys).context("privilege drop (phase A) failed")?;
+    Ok(Prepared { dropped, config, data_dir, exe })
+}
+
+/// A running server.
+pub struct Running {
+    /// Where the API listens.
+    pub addr: SocketAddr,
+    /// The backend.
+    pub service: Arc<Service<VastClient, SqliteStore>>,
+    /// The supervisor.
+    pub supervisor: Arc<Supervisor>,
+    /// The embedded simulator, when it is the provider.
+    pub simulator: Option<Simulator>,
+    /// The API state.
+    pub api: Arc<ApiState>,
+    listener: Option<tokio::net::TcpListener>,
+}
+
+impl std::fmt::Debug for Running {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Running").field("addr", &self.addr).finish_non_exhaustive()
+    }
+}
+
+/// Starts store, provider, provisioner, supervisor, service and API state, and binds the
+/// listener. Runs inside a tokio runtime, after [`prepare`].
+pub async fn start(
+    prepared: &Prepared,
+    listen: Option<SocketAddr>,
+    development: bool,
+) -> anyhow::Result<Running> {
+    let config = &prepared.config;
+    let store = match &config.store.url {
+        Some(url) if url.starts_with("sqlite://") => {
+            SqliteStore::open(Path::new(url.trim_start_matches("sqlite://")))
+                .await
+                .context("opening the store")?
+        }
+        Some(_) => anyhow::bail!("store.url: only sqlite:// is supported by this build"),
+        None => SqliteStore::open_in(&prepared.data_dir).await.context("opening the store")?,
+    };
+
+    let key = match ApiKey::from_env() {
+        Ok(key) => Some(key),
+        Err(drover_provision::secret::ApiKeyError::Missing) => None,
+        Err(error) => return Err(error).context("VASTAI_API_KEY"),
+    };
+    let (client, clock, simulator, kind) = match (&config.provider, key) {
+        (ProviderConfig::Vastai { base_url }, Some(key)) => {
+            tracing::warn!(%base_url, "provider: the REAL Vast.ai; rentals cost real money");
+            let client = VastClient::new(base_url, key, RetryPolicy::default())
+                .context("the Vast.ai client")?;
+            (client, Clock::system(), None, ProviderKind::Vastai)
+        }
+        (selected, _) => {
+            if matches!(selected, ProviderConfig::Vastai { .. }) {
+                tracing::warn!(
+                    "provider.kind is \"vastai\" but VASTAI_API_KEY is not set: using the simulator"
+                );
+            }
+            let clock = Clock::scaled(SIM_SPEED);
+            // A fresh random key keeps other local users off the simulator's loopback port.
+            let secret = drover_api::token::ApiToken::generate()
+                .context("drawing the simulator's key")?
+                .sha256_hex();
+            let sim_key =
+                ApiKey::new(format!("sim-{}", &secret[..32])).context("the simulator's key")?;
+            let simulator = Simulator::start(
+                "127.0.0.1:0".parse().context("loopback")?,
+                SimConfig { api_key: Some(sim_key.clone()), clock, ..SimConfig::default() },
+            )
+            .await
+            .context("starting the embedded simulator")?;
+            tracing::warn!(
+                "!!! SIMULATOR: the embedded Vast.ai simulator is the provider; nothing real is \
+                 rented and nothing is spent (its clock runs {SIM_SPEED}x) !!!"
+            );
+            let client = VastClient::new(simulator.base_url(), sim_key, RetryPolicy::default())
+                .context("the simulator client")?;
+            (client, clock, Some(simulator), ProviderKind::Simulator)
+        }
+    };
+    let provisioner_config =
+        ProvisionerConfig { gate: config.gate.clone(), ..ProvisionerConfig::new(DEPLOYMENT) };
+    let provisioner = Arc::new(
+        Provisioner::start(client, store.clone(), provisioner_config, clock)
+            .await
+            .context("starting the provisioner")?,
+    );
+
+    let mut specs = Vec::new();
+    for driver in &config.drivers {
+        let profile = match &driver.profile {
+            Some(path) => profile::load_file(Path::new(path))?,
+            None => profile::load_builtin("default")?,
+        };
+        let (mut policy, work_dir) = profile::to_policy(&profile);
+        // A bundled driver is this binary: it must be able to execute it.
+        if driver.command.first().map(Path::new) == Some(prepared.exe.as_path()) {
+            policy.read.push(prepared.exe.clone());
+        }
+        let mut spec = DriverSpec::new(driver.clone(), policy);
+        spec.work_dir = work_dir;
+        specs.push(spec);
+    }
+    let broker = Arc::new(ProvisionerBroker::new(Arc::clone(&provisioner)));
+    let options = Options::new(prepared.dropped.clone());
+    let supervisor = Arc::new(
+        Supervisor::start(specs, broker, options).await.context("starting the supervisor")?,
+    );
+
+    let webhooks = match drover_api::webhook::WebhookSecret::from_env() {
+        Ok(Some(secret)) => Some(
+            drover_api::webhook::WebhookSender::new(
+                secret,
+                drover_api::webhook::RetryPolicy::default(),
+                config.api.allow_http_webhooks,
+            )
+            .context("the webhook sender")?,
+        ),
+        Ok(None) => None,
+        Err(error) => return Err(error).context(drover_api::webhook::SECRET_ENV),
+    };
+    let service = Service::new(
+        store,
+        Arc::new(SupervisorRunner::new(Arc::clone(&supervisor))),
+        provisioner,
+        ServiceConfig {
+            provider: kind,
+            confidence_floor: config.gate.confidence_floor,
+            webhooks,
+            ..ServiceConfig::default()
+        },
+    );
+    let (resumed, failed) = service.recover().await.context("recovering unfinished jobs")?;
+    if resumed + failed > 0 {
+        tracing::warn!(resumed, failed, "jobs left by the previous run were taken over");
+    }
+    let auditor =
+        Auditor::start(service.clone(), config.api.audit_file.as_ref().map(PathBuf::from));
+    let api = ApiState::new(&config.api, development, service.clone(), auditor)
+        .context("the API configuration")?;
+    let addr: SocketAddr = match listen {
+        Some(addr) => addr,
+        None => config.api.listen.parse().context("api.listen is not an address")?,
+    };
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("listening on {addr}"))?;
+    let addr = listener.local_addr().context("the bound address")?;
+    Ok(Running { addr, service, supervisor, simulator, api, listener: Some(listener) })
+}
+
+impl Running {
+    /// Serves the API until `stop` completes, then shuts everything down in order; hands back
+    /// the embedded simulator (for its ledger), if it was the provider.
+    pub async fn serve_until(
+        mut self,
+        stop: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<Option<Simulator>> {
+        let listener = self.listener.take().context("the server is already serving")?;
+        drover_api::serve(listener, router(Arc::clone(&self.api)), stop)
+            .await
+            .context("serving the API")?;
+        self.shutdown().await;
+        Ok(self.simulator.take())
+    }
+
+    /// Stops jobs, drivers and leases.
+    pub async fn shutdown(&self) {
+        tracing::info!("shutting down: cancelling jobs");
+        let left = self.service.shutdown().await;
+        if left > 0 {
+            tracing::warn!(left, "jobs still running at shutdown; their drivers are stopped now");
+        }
+        self.supervisor.shutdown(Duration::from_secs(10)).await;
+        let store = self.service.store();
+        match store.open_leases().await {
+            Ok(leases) => {
+                for lease in leases {
+                    match self.service.provisioner().release(&lease.lease_id, "shutdown").await {
+                        Ok(_) => tracing::info!(lease = %lease.lease_id, "released at shutdown"),
+                        Err(error) => tracing::warn!(lease = %lease.lease_id, %error,
+                            "release at shutdown failed; the next start's reaper destroys it"),
+                    }
+                }
+            }
+            Err(error) => tracing::error!(%error, "listing open leases at shutdown"),
+        }
+        tracing::info!("shutdown complete");
+    }
+}
+
+/// Completes on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutdown signal received");
+}
+
+/// Log lines on stderr, INFO and up.
+pub fn init_logging() {
+    init_logging_at(tracing_subscriber::filter::LevelFilter::INFO);
+}
+
+/// Log lines on stderr, `level` and up.
+pub fn init_logging_at(level: tracing_subscriber::filter::LevelFilter) {
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_max_level(level)
+        .try_init();
+}
+
+/// Runs `drover serve`.
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let config = match &args.config {
+        Some(path) => load_config(path)?,
+        None => Config::default(),
+    };
+    let config_path = args.config.clone();
+    let prepared = prepare(config)?;
+    init_logging();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let running = start(&prepared, args.listen, args.development).await?;
+        {
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "drover serve: listening on http://{}", running.addr)?;
+            out.flush()?;
+        }
+        if let Some(path) = config_path {
+            let loader: drover_api::reload::Loader = Box::new(move || {
+                load_config(&path)
+                    .map(|c| c.api)
+                    .map_err(|e| Box::<dyn std::error::Error + Send + Sync>::from(e.to_string()))
+            });
+            drover_api::reload::spawn_sighup_reload(Arc::clone(&running.api), loader)
+                .context("installing the SIGHUP handler")?;
+        }
+        running.serve_until(shutdown_signal()).await?;
+        anyhow::Ok(ExitCode::SUCCESS)
+    })
+}
