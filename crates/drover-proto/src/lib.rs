@@ -22,6 +22,7 @@
 
 pub mod api;
 pub mod config;
+pub mod config_reference;
 pub mod examples;
 mod frame;
 pub mod ids;

@@ -208,6 +208,10 @@ pub fn schema_files() -> Vec<SchemaFile> {
         contents: to_canonical_json(&schema_for::<Config>()),
     });
     files.push(SchemaFile {
+        path: "config.md".to_owned(),
+        contents: crate::config_reference::config_reference(),
+    });
+    files.push(SchemaFile {
         path: "sandbox-profile.json".to_owned(),
         contents: to_canonical_json(&schema_for::<crate::profile::Profile>()),
     });
