@@ -331,3 +331,107 @@ pub(crate) fn rank(phase: JobPhase) -> u8 {
         JobPhase::Succeeded | JobPhase::Failed | JobPhase::Cancelled => 3,
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    fn id() -> JobId {
+        "job-1".parse().unwrap()
+    }
+
+    fn state(phase: JobPhase) -> JobEvent {
+        JobEvent::State(JobState { job_id: id(), state: phase, message: None })
+    }
+
+    fn log(lines: usize) -> JobLog {
+        JobLog {
+            job_id: id(),
+            stream: LogStream::Stdout,
+            lines: (0..lines).map(|i| format!("line {i:04}")).collect(),
+            dropped: 0,
+        }
+    }
+
+    fn progress(current: f64) -> JobProgress {
+        JobProgress { job_id: id(), current, total: None, unit: None, message: None }
+    }
+
+    async fn drain(run: &mut JobRun) -> Vec<JobEvent> {
+        let mut events = Vec::new();
+        while let Some(event) = run.events.recv().await {
+            events.push(event);
+        }
+        events
+    }
+
+    #[tokio::test]
+    async fn a_slow_reader_gets_every_state_the_latest_progress_and_a_count_of_dropped_lines() {
+        // Room for about three 10-line batches ("line 0000\n" is 10 bytes).
+        let (sink, mut run) = JobSink::new(300);
+        // Fill the receiver's channel first, so the queue itself must hold the rest.
+        for _ in 0..JOB_CHANNEL_CAPACITY {
+            sink.push_progress(progress(0.0));
+            tokio::task::yield_now().await;
+        }
+        sink.push_critical(state(JobPhase::Running));
+        for i in 0..10 {
+            sink.push_log(log(10));
+            sink.push_progress(progress(f64::from(i)));
+        }
+        sink.push_critical(JobEvent::Result(JobResult {
+            job_id: id(),
+            outcome: drover_proto::Outcome::Succeeded,
+            output: None,
+            message: None,
+        }));
+        sink.push_critical(state(JobPhase::Succeeded));
+        sink.push_critical(state(JobPhase::Failed)); // after the end: ignored
+        let events = drain(&mut run).await;
+        let tail = &events[JOB_CHANNEL_CAPACITY..];
+        assert!(matches!(&tail[0], JobEvent::State(s) if s.state == JobPhase::Running));
+        let (mut delivered, mut dropped) = (0, 0);
+        let mut progress_seen = Vec::new();
+        for event in tail {
+            match event {
+                JobEvent::Log(l) if l.lines[0].starts_with("line") => {
+                    delivered += l.lines.len() as u64;
+                    dropped += l.dropped;
+                }
+                JobEvent::Log(l) => {
+                    assert_eq!(l.lines, [format!("[drover: {} log lines dropped]", l.dropped)]);
+                    dropped += l.dropped;
+                }
+                JobEvent::Progress(p) => progress_seen.push(p.current),
+                _ => {}
+            }
+        }
+        assert_eq!(delivered, 30, "three batches fit");
+        assert_eq!(delivered + dropped, 100, "every line delivered or counted");
+        assert_eq!(progress_seen, [9.0], "progress coalesced to the latest");
+        assert!(matches!(&tail[tail.len() - 2], JobEvent::Result(_) | JobEvent::Log(_)));
+        let Some(JobEvent::State(last)) = tail.last() else { panic!("{tail:?}") };
+        assert_eq!(last.state, JobPhase::Succeeded);
+    }
+
+    #[tokio::test]
+    async fn a_reader_that_goes_away_stops_delivery_without_stopping_the_job() {
+        let (sink, run) = JobSink::new(1 << 20);
+        drop(run);
+        sink.push_critical(state(JobPhase::Running));
+        sink.push_log(log(5));
+        tokio::task::yield_now().await;
+        sink.push_critical(state(JobPhase::Succeeded));
+        let queue = sink.shared.queue.lock().unwrap();
+        assert!(queue.events.is_empty() && queue.log_bytes == 0);
+    }
+
+    #[test]
+    fn states_rank_in_their_order_and_terminal_states_share_the_last_rank() {
+        let order = [JobPhase::Queued, JobPhase::Starting, JobPhase::Running, JobPhase::Succeeded];
+        assert!(order.windows(2).all(|w| rank(w[0]) < rank(w[1])));
+        assert_eq!(rank(JobPhase::Failed), rank(JobPhase::Cancelled));
+        assert_eq!(rank(JobPhase::Failed), rank(JobPhase::Succeeded));
+    }
+}
