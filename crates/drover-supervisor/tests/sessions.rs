@@ -237,6 +237,7 @@ async fn start(dropped: drover_sandbox::Dropped, dir: &Path, sdk: &[(String, Str
         config("wrong-version", "wrong-version", &script),
         config("bad-schema", "bad-schema", &script),
         config("garbage-frames", "garbage-frames", &script),
+        config("unframed", "unframed", &script),
         hang,
     ] {
         bad.max_restarts = 0;
@@ -357,6 +358,21 @@ async fn a_good_job_runs_with_ordered_states(world: &World) {
     assert_eq!(output(&events), json!({"echo": "hi"}));
     assert!(events.iter().any(|e| matches!(e, JobEvent::Log(l) if l.lines == ["echo hi"])));
     assert!(matches!(events.last(), Some(JobEvent::State(s)) if s.state.is_terminal()));
+    // Round trips of a small job through supervisor, transport and a Python driver.
+    let mut took = Vec::new();
+    for _ in 0..20 {
+        let started = Instant::now();
+        let mut run =
+            world.supervisor.dispatch(job("good", "echo", json!({"text": "t"}))).await.unwrap();
+        assert_eq!(states(&all_events(&mut run).await).last(), Some(&JobPhase::Succeeded));
+        took.push(started.elapsed());
+    }
+    took.sort();
+    println!(
+        "  echo job, dispatch to terminal state: p50 {} us, max {} us (20 jobs)",
+        took[10].as_micros(),
+        took[19].as_micros()
+    );
     // Both pooled processes come up (the first job may have run on the first one alone).
     let good = eventually(world, "good", |d| d.ready_sessions == 2).await;
     assert_eq!(good.health, DriverHealth::Ready);
@@ -630,6 +646,12 @@ async fn misbehaving_drivers_are_diagnosed(world: &World) {
     assert!(end.starts_with("protocol violation: 65 frames rejected"), "{end}");
     assert!(status.protocol_violations >= 65);
 
+    let (_, death) = death_of(world, "unframed").await;
+    let end = death.session_end.clone().unwrap();
+    assert!(end.starts_with("broken transport before hello"), "{end}");
+    assert!(end.contains("HTTP/1.1 200"), "the diagnostic shows the first bytes: {end}");
+    assert!(matches!(death.cause, Some(Cause::KilledBySupervisor { .. })));
+
     let (_, death) = death_of(world, "hang").await;
     let end = death.session_end.clone().unwrap();
     assert!(end.starts_with("hung: 3 heartbeats"), "{end}");
@@ -713,7 +735,17 @@ fn main() -> ExitCode {
     let dir = tempfile::tempdir().unwrap();
     let runtime =
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let world = runtime.block_on(start(dropped, dir.path(), &sdk));
+    let started = Instant::now();
+    let world = runtime.block_on(async {
+        let world = start(dropped, dir.path(), &sdk).await;
+        eventually(&world, "good", |d| d.ready_sessions == 2).await;
+        world
+    });
+    println!(
+        "{} drivers started; both processes of `good` ready (spawn, Python start-up, handshake) after {} ms",
+        world.supervisor.drivers().len(),
+        started.elapsed().as_millis()
+    );
 
     type Case = for<'a> fn(&'a World) -> std::pin::Pin<Box<dyn Future<Output = ()> + 'a>>;
     let cases: Vec<(&str, Case)> = vec![

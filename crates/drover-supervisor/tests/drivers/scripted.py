@@ -11,6 +11,7 @@
 #   some-bad-frames  after the handshake, sends four invalid frames (not JSON, a schema
 #                    violation, an unknown type, one over the 1 MiB limit), then is good
 #   crash-at-start   exits with status 2 before saying anything
+#   unframed         writes plain text to its transport instead of frames, then waits
 #
 # The transport is fd $DROVER_TRANSPORT_FD, or stdin/stdout when that is unset (a driver
 # configured with transport = "stdio").
@@ -183,6 +184,9 @@ def run_job(job, action, params):
 def main():
     if MODE == "crash-at-start":
         sys.exit(2)
+    if MODE == "unframed":
+        SOCK.sendall(b"HTTP/1.1 200 OK, not a frame at all\r\n" * 10)
+        time.sleep(3600)
     if MODE == "silent":
         time.sleep(3600)
     if MODE == "ignore-shutdown":
