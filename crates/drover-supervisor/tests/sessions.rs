@@ -244,6 +244,9 @@ async fn start(dropped: drover_sandbox::Dropped, dir: &Path, sdk: &[(String, Str
         drivers.push(spec(bad));
     }
     drivers.push(spec(crash_loop));
+    let mut missing = config("missing", "good", &script);
+    (missing.command, missing.max_restarts) = (vec!["/nonexistent/driver".into()], 0);
+    drivers.push(spec(missing));
     let mut options = Options::new(dropped);
     options.restart_backoff = Duration::from_millis(100);
     options.cancel_grace = Duration::from_secs(1);
@@ -645,6 +648,12 @@ async fn misbehaving_drivers_are_diagnosed(world: &World) {
     let end = death.session_end.clone().unwrap();
     assert!(end.starts_with("protocol violation: 65 frames rejected"), "{end}");
     assert!(status.protocol_violations >= 65);
+
+    let (status, death) = death_of(world, "missing").await;
+    assert_eq!(status.health, DriverHealth::Failed);
+    assert_eq!(death.cause, None, "it never started");
+    let end = death.session_end.clone().unwrap();
+    assert!(end.starts_with("could not start: ") && end.contains("/nonexistent/driver"), "{end}");
 
     let (_, death) = death_of(world, "unframed").await;
     let end = death.session_end.clone().unwrap();
