@@ -217,6 +217,8 @@ async fn start(dropped: drover_sandbox::Dropped, dir: &Path, sdk: &[(String, Str
     stdio.transport = drover_proto::config::TransportKind::Stdio;
     let mut crash_loop = config("crash-loop", "crash-at-start", &script);
     crash_loop.max_restarts = 2;
+    let mut freezer = config("freezer", "good", &script);
+    (freezer.heartbeat_ms, freezer.heartbeat_misses) = (200, 3);
     let mut hang = config("hang", "hang", &script);
     (hang.heartbeat_ms, hang.heartbeat_misses) = (200, 3);
     let mut drivers = vec![
@@ -231,6 +233,7 @@ async fn start(dropped: drover_sandbox::Dropped, dir: &Path, sdk: &[(String, Str
         spec(config("sneaky", "good", &script)),
         spec(stdio),
         spec(example),
+        spec(freezer),
     ];
     for mut bad in [
         silent,
@@ -491,6 +494,16 @@ async fn a_crash_mid_job_fails_the_job_with_the_cause_and_restarts(world: &World
         world.supervisor.drivers().into_iter().find(|d| d.name.as_str() == "crashy").unwrap();
     assert_eq!(crashy.restarts, 1);
     assert_eq!(crashy.health, DriverHealth::Ready);
+}
+
+async fn a_driver_that_hangs_mid_job_is_killed_and_the_job_fails_with_the_cause(world: &World) {
+    let mut run = world.supervisor.dispatch(job("freezer", "freeze", json!({}))).await.unwrap();
+    let events = all_events(&mut run).await;
+    let Some(JobEvent::State(last)) = events.last() else { panic!("{events:?}") };
+    assert_eq!(last.state, JobPhase::Failed);
+    let message = last.message.clone().unwrap();
+    assert!(message.contains("hung: 3 heartbeats in a row unanswered (every 200 ms)"), "{message}");
+    assert!(events.iter().any(|e| matches!(e, JobEvent::DriverDied { .. })));
 }
 
 async fn a_job_that_ignores_cancel_gets_its_driver_killed(world: &World) {
@@ -773,6 +786,9 @@ fn main() -> ExitCode {
         }),
         ("a_crash_mid_job_fails_the_job_with_the_cause_and_restarts", |w| {
             Box::pin(a_crash_mid_job_fails_the_job_with_the_cause_and_restarts(w))
+        }),
+        ("a_driver_that_hangs_mid_job_is_killed_and_the_job_fails_with_the_cause", |w| {
+            Box::pin(a_driver_that_hangs_mid_job_is_killed_and_the_job_fails_with_the_cause(w))
         }),
         ("a_job_that_ignores_cancel_gets_its_driver_killed", |w| {
             Box::pin(a_job_that_ignores_cancel_gets_its_driver_killed(w))

@@ -29,6 +29,7 @@
 #   disorder {}                running, then starting (out of order), a state for a job that
 #                              does not exist, then succeeded
 #   syscall {}                 calls ptrace(2), which the default profile refuses
+#   freeze {}                  running, then the driver stops reading its transport (hung)
 import json
 import os
 import signal
@@ -43,6 +44,7 @@ NAME = sys.argv[2] if len(sys.argv) > 2 else "scripted"
 SOCK = socket.socket(fileno=int(os.environ.get("DROVER_TRANSPORT_FD", "0")))
 LOCK = threading.Lock()
 CANCELLED = {}
+FROZEN = threading.Event()
 ERRORS = []
 REPLIES = {}
 REPLY_READY = threading.Condition()
@@ -110,6 +112,7 @@ ACTIONS = {
     "errors": {"type": "object"},
     "disorder": {"type": "object"},
     "syscall": {"type": "object"},
+    "freeze": {"type": "object"},
 }
 if MODE == "bad-schema":
     ACTIONS["echo"] = {"type": "no-such-type"}
@@ -162,6 +165,9 @@ def run_job(job, action, params):
             time.sleep(0.01)
         event({"type": "job_result", "job_id": job, "outcome": "succeeded", "output": list(ERRORS)})
         state(job, "succeeded")
+    elif action == "freeze":
+        state(job, "running")
+        FROZEN.set()
     elif action == "disorder":
         state(job, "running")
         state(job, "starting")
@@ -217,6 +223,8 @@ def main():
             with LOCK:
                 SOCK.sendall(struct.pack(">I", len(junk)) + junk)
     while True:
+        if FROZEN.is_set():
+            time.sleep(3600)
         frame = recv()
         if frame is None:
             if MODE == "ignore-shutdown":
