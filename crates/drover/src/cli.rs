@@ -23,6 +23,11 @@ pub enum Command {
     Schemas(cmd::schemas::Args),
     /// Run a command exactly as a driver is run: privilege drop, then the sandbox.
     Exec(cmd::exec::Args),
+    /// Run a driver bundled with drover (`driver container`, `driver example`), as the
+    /// supervisor starts it: in the sandbox, with the transport on fd 3.
+    Driver(cmd::driver::Args),
+    /// The conformance kit: run CMD as a driver and check it against the protocol.
+    DriverCheck(cmd::driver_check::Args),
     /// Sandbox features of this kernel (`status`), or a self-report from inside (`probe`).
     Sandbox(cmd::sandbox::Args),
     /// Make API tokens (`token new`): printed once, stored only as a digest.
@@ -35,8 +40,6 @@ pub enum Command {
     Demo(cmd::demo::Args),
     /// Run the supervisor and its API (embedded default: loopback, SQLite, the simulator).
     Serve(cmd::serve::Args),
-    /// Run a driver bundled with drover (started by the supervisor, in the sandbox).
-    Driver(cmd::driver::Args),
     /// A dry-run cost estimate for a job through the server's gate; nothing is rented.
     Estimate(cmd::estimate::Args),
 }

@@ -2,6 +2,7 @@
 
 pub mod demo;
 pub mod driver;
+pub mod driver_check;
 pub mod estimate;
 pub mod exec;
 pub mod fake_vast;
@@ -22,12 +23,13 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Validate(args) => validate::run(args),
         Command::Schemas(args) => schemas::run(args),
         Command::Exec(args) => exec::run(args),
+        Command::Driver(args) => driver::run(args),
+        Command::DriverCheck(args) => driver_check::run(args),
         Command::FakeVast(args) => fake_vast::run(args),
         Command::Sandbox(args) => sandbox::run(args),
         Command::Token(args) => token::run(args),
         Command::Jobs(args) => jobs::run(args),
         Command::Estimate(args) => estimate::run(args),
-        Command::Driver(args) => driver::run(args),
         Command::Serve(args) => serve::run(args),
         Command::Demo(args) => demo::run(args),
     }
