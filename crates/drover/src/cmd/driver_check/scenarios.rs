@@ -11,7 +11,7 @@ use drover_proto::{
     CancelJob, ErrorCode, Hello, JobId, JobPhase, Message, MsgId, Party, Ping, RunJob, Shutdown,
     Welcome, WireError,
 };
-use drover_transport::{Connection, ConnectionError, Inbound, SchemaChecker};
+use drover_transport::{CodecError, Connection, ConnectionError, Inbound, SchemaChecker};
 use serde_json::{Map, Value, json};
 use tokio::io::AsyncWriteExt as _;
 use tokio::net::UnixStream;
@@ -24,7 +24,9 @@ const HELLO_DEADLINE: Duration = Duration::from_secs(5);
 const EXIT_DEADLINE: Duration = Duration::from_secs(5);
 const PONG_DEADLINE: Duration = Duration::from_secs(2);
 const ACK_DEADLINE: Duration = Duration::from_secs(2);
-const JOB_DEADLINE: Duration = Duration::from_secs(20);
+const JOB_DEADLINE: Duration = Duration::from_secs(10);
+/// How long a write to the driver may stall before the kit decides it stopped reading.
+const WRITE_DEADLINE: Duration = Duration::from_secs(3);
 const CANCEL_DEADLINE: Duration = Duration::from_secs(5);
 const SHUTDOWN_GRACE_MS: u32 = 2000;
 const SHUTDOWN_MARGIN: Duration = Duration::from_secs(1);
@@ -101,7 +103,14 @@ pub(crate) async fn play(plan: Plan) -> anyhow::Result<Vec<Row>> {
                     format!("out of time: the run is bounded by {} s", TOTAL_TIME.as_secs()),
                 )
             } else {
-                match kit.$body().await {
+                match tokio::time::timeout_at(kit.deadline, kit.$body()).await.unwrap_or_else(
+                    |_| {
+                        Err(Failure::Fail(format!(
+                            "out of time: the run is bounded by {} s",
+                            TOTAL_TIME.as_secs()
+                        )))
+                    },
+                ) {
                     Ok(why) => (Verdict::Pass, why),
                     Err(Failure::Fail(why)) => (Verdict::Fail, why),
                     Err(Failure::Warn(why)) => (Verdict::Warn, why),
@@ -146,6 +155,17 @@ impl From<String> for Failure {
 }
 
 type Outcome = Result<String, Failure>;
+
+/// An error and its sources on one line.
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(inner) = source {
+        text.push_str(&format!(": {inner}"));
+        source = inner.source();
+    }
+    text
+}
 
 fn ms(d: Duration) -> u128 {
     d.as_millis()
@@ -298,11 +318,17 @@ impl Kit {
                     return Got::Frame(inbound);
                 }
                 Ok(Err(error)) => {
-                    let text = match &error {
-                        ConnectionError::Codec(codec) => codec.to_string(),
-                        other => other.to_string(),
-                    };
-                    self.bad_frames.push(format!("in {}: {text}", self.scenario));
+                    let text = chain(&error);
+                    // Only a stream that is not frames is the driver's writing fault; an I/O
+                    // error (a reset after it died) is not.
+                    if matches!(
+                        error,
+                        ConnectionError::Codec(
+                            CodecError::Unframed { .. } | CodecError::Truncated { .. }
+                        )
+                    ) {
+                        self.bad_frames.push(format!("in {}: {text}", self.scenario));
+                    }
                     return Got::Broken(text);
                 }
             }
@@ -325,8 +351,12 @@ impl Kit {
                         )
                         .into(),
                     };
-                    if let Err(error) = live.conn.reply(id, answer).await {
-                        break Got::Broken(error.to_string());
+                    match tokio::time::timeout(WRITE_DEADLINE, live.conn.reply(id, answer)).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(error)) => break Got::Broken(chain(&error)),
+                        Err(_) => {
+                            break Got::Broken("the driver stopped reading its transport".into());
+                        }
                     }
                 }
                 other => break other,
@@ -374,7 +404,7 @@ impl Kit {
                             "no shared protocol version",
                             Some(details),
                         );
-                        let _ = conn.reply(id, error).await;
+                        let _ = tokio::time::timeout(WRITE_DEADLINE, conn.reply(id, error)).await;
                         if mismatch {
                             let live = Live {
                                 conn,
@@ -399,7 +429,9 @@ impl Kit {
                     return Ok((live, hello, elapsed));
                 }
                 Got::Frame(Inbound::Request { id, msg: Message::Ping(_) }) => {
-                    let _ = conn.reply(id, drover_proto::Pong {}).await;
+                    let _ =
+                        tokio::time::timeout(WRITE_DEADLINE, conn.reply(id, drover_proto::Pong {}))
+                            .await;
                 }
                 Got::Frame(other) => {
                     let what = match &other {
@@ -447,9 +479,11 @@ impl Kit {
             heartbeat_ms: 1000,
             max_frame_bytes,
         };
-        conn.reply(id, welcome)
-            .await
-            .map_err(|e| Failure::Fail(format!("sending welcome failed: {e}")))
+        match tokio::time::timeout(WRITE_DEADLINE, conn.reply(id, welcome)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(Failure::Fail(format!("sending welcome failed: {}", chain(&e)))),
+            Err(_) => Err(Failure::Fail("the driver does not read its transport".to_owned())),
+        }
     }
 
     /// Makes sure a handshaken driver is running.
@@ -481,10 +515,20 @@ impl Kit {
 
     async fn request(&mut self, msg: impl Into<Message>) -> Result<MsgId, Failure> {
         let live = self.live.as_mut().ok_or_else(|| Failure::Fail("no session".to_owned()))?;
-        live.conn
-            .request(msg)
-            .await
-            .map_err(|e| Failure::Fail(format!("the kit could not send its request: {e}")))
+        match tokio::time::timeout(WRITE_DEADLINE, live.conn.request(msg)).await {
+            Ok(Ok(id)) => Ok(id),
+            Ok(Err(e)) => {
+                Err(Failure::Fail(format!("the kit could not send its request: {}", chain(&e))))
+            }
+            Err(_) => {
+                // The stream may now end inside a frame: this session is over.
+                self.drop_live().await;
+                Err(Failure::Fail(format!(
+                    "the driver stopped reading its transport: a request could not be written within {} s",
+                    WRITE_DEADLINE.as_secs()
+                )))
+            }
+        }
     }
 
     /// Waits for the reply to `id`, feeding events to `track`.
@@ -546,16 +590,20 @@ impl Kit {
             live.raw.write_all(payload).await?;
             live.raw.flush().await
         };
-        match tokio::time::timeout(EXIT_DEADLINE, write).await {
+        match tokio::time::timeout(WRITE_DEADLINE, write).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(Failure::Fail(format!(
                 "writing to the driver failed: {e}; {}",
                 self.gone().await
             ))),
-            Err(_) => Err(Failure::Fail(format!(
-                "the driver stopped reading its transport ({} s without progress)",
-                EXIT_DEADLINE.as_secs()
-            ))),
+            Err(_) => {
+                // The stream now ends inside a frame: this session is over.
+                self.drop_live().await;
+                Err(Failure::Fail(format!(
+                    "the driver stopped reading its transport ({} s without progress)",
+                    WRITE_DEADLINE.as_secs()
+                )))
+            }
         }
     }
 
@@ -693,8 +741,17 @@ impl Kit {
                 Got::Timeout => {
                     let what = if cancel { "of cancel_job" } else { "of run_job" };
                     let alive = self.live.as_ref().is_some_and(|l| l.process.alive());
-                    let why =
+                    let mut why =
                         if alive { String::new() } else { format!("; {}", self.gone().await) };
+                    let prefix = format!("in {}:", self.scenario);
+                    let invalid: Vec<_> =
+                        self.bad_frames.iter().filter(|b| b.starts_with(&prefix)).collect();
+                    if let Some(first) = invalid.first() {
+                        why.push_str(&format!(
+                            "; {} invalid frame(s) meanwhile, first {first}",
+                            invalid.len()
+                        ));
+                    }
                     return Err(Failure::Fail(format!(
                         "no terminal state within {} s {what} (states so far: {}){why}",
                         within.as_secs(),

@@ -1,0 +1,6 @@
+"""A broken driver: breaks the rule 'ignore_cancel' (see _wire.py)."""
+import os, sys
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _wire
+_wire.BREAK.add("ignore_cancel")
+_wire.main()
