@@ -187,7 +187,7 @@ pub(crate) async fn run(inner: &Arc<Inner>, driver: &Arc<Driver>, slot: u16) -> 
         jobs: HashMap::new(),
         pending: BTreeMap::new(),
         logged: (StdInstant::now(), 0, 0),
-        ping: None,
+        pings: std::collections::VecDeque::new(),
         misses: 0,
         violations: 0,
         handle: None,
@@ -247,8 +247,9 @@ struct Session {
     pending: BTreeMap<MsgId, Pending>,
     /// Driver `log` and `error` events written to the supervisor's log in this second.
     logged: (StdInstant, u32, u64),
-    /// The unanswered ping, if any.
-    ping: Option<MsgId>,
+    /// Pings not answered yet, oldest first (at most `heartbeat_misses`). A late `pong` is
+    /// still welcome: it proves the driver alive and resets the misses.
+    pings: std::collections::VecDeque<MsgId>,
     misses: u32,
     violations: u32,
     /// Set while the session takes jobs.
@@ -339,8 +340,7 @@ impl Session {
                     }
                 }
                 _ = heartbeat.tick() => {
-                    if let Some(old) = self.ping.take() {
-                        self.conn.forget(old);
+                    if !self.pings.is_empty() {
                         self.misses += 1;
                         if self.misses >= miss_limit {
                             return Some(End::kill(format!(
@@ -350,8 +350,13 @@ impl Session {
                         }
                     }
                     match self.request(Ping {}).await {
-                        Ok(id) => self.ping = Some(id),
+                        Ok(id) => self.pings.push_back(id),
                         Err(end) => return Some(end),
+                    }
+                    while self.pings.len() > miss_limit as usize {
+                        if let Some(old) = self.pings.pop_front() {
+                            self.conn.forget(old);
+                        }
                     }
                 }
                 _ = housekeeping.tick() => {
@@ -736,8 +741,8 @@ impl Session {
         match inbound {
             Inbound::Request { id, msg } => self.on_request(id, msg).await.err(),
             Inbound::Reply { re, msg, .. } => {
-                if self.ping == Some(re) {
-                    self.ping = None;
+                if let Some(at) = self.pings.iter().position(|&p| p == re) {
+                    self.pings.remove(at);
                     self.misses = 0;
                 }
                 match (self.pending.remove(&re), msg) {

@@ -219,6 +219,8 @@ async fn start(dropped: drover_sandbox::Dropped, dir: &Path, sdk: &[(String, Str
     crash_loop.max_restarts = 2;
     let mut freezer = config("freezer", "good", &script);
     (freezer.heartbeat_ms, freezer.heartbeat_misses) = (200, 3);
+    let mut slowpoke = config("slowpoke", "slow-pong", &script);
+    (slowpoke.heartbeat_ms, slowpoke.heartbeat_misses) = (200, 8);
     let mut hang = config("hang", "hang", &script);
     (hang.heartbeat_ms, hang.heartbeat_misses) = (200, 3);
     let mut drivers = vec![
@@ -234,6 +236,7 @@ async fn start(dropped: drover_sandbox::Dropped, dir: &Path, sdk: &[(String, Str
         spec(stdio),
         spec(example),
         spec(freezer),
+        spec(slowpoke),
     ];
     for mut bad in [
         silent,
@@ -504,6 +507,17 @@ async fn a_driver_that_hangs_mid_job_is_killed_and_the_job_fails_with_the_cause(
     let message = last.message.clone().unwrap();
     assert!(message.contains("hung: 3 heartbeats in a row unanswered (every 200 ms)"), "{message}");
     assert!(events.iter().any(|e| matches!(e, JobEvent::DriverDied { .. })));
+}
+
+async fn late_pongs_keep_a_slow_driver_alive(world: &World) {
+    // Every pong comes after the next ping is due: each counts as one miss, then resets.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut run =
+        world.supervisor.dispatch(job("slowpoke", "echo", json!({"text": "slow"}))).await.unwrap();
+    assert_eq!(output(&all_events(&mut run).await), json!({"echo": "slow"}));
+    let status = eventually(world, "slowpoke", |_| true).await;
+    assert_eq!((status.protocol_violations, status.restarts), (0, 0), "{status:?}");
+    assert!(status.last_death.is_none(), "{status:?}");
 }
 
 async fn a_job_that_ignores_cancel_gets_its_driver_killed(world: &World) {
@@ -789,6 +803,9 @@ fn main() -> ExitCode {
         }),
         ("a_driver_that_hangs_mid_job_is_killed_and_the_job_fails_with_the_cause", |w| {
             Box::pin(a_driver_that_hangs_mid_job_is_killed_and_the_job_fails_with_the_cause(w))
+        }),
+        ("late_pongs_keep_a_slow_driver_alive", |w| {
+            Box::pin(late_pongs_keep_a_slow_driver_alive(w))
         }),
         ("a_job_that_ignores_cancel_gets_its_driver_killed", |w| {
             Box::pin(a_job_that_ignores_cancel_gets_its_driver_killed(w))

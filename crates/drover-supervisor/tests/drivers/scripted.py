@@ -11,6 +11,7 @@
 #   some-bad-frames  after the handshake, sends four invalid frames (not JSON, a schema
 #                    violation, an unknown type, one over the 1 MiB limit), then is good
 #   crash-at-start   exits with status 2 before saying anything
+#   slow-pong        answers every ping 300 ms late, then is good
 #   unframed         writes plain text to its transport instead of frames, then waits
 #
 # The transport is fd $DROVER_TRANSPORT_FD, or stdin/stdout when that is unset (a driver
@@ -239,7 +240,11 @@ def main():
         elif kind == "error":
             ERRORS.append(msg["code"])
         elif kind == "ping":
-            send({"re": frame["id"], "msg": {"type": "pong"}})
+            pong = {"re": frame["id"], "msg": {"type": "pong"}}
+            if MODE == "slow-pong":
+                threading.Timer(0.3, send, args=(pong,)).start()
+            else:
+                send(pong)
         elif kind == "run_job":
             send({"re": frame["id"], "msg": {"type": "ack"}})
             threading.Thread(target=run_job, args=(msg["job_id"], msg["action"], msg["params"]),
