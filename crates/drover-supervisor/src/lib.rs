@@ -82,6 +82,7 @@
 
 pub mod broker;
 pub mod job;
+mod metered;
 pub mod output;
 mod process;
 pub mod session;

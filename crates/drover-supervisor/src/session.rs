@@ -24,8 +24,11 @@
 //! - **Violations.** Every rejected frame is counted (per session and per driver); more than
 //!   [`crate::Options::max_protocol_violations`] in one session kill the driver.
 //! - **Backpressure.** Frames are read one at a time and handled without waiting for the
-//!   supervisor's caller (see [`crate::job`]): the socket buffer is the only buffer, so a
-//!   driver that floods blocks in its own `write`, and the supervisor's memory stays bounded.
+//!   supervisor's caller (see [`crate::job`]): the socket buffer is the only buffer. Reading
+//!   stops while the driver is over its read budget ([`crate::Options::read_bytes_per_second`],
+//!   see the `metered` module), so a driver that floods blocks in its own `write` and is slowed
+//!   to that rate; what it sends is handled within fixed bounds, so the supervisor's memory
+//!   stays bounded.
 //! - **Leases.** At most [`MAX_BROKER_REQUESTS`] broker calls run at once per session.
 //!
 //! The stop ladder (shutdown, and a driver that must go but may still be polite): `shutdown
@@ -52,6 +55,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::broker::{LeaseOwner, unknown_lease, wire};
 use crate::job::{Dispatch, JobEvent, JobSink, rank};
+use crate::metered::{Metered, ReadBudget};
 use crate::output::{Tail, drain};
 use crate::process::{self, Process};
 use crate::status::DeathReport;
@@ -167,7 +171,8 @@ pub(crate) async fn run(inner: &Arc<Inner>, driver: &Arc<Driver>, slot: u16) -> 
         let tail = stdout_tail.clone();
         drains.push(tokio::spawn(drain(stdout, tail, name.clone(), "stdout", keep, max_line)));
     }
-    let mut conn = Connection::new(streams.transport, Party::Supervisor);
+    let (metered, read_bytes) = Metered::new(streams.transport);
+    let mut conn = Connection::new(metered, Party::Supervisor);
     conn.set_max_frame_bytes(options.max_frame_bytes);
     let (commands_tx, commands) = mpsc::channel(options.max_jobs_per_session * 2 + 16);
     let (broker_tx, broker_rx) = mpsc::channel(MAX_BROKER_REQUESTS);
@@ -177,6 +182,11 @@ pub(crate) async fn run(inner: &Arc<Inner>, driver: &Arc<Driver>, slot: u16) -> 
         driver: Arc::clone(driver),
         id,
         conn,
+        budget: ReadBudget::new(
+            read_bytes,
+            options.read_bytes_per_second,
+            2 * u64::from(options.max_frame_bytes),
+        ),
         process,
         death: None,
         commands_tx,
@@ -233,7 +243,9 @@ struct Session {
     inner: Arc<Inner>,
     driver: Arc<Driver>,
     id: u64,
-    conn: Connection<UnixStream>,
+    conn: Connection<Metered<UnixStream>>,
+    /// How fast the driver may send.
+    budget: ReadBudget,
     process: Process,
     /// The process's death, once observed.
     death: Option<Result<drover_sandbox::Death, String>>,
@@ -310,8 +322,10 @@ impl Session {
         housekeeping.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut stopping_until: Option<Instant> = None;
         loop {
+            let throttled = self.budget.resume_at();
             tokio::select! {
-                inbound = self.conn.recv() => match inbound {
+                () = tokio::time::sleep_until(throttled.unwrap_or_else(Instant::now)), if throttled.is_some() => {}
+                inbound = self.conn.recv(), if throttled.is_none() => match inbound {
                     Ok(Some(inbound)) => {
                         if let Some(end) = self.on_inbound(inbound).await {
                             return Some(end);
@@ -557,7 +571,7 @@ impl Session {
 
     async fn timed<T>(
         &mut self,
-        op: impl AsyncFnOnce(&mut Connection<UnixStream>) -> Result<T, ConnectionError>,
+        op: impl AsyncFnOnce(&mut Connection<Metered<UnixStream>>) -> Result<T, ConnectionError>,
     ) -> Result<Result<T, ConnectionError>, End> {
         let limit = self.write_timeout;
         match tokio::time::timeout(limit, op(&mut self.conn)).await {

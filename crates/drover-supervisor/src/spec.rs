@@ -16,6 +16,7 @@
 //! | `stop_step` | 2 s: each later rung of the shutdown ladder (close, then SIGTERM, then SIGKILL) waits this long |
 //! | `ready_timeout` | 30 s: how long `dispatch` waits for a driver session to finish its handshake |
 //! | `max_jobs_per_session` | 64 |
+//! | `read_bytes_per_second` | 64 MiB/s per session, bursts of a quarter of that (at least two frames); a faster driver is not read until the budget refills, so it blocks in `write` |
 //! | `max_protocol_violations` | 64 rejected frames per session, after which the driver is killed |
 //! | `job_log_bytes` | 1 MiB of undelivered log lines per job; beyond it lines are dropped and counted |
 //! | `output_tail_lines` | 40 lines of stdout and of stderr kept for the death report |
@@ -74,6 +75,9 @@ pub struct Options {
     pub ready_timeout: Duration,
     /// Jobs one driver process may run at once.
     pub max_jobs_per_session: usize,
+    /// Bytes per second one session reads from its driver; a driver that sends faster is
+    /// slowed to this rate.
+    pub read_bytes_per_second: u64,
     /// Rejected frames after which a session counts as broken and its driver is killed.
     pub max_protocol_violations: u32,
     /// Bytes of undelivered log lines held per job before lines are dropped (and counted).
@@ -99,6 +103,7 @@ impl Options {
             stop_step: Duration::from_secs(2),
             ready_timeout: Duration::from_secs(30),
             max_jobs_per_session: 64,
+            read_bytes_per_second: 64 << 20,
             max_protocol_violations: 64,
             job_log_bytes: 1 << 20,
             output_tail_lines: 40,

@@ -258,6 +258,7 @@ async fn start(dropped: drover_sandbox::Dropped, dir: &Path, sdk: &[(String, Str
     options.cancel_grace = Duration::from_secs(1);
     options.stop_step = Duration::from_secs(1);
     options.job_log_bytes = 64 * 1024;
+    options.read_bytes_per_second = 4 << 20;
     options.ready_timeout = Duration::from_secs(20);
     options.scratch_dir = dir.to_path_buf();
     let broker = Arc::new(DoubleBroker::default());
@@ -537,18 +538,20 @@ async fn a_job_that_ignores_cancel_gets_its_driver_killed(world: &World) {
     );
 }
 
-async fn a_log_flood_is_bounded_and_counted(world: &World) {
-    let frames = 1000u64;
+async fn a_log_flood_is_slowed_bounded_and_counted(world: &World) {
+    let frames = 400u64;
     let rss_before = rss_kib();
+    let started = Instant::now();
     let mut run = world
         .supervisor
         .dispatch(job("flooder", "flood", json!({"frames": frames})))
         .await
         .unwrap();
-    // Not reading: the supervisor must hold at most its bound and count the rest.
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // Not reading for a while: the supervisor must hold at most its bound and count the rest.
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let rss_after = rss_kib();
     let events = all_events(&mut run).await;
+    let took = started.elapsed();
     let (mut lines, mut dropped) = (0u64, 0u64);
     for event in &events {
         if let JobEvent::Log(log) = event {
@@ -559,17 +562,22 @@ async fn a_log_flood_is_bounded_and_counted(world: &World) {
     assert_eq!(states(&events).last(), Some(&JobPhase::Succeeded));
     assert!(dropped > 0, "nothing was dropped");
     assert_eq!(lines + dropped, frames * 100, "every line is delivered or counted");
-    assert!(lines < frames * 100 / 2, "most lines must have been dropped, {lines} delivered");
+    let bytes = frames * 100 * 215;
+    let grown = rss_after.saturating_sub(rss_before);
+    println!(
+        "  flood: {:.1} MiB in {} ms ({:.1} MiB/s, budget 4), {lines} lines delivered, {dropped} counted as dropped, RSS grew {grown} KiB",
+        bytes as f64 / f64::from(1 << 20),
+        took.as_millis(),
+        bytes as f64 / f64::from(1 << 20) / took.as_secs_f64()
+    );
+    // Slowed to the read budget: 4 MiB/s after a 2 MiB burst.
+    let floor = (bytes as f64 - f64::from(2 << 20)) / f64::from(4 << 20);
+    assert!(took.as_secs_f64() >= floor * 0.9, "{took:?} for {bytes} bytes");
+    // The bound is 64 KiB queued plus 64 events in the channel (about 1.4 MiB here).
+    assert!(grown < 12 * 1024, "RSS grew by {grown} KiB");
     let flooder =
         world.supervisor.drivers().into_iter().find(|d| d.name.as_str() == "flooder").unwrap();
     assert!(flooder.last_death.is_none(), "{flooder:?}");
-    let grown = rss_after.saturating_sub(rss_before);
-    println!(
-        "  flood: {} MiB sent, {lines} lines delivered, {dropped} counted as dropped, RSS grew {grown} KiB",
-        frames * 100 * 215 / (1 << 20)
-    );
-    // The flood is ~20 MiB; the bound is 64 KiB queued plus 64 events in the channel.
-    assert!(grown < 12 * 1024, "RSS grew by {grown} KiB");
 }
 
 fn rss_kib() -> u64 {
@@ -810,7 +818,9 @@ fn main() -> ExitCode {
         ("a_job_that_ignores_cancel_gets_its_driver_killed", |w| {
             Box::pin(a_job_that_ignores_cancel_gets_its_driver_killed(w))
         }),
-        ("a_log_flood_is_bounded_and_counted", |w| Box::pin(a_log_flood_is_bounded_and_counted(w))),
+        ("a_log_flood_is_slowed_bounded_and_counted", |w| {
+            Box::pin(a_log_flood_is_slowed_bounded_and_counted(w))
+        }),
         ("invalid_frames_are_answered_and_counted", |w| {
             Box::pin(invalid_frames_are_answered_and_counted(w))
         }),
