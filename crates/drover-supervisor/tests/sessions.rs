@@ -230,6 +230,7 @@ async fn start(dropped: drover_sandbox::Dropped, dir: &Path, sdk: &[(String, Str
         spec(config("flooder", "good", &script)),
         spec(config("thief", "good", &script)),
         spec(config("ignore-shutdown", "ignore-shutdown", &script)),
+        spec(config("term-only", "term-only", &script)),
         spec(config("stdout-garbage", "stdout-garbage", &script)),
         spec(config("picky", "some-bad-frames", &script)),
         spec(config("sneaky", "good", &script)),
@@ -741,6 +742,11 @@ async fn shutdown_climbs_the_ladder(world: &World) {
         matches!(&death.cause, Some(Cause::KilledBySupervisor { reason }) if reason.contains("shutdown grace")),
         "{death:?}"
     );
+    // The SIGTERM rung reaches a driver that handles it (even as its pid namespace's init).
+    let (_, death) = death_of(world, "term-only").await;
+    assert_eq!(death.cause, Some(Cause::Exited { code: 7 }), "{death:?}");
+    let end = death.session_end.clone().unwrap();
+    assert!(end.contains("shutdown grace"), "{end}");
     let (_, death) = death_of(world, "good").await;
     assert_eq!(death.cause, Some(Cause::Exited { code: 0 }));
     assert_eq!(death.session_end.as_deref(), Some("stopped by supervisor shutdown"));

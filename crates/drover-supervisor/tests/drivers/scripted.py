@@ -6,6 +6,7 @@
 #   bad-schema       declares an action whose params schema does not compile
 #   garbage-frames   after the handshake, sends frames that are not JSON, forever
 #   ignore-shutdown  ignores `shutdown`, transport EOF and SIGTERM
+#   term-only        ignores `shutdown` and transport EOF; exits with status 7 on SIGTERM
 #   hang             after the handshake, stops reading its transport (no pong)
 #   stdout-garbage   writes binary junk and an overlong line to stdout, then is good
 #   some-bad-frames  after the handshake, sends four invalid frames (not JSON, a schema
@@ -198,6 +199,8 @@ def main():
         time.sleep(3600)
     if MODE == "ignore-shutdown":
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if MODE == "term-only":
+        signal.signal(signal.SIGTERM, lambda *_: os._exit(7))
     if MODE == "stdout-garbage":
         sys.stdout.buffer.write(b"\x00\xff garbage \x1b[31m not a frame\n" + b"y" * 10000 + b"\n")
         sys.stdout.flush()
@@ -228,7 +231,7 @@ def main():
             time.sleep(3600)
         frame = recv()
         if frame is None:
-            if MODE == "ignore-shutdown":
+            if MODE in ("ignore-shutdown", "term-only"):
                 time.sleep(3600)
             sys.exit(0)
         msg = frame["msg"]
@@ -254,7 +257,7 @@ def main():
             CANCELLED[msg["job_id"]] = True
         elif kind == "shutdown":
             send({"re": frame["id"], "msg": {"type": "ack"}})
-            if MODE != "ignore-shutdown":
+            if MODE not in ("ignore-shutdown", "term-only"):
                 sys.exit(0)
 
 
