@@ -43,8 +43,8 @@ use std::time::Instant as StdInstant;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use drover_proto::{
-    CancelJob, ErrorCode, GpuRequest, JobId, JobPhase, JobState, Message, MsgId, Party, Ping,
-    RunJob, SessionId, Shutdown, Welcome, WireError,
+    CancelJob, ErrorCode, GpuRequest, JobId, JobPhase, JobState, Level, Message, MsgId, Party,
+    Ping, RunJob, SessionId, Shutdown, Welcome, WireError,
 };
 use drover_sandbox::Cause;
 use drover_transport::{Connection, ConnectionError, Inbound, SchemaChecker};
@@ -901,8 +901,14 @@ impl Session {
             Message::JobResult(e) => e.job_id.clone(),
             Message::Log(_) | Message::Error(_) if !self.may_log() => return Ok(()),
             Message::Log(log) => {
-                let level = format!("{:?}", log.level).to_lowercase();
-                tracing::info!(driver = %self.name(), session = self.id, %level, message = %log.message, "driver log");
+                let (driver, session, message) = (self.name(), self.id, &log.message);
+                match log.level {
+                    Level::Trace => tracing::trace!(%driver, session, %message, "driver log"),
+                    Level::Debug => tracing::debug!(%driver, session, %message, "driver log"),
+                    Level::Info => tracing::info!(%driver, session, %message, "driver log"),
+                    Level::Warn => tracing::warn!(%driver, session, %message, "driver log"),
+                    Level::Error => tracing::error!(%driver, session, %message, "driver log"),
+                }
                 return Ok(());
             }
             Message::Error(error) => {
