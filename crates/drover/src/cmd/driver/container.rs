@@ -119,10 +119,9 @@ impl Driver for Container {
             max_runtime_s,
             bandwidth_gib: 0.0,
         };
-        let lease = tokio::select! {
-            lease = ctx.acquire_gpu(request) => lease?,
-            () = ctx.cancelled() => return Err(JobError::Cancelled),
-        };
+        // Not abandoned on cancel: a lease granted after the job gave up would be nobody's.
+        // The follow loop below sees the cancellation and releases it.
+        let lease = ctx.acquire_gpu(request).await?;
         ctx.log(&format!(
             "lease {} granted: {} x {} at ${:.4}/h, deadline in {} s",
             lease.lease_id,
@@ -185,6 +184,9 @@ async fn follow(ctx: &JobContext, lease: &Lease, deadline_unix_ms: u64) -> (End,
     let mut seen: Vec<String> = Vec::new();
     let mut last_state = None;
     loop {
+        if ctx.is_cancelled() {
+            return (End::Cancelled("cancelled"), seen.len());
+        }
         if now_ms() >= deadline_unix_ms {
             return (End::Cancelled("deadline"), seen.len());
         }
