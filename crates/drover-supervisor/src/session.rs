@@ -277,6 +277,15 @@ fn flatten(
     death.unwrap_or_else(|_| Err("the driver's thread ended without a report".to_owned()))
 }
 
+/// A century: what an unrepresentably long duration is cut to.
+const FAR: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// `now + after`, cut to a century from now (a caller's `Duration::MAX` must not panic).
+pub(crate) fn later(after: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(after.min(FAR)).unwrap_or(now)
+}
+
 fn unix_ms(at: SystemTime) -> u64 {
     at.duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
@@ -384,7 +393,7 @@ impl Session {
                     let grace_ms = u32::try_from(grace.as_millis())
                         .unwrap_or(u32::MAX)
                         .min(drover_proto::limits::MAX_GRACE_MS);
-                    stopping_until = Some(Instant::now() + grace);
+                    stopping_until = Some(later(grace));
                     match self.request(Shutdown { grace_ms }).await {
                         Ok(id) => self.remember(id, Pending::Other),
                         Err(end) => return Some(end),
@@ -659,13 +668,17 @@ impl Session {
                     return None;
                 }
                 let job_id = dispatch.job_id.clone();
-                let job = entry(sink, &dispatch, Instant::now() + dispatch.max_runtime);
+                let job = entry(sink, &dispatch, later(dispatch.max_runtime));
                 let run = RunJob {
                     job_id: job_id.clone(),
                     action: dispatch.action,
                     params: dispatch.params,
                     gpu: dispatch.gpu,
-                    deadline_unix_ms: unix_ms(SystemTime::now() + dispatch.max_runtime),
+                    deadline_unix_ms: unix_ms(
+                        SystemTime::now()
+                            .checked_add(dispatch.max_runtime)
+                            .unwrap_or(UNIX_EPOCH + FAR),
+                    ),
                 };
                 let sent = self.timed(async |conn| conn.request(run).await).await;
                 match sent {
@@ -695,7 +708,7 @@ impl Session {
     async fn cancel(&mut self, job_id: &JobId, reason: &str) -> Result<(), End> {
         let grace = self.inner.options.cancel_grace;
         match self.jobs.get_mut(job_id) {
-            Some(entry) if entry.cancel.is_none() => entry.cancel = Some(Instant::now() + grace),
+            Some(entry) if entry.cancel.is_none() => entry.cancel = Some(later(grace)),
             _ => return Ok(()),
         }
         let cancel = CancelJob { job_id: job_id.clone(), reason: bounded(reason) };

@@ -219,7 +219,7 @@ impl Supervisor {
             .get(&job.driver)
             .ok_or_else(|| DispatchError::UnknownDriver { driver: job.driver.clone() })?;
         let waited_from = Instant::now();
-        let deadline = waited_from + inner.options.ready_timeout;
+        let deadline = session::later(inner.options.ready_timeout);
         let max = inner.options.max_jobs_per_session;
         loop {
             if inner.shutdown.borrow().is_some() {
@@ -383,7 +383,7 @@ async fn keep(inner: Arc<Inner>, driver: Arc<Driver>, slot: u16) {
             () = tokio::time::sleep(backoff) => {}
             _ = shutdown.wait_for(Option::is_some) => break,
         }
-        backoff = (backoff * 2).min(options.restart_backoff_max);
+        backoff = backoff.saturating_mul(2).min(options.restart_backoff_max);
         lock(&driver.state).restarts += 1;
     }
 }

@@ -369,6 +369,11 @@ async fn a_good_job_runs_with_ordered_states(world: &World) {
     assert_eq!(output(&events), json!({"echo": "hi"}));
     assert!(events.iter().any(|e| matches!(e, JobEvent::Log(l) if l.lines == ["echo hi"])));
     assert!(matches!(events.last(), Some(JobEvent::State(s)) if s.state.is_terminal()));
+    // No deadline worth the name is no problem either.
+    let mut endless = job("good", "echo", json!({"text": "forever"}));
+    endless.max_runtime = Duration::MAX;
+    let mut run = world.supervisor.dispatch(endless).await.unwrap();
+    assert_eq!(output(&all_events(&mut run).await), json!({"echo": "forever"}));
     // Round trips of a small job through supervisor, transport and a Python driver.
     let mut took = Vec::new();
     for _ in 0..20 {
