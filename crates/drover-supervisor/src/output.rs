@@ -1,4 +1,5 @@
-//! A driver's stdout and stderr: always drained, split into lines, each line cut at
+//! A driver's stdout and stderr: always drained, split into lines (at `\n` or `\r`; empty
+//! lines are skipped), each line cut at
 //! [`crate::Options::output_line_bytes`], the last [`crate::Options::output_tail_lines`] kept
 //! for the death report, and each line logged (at most [`LOGGED_LINES_PER_SECOND`] per second
 //! per stream; the rest are counted and the count is logged).
@@ -78,8 +79,11 @@ pub(crate) async fn drain<R: AsyncRead + Unpin>(
             Ok(n) => n,
         };
         for &byte in &buf[..n] {
-            if byte == b'\n' {
-                emit(&line, cut);
+            // `\r` ends a line too (progress bars redraw with it); empty lines are skipped.
+            if byte == b'\n' || byte == b'\r' {
+                if !line.is_empty() || cut {
+                    emit(&line, cut);
+                }
                 line.clear();
                 cut = false;
             } else if line.len() < max_line {
@@ -91,5 +95,20 @@ pub(crate) async fn drain<R: AsyncRead + Unpin>(
     }
     if !line.is_empty() || cut {
         emit(&line, cut);
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn lines_are_split_cut_and_only_the_last_ones_kept() {
+        let input: Vec<u8> =
+            [&b"one\r\ntwo\n\n 10%\r 20%\r"[..], &[b'x'; 50], b"\n\xff tail"].concat();
+        let tail = Tail::default();
+        drain(&input[..], tail.clone(), "d".into(), "stdout", 4, 8).await;
+        assert_eq!(tail.snapshot(), [" 10%", " 20%", "xxxxxxxx [cut]", "\u{fffd} tail"]);
     }
 }
