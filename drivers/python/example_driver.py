@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """An example drover driver: `sleep` for a while with progress and logs, cancel-aware.
 
-Run it under drover's conformance kit:
+Run it under drover's conformance kit (absolute paths: the driver starts in a fresh directory):
 
-    drover driver-check -- python3 drivers/python/example_driver.py
+    drover driver-check --read "$PWD/drivers/python" -- /usr/bin/python3 "$PWD/drivers/python/example_driver.py"
 
 or declare it in drover.toml:
 
@@ -30,6 +30,7 @@ SLEEP_PARAMS = {
     },
     "required": ["seconds"],
     "additionalProperties": False,
+    "examples": [{"seconds": 5}],  # driver-check cancels this one mid-job
 }
 
 
