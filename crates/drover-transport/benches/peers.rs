@@ -16,6 +16,9 @@
 //!   one JSON line per corpus: `{"corpus", "frames", "bytes", "drover_ns", "limit_ns",
 //!   "scan_ns"}` with the median nanoseconds per frame over the batches.
 //!
+//! - `profile FILE SECONDS` runs only drover's pipeline over one corpus file for that long,
+//!   for `perf record` (what it showed is in BENCHMARKS.md's peers section).
+//!
 //! Usage: `cargo bench -p drover-transport --bench peers -- corpus DIR` (the script runs the
 //! built executable directly). Default MILLIS: 300.
 
@@ -170,6 +173,17 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
     match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
         ["corpus", dir] => write_corpus(Path::new(dir)),
+        ["profile", file, seconds] => {
+            let validator = FrameValidator::shared();
+            let payloads = read_corpus(Path::new(file));
+            let budget = Duration::from_secs_f64(seconds.parse().unwrap());
+            let start = Instant::now();
+            while start.elapsed() < budget {
+                for p in &payloads {
+                    black_box(validator.decode(black_box(p)).unwrap());
+                }
+            }
+        }
         ["measure", dir] => measure(Path::new(dir), Duration::from_millis(300)),
         ["measure", dir, millis] => {
             measure(Path::new(dir), Duration::from_millis(millis.parse().unwrap()));
