@@ -26,6 +26,8 @@
 //! - [`Service::shutdown`] stops accepting jobs (503), cancels every running job and waits for
 //!   them to end (up to a grace period, default 10 s); the caller then shuts the supervisor
 //!   and the provisioner down (which releases every lease).
+//! - A job's leases end with the job: any lease of an ended job still open (its driver died
+//!   holding it, say) is released.
 //! - Readiness says loudly when the provider is the embedded simulator.
 //!
 //! Defaults ([`ServiceConfig::default`]): dispatch retried every 500 ms while a driver is
@@ -413,8 +415,47 @@ impl<P: Provider, S: Store> Service<P, S> {
         self.finished(&id).await;
     }
 
-    /// After a job's terminal state: audit, webhook.
+    /// Releases every lease of `id` that is still open: a job's rentals end with the job,
+    /// even when its driver died holding them. A lease still being acquired is retried every
+    /// second for up to a minute; after that the provisioner's lease deadline and reaper are
+    /// the backstop.
+    fn release_leases_of(&self, id: &JobId) {
+        let Some(me) = self.me.upgrade() else { return };
+        let id = id.clone();
+        tokio::spawn(async move {
+            for _ in 0..60 {
+                let open = match me.store.open_leases().await {
+                    Ok(open) => open,
+                    Err(error) => {
+                        tracing::warn!(job = %id, %error, "listing leases after the job ended");
+                        return;
+                    }
+                };
+                let mine: Vec<_> = open.into_iter().filter(|l| l.job_id == id).collect();
+                if mine.is_empty() {
+                    return;
+                }
+                let mut busy = false;
+                for lease in mine {
+                    match me.provisioner.release(&lease.lease_id, "supervisor").await {
+                        Ok(_) => tracing::warn!(job = %id, lease = %lease.lease_id,
+                            "the job ended with a lease still held; released"),
+                        Err(drover_provision::LeaseError::Busy(_)) => busy = true,
+                        Err(error) => tracing::warn!(job = %id, lease = %lease.lease_id, %error,
+                            "releasing a lease of an ended job failed; the reaper will retry"),
+                    }
+                }
+                if !busy {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+    }
+
+    /// After a job's terminal state: its leases, audit, webhook.
     async fn finished(&self, id: &JobId) {
+        self.release_leases_of(id);
         let job = match self.store.get_job(id).await {
             Ok(Some(job)) => job,
             Ok(None) => return,
