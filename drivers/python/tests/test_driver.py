@@ -372,7 +372,7 @@ class Protocol(unittest.TestCase):
         self.assertIn("max_frame_bytes", result["message"])
 
     def test_logs_are_bounded_and_drops_counted(self):
-        s = Session(self, env={"FIXTURE_LOG_BUFFER": "500"})
+        s = Session(self, env={"FIXTURE_LOG_BUFFER": "100"})
         s.handshake()
         s.run_job("spam", {"lines": 20000})
         result, _, frames = s.job_end(timeout=30)
