@@ -1,0 +1,331 @@
+//! The service's own rules, with a scripted job runner in place of the supervisor (the real
+//! store, and the real provisioner on the in-process simulator): every job ends in a stored
+//! terminal state whatever the runner does, cancellation reaches jobs that wait for a driver,
+//! a restart takes over what the previous run left, shutdown refuses new work, streams
+//! replay history then follow live and resume after a sequence number, estimates go through
+//! the gate, and readiness names the simulator.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::cast_possible_truncation)]
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use drover_api::BoxFuture;
+use drover_api::backend::{Backend, BackendError, SchemaLookupError, Submission};
+use drover_proto::api::{
+    DriverHealth, DriverList, DriverView, EstimateRequest, JobEventKind, JobSpec,
+};
+use drover_proto::{ActionName, DriverName, GpuRequest, JobId, JobPhase, JobState, ParamsSchema};
+use drover_provision::sim::{SimConfig, Simulator};
+use drover_provision::{ApiKey, Clock, Provisioner, ProvisionerConfig, RetryPolicy, VastClient};
+use drover_service::{
+    JobRunner, RunError, RunEvent, RunRequest, SIMULATOR_NOTICE, Service, ServiceConfig,
+};
+use drover_store::{NewJob, SqliteStore, Store};
+use futures_util::StreamExt;
+use serde_json::json;
+use tokio::sync::{mpsc, watch};
+
+/// What the scripted runner does, chosen by the job's driver name.
+#[derive(Default)]
+struct Script {
+    cancels: Mutex<BTreeMap<JobId, watch::Sender<bool>>>,
+    dispatched: Mutex<Vec<JobId>>,
+}
+
+fn state(id: &JobId, phase: JobPhase) -> RunEvent {
+    RunEvent::Job(JobEventKind::JobState(JobState {
+        job_id: id.clone(),
+        state: phase,
+        message: None,
+    }))
+}
+
+impl JobRunner for Script {
+    fn dispatch(
+        &self,
+        request: RunRequest,
+    ) -> BoxFuture<'_, Result<mpsc::Receiver<RunEvent>, RunError>> {
+        Box::pin(async move {
+            let id = request.job_id.clone();
+            match request.driver.as_str() {
+                "retry" => return Err(RunError::Retry("every session is busy".to_owned())),
+                "refuse" => return Err(RunError::Refused("driver refuse has failed".to_owned())),
+                _ => {}
+            }
+            self.dispatched.lock().unwrap().push(id.clone());
+            let (tx, rx) = mpsc::channel(16);
+            let (cancel, mut cancelled) = watch::channel(false);
+            self.cancels.lock().unwrap().insert(id.clone(), cancel);
+            let kind = request.driver.to_string();
+            tokio::spawn(async move {
+                tx.send(state(&id, JobPhase::Running)).await.unwrap();
+                match kind.as_str() {
+                    "ok" => tx.send(state(&id, JobPhase::Succeeded)).await.unwrap(),
+                    "vanish" => {}
+                    _ => {
+                        let _ = cancelled.changed().await;
+                        tx.send(state(&id, JobPhase::Cancelled)).await.unwrap();
+                    }
+                }
+            });
+            Ok(rx)
+        })
+    }
+
+    fn cancel<'a>(&'a self, job_id: &'a JobId, _reason: &'a str) -> BoxFuture<'a, bool> {
+        Box::pin(async move {
+            self.cancels.lock().unwrap().get(job_id).is_some_and(|c| c.send(true).is_ok())
+        })
+    }
+
+    fn drivers(&self) -> BoxFuture<'_, DriverList> {
+        Box::pin(async move {
+            let mut actions = BTreeMap::new();
+            actions.insert("run".parse().unwrap(), ParamsSchema(json!({"type": "object"})));
+            DriverList {
+                drivers: vec![DriverView {
+                    name: "ok".parse().unwrap(),
+                    version: None,
+                    health: DriverHealth::Ready,
+                    ready_sessions: 1,
+                    actions,
+                }],
+            }
+        })
+    }
+
+    fn params_schema(
+        &self,
+        _: &DriverName,
+        _: &ActionName,
+    ) -> Result<Arc<ParamsSchema>, SchemaLookupError> {
+        Ok(Arc::new(ParamsSchema(json!({"type": "object"}))))
+    }
+}
+
+struct Rig {
+    service: Arc<Service<VastClient, SqliteStore>>,
+    runner: Arc<Script>,
+    _sim: Simulator,
+    _dir: tempfile::TempDir,
+}
+
+async fn rig_with(dir: tempfile::TempDir, store: SqliteStore) -> Rig {
+    let clock = Clock::scaled(100.0);
+    let sim = Simulator::start(
+        "127.0.0.1:0".parse().unwrap(),
+        SimConfig { clock, ..SimConfig::default() },
+    )
+    .await
+    .unwrap();
+    let client = VastClient::new(
+        sim.base_url(),
+        ApiKey::new("k-for-tests").unwrap(),
+        RetryPolicy::default(),
+    )
+    .unwrap();
+    let provisioner = Arc::new(
+        Provisioner::start(client, store.clone(), ProvisionerConfig::new("test"), clock)
+            .await
+            .unwrap(),
+    );
+    let runner = Arc::new(Script::default());
+    let config = ServiceConfig {
+        dispatch_retry: Duration::from_millis(20),
+        shutdown_grace: Duration::from_secs(5),
+        ..ServiceConfig::default()
+    };
+    let service = Service::new(store, runner.clone(), provisioner, config);
+    Rig { service, runner, _sim: sim, _dir: dir }
+}
+
+async fn rig() -> Rig {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open_in(dir.path()).await.unwrap();
+    rig_with(dir, store).await
+}
+
+fn spec(driver: &str) -> JobSpec {
+    serde_json::from_value(
+        json!({"driver": driver, "action": "run", "max_runtime_s": 30, "budget_usd": 1.0}),
+    )
+    .unwrap()
+}
+
+async fn submit(rig: &Rig, driver: &str) -> JobId {
+    let submission = Submission {
+        spec: spec(driver),
+        actor: "t".to_owned(),
+        idempotency: None,
+        request_id: "req-1".to_owned(),
+    };
+    rig.service.submit(submission).await.unwrap().job.id
+}
+
+/// The job's states, from its complete event stream (which must end).
+async fn states(rig: &Rig, id: &JobId, after: u64) -> Vec<JobPhase> {
+    let stream = rig.service.events(id, after).await.unwrap();
+    let events: Vec<_> = tokio::time::timeout(Duration::from_secs(10), stream.collect())
+        .await
+        .expect("the stream ends");
+    events
+        .into_iter()
+        .filter_map(|e| match e.event {
+            JobEventKind::JobState(s) => Some(s.state),
+            _ => None,
+        })
+        .collect()
+}
+
+async fn message(rig: &Rig, id: &JobId) -> String {
+    rig.service.job(id).await.unwrap().unwrap().message.unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_job_ends_in_a_stored_terminal_state() {
+    let rig = rig().await;
+    let ok = submit(&rig, "ok").await;
+    assert_eq!(
+        states(&rig, &ok, 0).await,
+        [JobPhase::Queued, JobPhase::Running, JobPhase::Succeeded]
+    );
+    // Resuming after the first event replays the rest only.
+    assert_eq!(states(&rig, &ok, 1).await, [JobPhase::Running, JobPhase::Succeeded]);
+
+    let refused = submit(&rig, "refuse").await;
+    assert_eq!(states(&rig, &refused, 0).await, [JobPhase::Queued, JobPhase::Failed]);
+    assert!(message(&rig, &refused).await.contains("dispatch refused: driver refuse has failed"));
+
+    let vanished = submit(&rig, "vanish").await;
+    assert_eq!(
+        states(&rig, &vanished, 0).await,
+        [JobPhase::Queued, JobPhase::Running, JobPhase::Failed]
+    );
+    assert!(message(&rig, &vanished).await.contains("lost the job's driver session"));
+
+    // Cancelling a job that waits for a busy driver ends it without a dispatch.
+    let waiting = submit(&rig, "retry").await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let job = rig.service.cancel(&waiting, "t").await.unwrap();
+    assert!(!job.state.is_terminal() || job.state == JobPhase::Cancelled);
+    assert_eq!(states(&rig, &waiting, 0).await, [JobPhase::Queued, JobPhase::Cancelled]);
+    assert!(matches!(rig.service.cancel(&waiting, "t").await, Err(BackendError::Conflict(_))));
+
+    // Cancelling a running job goes through the runner.
+    let running = submit(&rig, "hang").await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while rig.service.job(&running).await.unwrap().unwrap().state != JobPhase::Running {
+        assert!(std::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    rig.service.cancel(&running, "t").await.unwrap();
+    assert_eq!(
+        states(&rig, &running, 0).await,
+        [JobPhase::Queued, JobPhase::Running, JobPhase::Cancelled]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_resumes_queued_jobs_and_fails_running_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open_in(dir.path()).await.unwrap();
+    let new = |id: &str, driver: &str| NewJob {
+        id: id.parse().unwrap(),
+        spec: spec(driver),
+        submitted_by: "t".to_owned(),
+        at_unix_ms: 1_795_305_600_000,
+        idempotency: None,
+    };
+    store.submit_job(new("job-queued", "ok")).await.unwrap();
+    let running: JobId = "job-running".parse().unwrap();
+    store.submit_job(new("job-running", "ok")).await.unwrap();
+    store
+        .append_event(
+            &running,
+            1_795_305_600_001,
+            JobEventKind::JobState(JobState {
+                job_id: running.clone(),
+                state: JobPhase::Running,
+                message: None,
+            }),
+        )
+        .await
+        .unwrap();
+    let rig = rig_with(dir, store).await;
+    assert_eq!(rig.service.recover().await.unwrap(), (1, 1));
+    let queued: JobId = "job-queued".parse().unwrap();
+    assert_eq!(
+        states(&rig, &queued, 0).await,
+        [JobPhase::Queued, JobPhase::Running, JobPhase::Succeeded]
+    );
+    assert_eq!(
+        states(&rig, &running, 0).await,
+        [JobPhase::Queued, JobPhase::Running, JobPhase::Failed]
+    );
+    assert!(message(&rig, &running).await.contains("restarted while the job was running"));
+    assert_eq!(*rig.runner.dispatched.lock().unwrap(), [queued]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_cancels_running_jobs_and_refuses_new_ones() {
+    let rig = rig().await;
+    let running = submit(&rig, "hang").await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while rig.service.job(&running).await.unwrap().unwrap().state != JobPhase::Running {
+        assert!(std::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(rig.service.shutdown().await, 0, "every job ended within the grace period");
+    assert_eq!(rig.service.job(&running).await.unwrap().unwrap().state, JobPhase::Cancelled);
+    let submission = Submission {
+        spec: spec("ok"),
+        actor: "t".to_owned(),
+        idempotency: None,
+        request_id: "r".to_owned(),
+    };
+    assert!(matches!(rig.service.submit(submission).await, Err(BackendError::Unavailable(_))));
+    let readiness = rig.service.readiness().await;
+    assert!(!readiness.ready && !readiness.checks["accepting"].ok);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn estimates_go_through_the_gate_and_readiness_names_the_simulator() {
+    let rig = rig().await;
+    let request = |budget: f64, models: Vec<String>| EstimateRequest {
+        gpu: GpuRequest {
+            count: 1,
+            models,
+            min_gpu_ram_gib: None,
+            max_usd_per_hour: None,
+            min_reliability: None,
+            pricing: Default::default(),
+        },
+        max_runtime_s: 3600,
+        disk_gib: 16,
+        bandwidth_gib: 0.0,
+        budget_usd: budget,
+    };
+    let allowed = rig.service.estimate(request(100.0, Vec::new())).await.unwrap();
+    assert!(allowed.allowed, "{allowed:?}");
+    let estimate = allowed.estimate.unwrap();
+    assert!(estimate.confidence >= 0.95 && estimate.worst_usd >= estimate.p95_usd);
+    assert!(allowed.offer.is_some());
+
+    let refused = rig.service.estimate(request(0.001, Vec::new())).await.unwrap();
+    assert!(!refused.allowed);
+    assert!(refused.estimate.unwrap().confidence < 0.95);
+    assert!(refused.reason.is_some());
+
+    let none = rig.service.estimate(request(100.0, vec!["No Such GPU".to_owned()])).await.unwrap();
+    assert!(!none.allowed);
+    assert_eq!(none.reason.as_deref(), Some("no offer matches the GPU request"));
+
+    // Nothing was reserved or rented.
+    assert_eq!(rig.service.store().ledger_report().await.unwrap().leases, 0);
+
+    let readiness = rig.service.readiness().await;
+    assert!(readiness.ready, "{readiness:?}");
+    assert_eq!(readiness.checks["provider"].message.as_deref(), Some(SIMULATOR_NOTICE));
+}
