@@ -53,12 +53,41 @@ pub struct SupervisorConfig {
     #[serde(default = "default_unprivileged_id")]
     #[schemars(range(min = 1, max = 4_294_967_294_u32))]
     pub gid: u32,
+    /// What happens to running jobs on SIGTERM/SIGINT. Default `cancel`.
+    #[serde(default)]
+    pub on_shutdown: ShutdownMode,
+    /// How long running jobs get to end on shutdown, in seconds (then they are cancelled, and
+    /// their drivers stopped). Default 10.
+    #[serde(default = "default_shutdown_grace_s")]
+    #[schemars(range(min = 1, max = 86_400))]
+    pub shutdown_grace_s: u32,
 }
 
 impl Default for SupervisorConfig {
     fn default() -> Self {
-        Self { data_dir: default_data_dir(), uid: 65534, gid: 65534 }
+        Self {
+            data_dir: default_data_dir(),
+            uid: 65534,
+            gid: 65534,
+            on_shutdown: ShutdownMode::default(),
+            shutdown_grace_s: default_shutdown_grace_s(),
+        }
     }
+}
+
+/// What happens to running jobs when the supervisor is asked to stop.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ShutdownMode {
+    /// Cancel every running job at once, and wait for them to end. Default.
+    #[default]
+    Cancel,
+    /// Let running jobs finish within the grace period; cancel what is left after it.
+    Drain,
+}
+
+fn default_shutdown_grace_s() -> u32 {
+    10
 }
 
 fn default_data_dir() -> String {

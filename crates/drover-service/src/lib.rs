@@ -23,15 +23,16 @@
 //! - At start ([`Service::recover`]) jobs a previous run left `queued` are dispatched again;
 //!   jobs it left `starting` or `running` are recorded `failed` (their driver is gone, and the
 //!   provisioner's start-up reaper has destroyed any instance they rented).
-//! - [`Service::shutdown`] stops accepting jobs (503), cancels every running job and waits for
-//!   them to end (up to a grace period, default 10 s); the caller then shuts the supervisor
-//!   and the provisioner down (which releases every lease).
+//! - [`Service::shutdown`] stops accepting jobs (503), then cancels every running job and
+//!   waits for them to end (up to a grace period, default 10 s), or, in `drain` mode, lets
+//!   them finish within the grace period and cancels the rest; the caller then shuts the
+//!   supervisor down and releases every lease.
 //! - A job's leases end with the job: any lease of an ended job still open (its driver died
 //!   holding it, say) is released.
 //! - Readiness says loudly when the provider is the embedded simulator.
 //!
 //! Defaults ([`ServiceConfig::default`]): dispatch retried every 500 ms while a driver is
-//! starting or busy, shutdown grace 10 s, no webhooks.
+//! starting or busy, shutdown mode `cancel` with a 10 s grace period, no webhooks.
 
 #![forbid(unsafe_code)]
 
@@ -82,8 +83,10 @@ pub struct ServiceConfig {
     pub provider: ProviderKind,
     /// Pause between dispatch attempts while the driver is starting or busy. Default 500 ms.
     pub dispatch_retry: Duration,
-    /// How long [`Service::shutdown`] waits for cancelled jobs to end. Default 10 s.
+    /// How long [`Service::shutdown`] waits for jobs to end. Default 10 s.
     pub shutdown_grace: Duration,
+    /// Cancel running jobs at shutdown, or let them finish first. Default cancel.
+    pub on_shutdown: drover_proto::config::ShutdownMode,
     /// The gate's confidence floor, for answers made without the gate (no offers). Default
     /// 0.95.
     pub confidence_floor: f64,
@@ -98,6 +101,7 @@ impl Default for ServiceConfig {
             provider: ProviderKind::Simulator,
             dispatch_retry: Duration::from_millis(500),
             shutdown_grace: Duration::from_secs(10),
+            on_shutdown: drover_proto::config::ShutdownMode::Cancel,
             confidence_floor: 0.95,
             webhooks: None,
         }
@@ -242,34 +246,49 @@ impl<P: Provider, S: Store> Service<P, S> {
         Ok((resumed, failed))
     }
 
-    /// Stops accepting jobs, cancels every running job and waits (up to the grace period)
-    /// for them to end. Returns how many had not ended in time.
+    /// Stops accepting jobs (new submissions get 503), then ends the running ones as
+    /// `config.on_shutdown` says: `cancel` cancels them all at once and waits up to the grace
+    /// period for them to end; `drain` lets them run for up to the grace period and cancels
+    /// what is left (waiting a further grace period for those). Returns how many had not
+    /// ended in the end.
     pub async fn shutdown(&self) -> usize {
         self.accepting.store(false, Ordering::SeqCst);
-        let waiting: Vec<(JobId, watch::Receiver<bool>)> = {
+        let grace = self.config.shutdown_grace;
+        if self.config.on_shutdown == drover_proto::config::ShutdownMode::Drain {
+            tracing::info!(jobs = self.running_jobs(), ?grace, "draining: running jobs may finish");
+            if tokio::time::timeout(grace, self.wait_all()).await.is_ok() {
+                return 0;
+            }
+            tracing::warn!(left = self.running_jobs(), "drain period over: cancelling the rest");
+        }
+        let ids: Vec<JobId> = {
             let running = lock(&self.running);
             running
                 .iter()
                 .map(|(id, run)| {
                     let _ = run.cancel.send(Some("the supervisor is shutting down".to_owned()));
-                    (id.clone(), run.done.clone())
+                    id.clone()
                 })
                 .collect()
         };
-        for (id, _) in &waiting {
+        for id in &ids {
             self.runner.cancel(id, "the supervisor is shutting down").await;
         }
-        let wait_all = async {
-            for (_, mut done) in waiting {
-                let _ = done.wait_for(|d| *d).await;
-            }
-        };
-        if tokio::time::timeout(self.config.shutdown_grace, wait_all).await.is_err() {
+        if tokio::time::timeout(grace, self.wait_all()).await.is_err() {
             let left = self.running_jobs();
             tracing::warn!(left, "jobs did not end within the shutdown grace period");
             return left;
         }
         0
+    }
+
+    /// Waits until no job is running.
+    async fn wait_all(&self) {
+        let waiting: Vec<watch::Receiver<bool>> =
+            lock(&self.running).values().map(|run| run.done.clone()).collect();
+        for mut done in waiting {
+            let _ = done.wait_for(|d| *d).await;
+        }
     }
 
     /// Stores an event and publishes it to live streams. An event after the job's terminal

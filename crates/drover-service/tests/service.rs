@@ -16,6 +16,7 @@ use drover_api::backend::{Backend, BackendError, SchemaLookupError, Submission};
 use drover_proto::api::{
     DriverHealth, DriverList, DriverView, EstimateRequest, JobEventKind, JobSpec,
 };
+use drover_proto::config::ShutdownMode;
 use drover_proto::{ActionName, DriverName, GpuRequest, JobId, JobPhase, JobState, ParamsSchema};
 use drover_provision::sim::{SimConfig, Simulator};
 use drover_provision::{ApiKey, Clock, Provisioner, ProvisionerConfig, RetryPolicy, VastClient};
@@ -63,6 +64,16 @@ impl JobRunner for Script {
                 tx.send(state(&id, JobPhase::Running)).await.unwrap();
                 match kind.as_str() {
                     "ok" => tx.send(state(&id, JobPhase::Succeeded)).await.unwrap(),
+                    "slow" => {
+                        tokio::select! {
+                            () = tokio::time::sleep(Duration::from_millis(500)) => {
+                                tx.send(state(&id, JobPhase::Succeeded)).await.unwrap();
+                            }
+                            _ = cancelled.changed() => {
+                                tx.send(state(&id, JobPhase::Cancelled)).await.unwrap();
+                            }
+                        }
+                    }
                     "vanish" => {}
                     _ => {
                         let _ = cancelled.changed().await;
@@ -113,6 +124,10 @@ struct Rig {
 }
 
 async fn rig_with(dir: tempfile::TempDir, store: SqliteStore) -> Rig {
+    rig_mode(dir, store, ShutdownMode::Cancel).await
+}
+
+async fn rig_mode(dir: tempfile::TempDir, store: SqliteStore, on_shutdown: ShutdownMode) -> Rig {
     let clock = Clock::scaled(100.0);
     let sim = Simulator::start(
         "127.0.0.1:0".parse().unwrap(),
@@ -134,7 +149,8 @@ async fn rig_with(dir: tempfile::TempDir, store: SqliteStore) -> Rig {
     let runner = Arc::new(Script::default());
     let config = ServiceConfig {
         dispatch_retry: Duration::from_millis(20),
-        shutdown_grace: Duration::from_secs(5),
+        shutdown_grace: Duration::from_secs(2),
+        on_shutdown,
         ..ServiceConfig::default()
     };
     let service = Service::new(store, runner.clone(), provisioner, config);
@@ -328,4 +344,34 @@ async fn estimates_go_through_the_gate_and_readiness_names_the_simulator() {
     let readiness = rig.service.readiness().await;
     assert!(readiness.ready, "{readiness:?}");
     assert_eq!(readiness.checks["provider"].message.as_deref(), Some(SIMULATOR_NOTICE));
+}
+
+async fn wait_running(rig: &Rig, id: &JobId) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while rig.service.job(id).await.unwrap().unwrap().state != JobPhase::Running {
+        assert!(std::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_mode_cancels_and_drain_mode_lets_jobs_finish() {
+    // cancel: the slow job is cancelled although it would have finished.
+    let rig = rig().await;
+    let slow = submit(&rig, "slow").await;
+    wait_running(&rig, &slow).await;
+    assert_eq!(rig.service.shutdown().await, 0);
+    assert_eq!(rig.service.job(&slow).await.unwrap().unwrap().state, JobPhase::Cancelled);
+
+    // drain: the slow job finishes; the one that never would is cancelled after the grace.
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open_in(dir.path()).await.unwrap();
+    let rig = rig_mode(dir, store, ShutdownMode::Drain).await;
+    let slow = submit(&rig, "slow").await;
+    let hang = submit(&rig, "hang").await;
+    wait_running(&rig, &slow).await;
+    wait_running(&rig, &hang).await;
+    assert_eq!(rig.service.shutdown().await, 0);
+    assert_eq!(rig.service.job(&slow).await.unwrap().unwrap().state, JobPhase::Succeeded);
+    assert_eq!(rig.service.job(&hang).await.unwrap().unwrap().state, JobPhase::Cancelled);
 }

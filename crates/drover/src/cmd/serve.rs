@@ -25,9 +25,11 @@
 //!    (with `--listen 127.0.0.1:0` the kernel picks the port). SIGHUP reloads the API tokens.
 //!
 //! Shutdown on SIGTERM or SIGINT: the listener stops accepting and in-flight requests finish;
-//! new jobs get 503; every running job is cancelled and given up to 10 s (default) to end;
-//! the drivers get `shutdown` with their grace period, then the stop ladder; every lease still
-//! open is released (destroyed and confirmed gone, cost settled); then the process exits 0.
+//! new jobs get 503; running jobs are cancelled (`supervisor.on_shutdown = "cancel"`, the
+//! default) or allowed to finish (`"drain"`) within `supervisor.shutdown_grace_s` (default
+//! 10 s), the rest cancelled after it; the drivers get `shutdown` with their grace period,
+//! then the stop ladder; every lease still open is released (destroyed and confirmed gone,
+//! cost settled); then the process exits 0.
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -50,8 +52,6 @@ use crate::profile;
 
 /// Simulated seconds per real second of the embedded simulator.
 pub const SIM_SPEED: f64 = 10.0;
-/// How long running jobs get to end after a shutdown signal.
-pub const JOB_GRACE: Duration = Duration::from_secs(10);
 /// The deployment id in every instance label.
 pub const DEPLOYMENT: &str = "drover";
 
@@ -254,6 +254,8 @@ pub async fn start(
         ServiceConfig {
             provider: kind,
             confidence_floor: config.gate.confidence_floor,
+            on_shutdown: config.supervisor.on_shutdown,
+            shutdown_grace: Duration::from_secs(u64::from(config.supervisor.shutdown_grace_s)),
             webhooks,
             ..ServiceConfig::default()
         },
