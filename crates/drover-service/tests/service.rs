@@ -128,6 +128,15 @@ async fn rig_with(dir: tempfile::TempDir, store: SqliteStore) -> Rig {
 }
 
 async fn rig_mode(dir: tempfile::TempDir, store: SqliteStore, on_shutdown: ShutdownMode) -> Rig {
+    rig_full(dir, store, on_shutdown, None).await
+}
+
+async fn rig_full(
+    dir: tempfile::TempDir,
+    store: SqliteStore,
+    on_shutdown: ShutdownMode,
+    webhooks: Option<drover_api::webhook::WebhookSender>,
+) -> Rig {
     let clock = Clock::scaled(100.0);
     let sim = Simulator::start(
         "127.0.0.1:0".parse().unwrap(),
@@ -151,6 +160,7 @@ async fn rig_mode(dir: tempfile::TempDir, store: SqliteStore, on_shutdown: Shutd
         dispatch_retry: Duration::from_millis(20),
         shutdown_grace: Duration::from_secs(2),
         on_shutdown,
+        webhooks,
         ..ServiceConfig::default()
     };
     let service = Service::new(store, runner.clone(), provisioner, config);
@@ -374,4 +384,73 @@ async fn cancel_mode_cancels_and_drain_mode_lets_jobs_finish() {
     assert_eq!(rig.service.shutdown().await, 0);
     assert_eq!(rig.service.job(&slow).await.unwrap().unwrap().state, JobPhase::Succeeded);
     assert_eq!(rig.service.job(&hang).await.unwrap().unwrap().state, JobPhase::Cancelled);
+}
+
+/// Accepts one HTTP request on `listener`; returns its headers (lowercased names) and body.
+async fn receive_one(listener: tokio::net::TcpListener) -> (Vec<(String, String)>, Vec<u8>) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let (mut socket, _) = listener.accept().await.unwrap();
+    let mut data = Vec::new();
+    let mut buf = [0u8; 4096];
+    let (head_end, length) = loop {
+        let n = socket.read(&mut buf).await.unwrap();
+        assert!(n > 0, "the sender hung up");
+        data.extend_from_slice(&buf[..n]);
+        if let Some(end) = data.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&data[..end]).to_lowercase();
+            let length = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map_or(0, |v| v.trim().parse::<usize>().unwrap());
+            break (end + 4, length);
+        }
+    };
+    while data.len() < head_end + length {
+        let n = socket.read(&mut buf).await.unwrap();
+        data.extend_from_slice(&buf[..n]);
+    }
+    socket
+        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let head = String::from_utf8_lossy(&data[..head_end]).into_owned();
+    let headers = head
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_lowercase(), v.trim().to_owned()))
+        .collect();
+    (headers, data[head_end..head_end + length].to_vec())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finished_job_is_reported_to_its_webhook_signed() {
+    let secret = b"a webhook secret of at least thirty-two bytes".to_vec();
+    let sender = drover_api::webhook::WebhookSender::new(
+        drover_api::webhook::WebhookSecret::new(secret.clone()).unwrap(),
+        drover_api::webhook::RetryPolicy::default(),
+        true,
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open_in(dir.path()).await.unwrap();
+    let rig = rig_full(dir, store, ShutdownMode::Cancel, Some(sender)).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let received = tokio::spawn(receive_one(listener));
+    let mut spec = spec("ok");
+    spec.webhook_url = Some(url);
+    let submission =
+        Submission { spec, actor: "t".to_owned(), idempotency: None, request_id: "r".to_owned() };
+    let id = rig.service.submit(submission).await.unwrap().job.id;
+    let (headers, body) =
+        tokio::time::timeout(Duration::from_secs(20), received).await.unwrap().unwrap();
+    let signature =
+        headers.iter().find(|(k, _)| k == drover_api::webhook::SIGNATURE_HEADER).unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    drover_api::webhook::verify(&secret, &signature.1, &body, now).unwrap();
+    let event: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(event["type"], "job.finished");
+    assert_eq!(event["job"]["id"], id.as_str());
+    assert_eq!(event["job"]["state"], "succeeded");
 }

@@ -78,6 +78,13 @@ fn serve_runs_gated_gpu_jobs_and_leaves_nothing_behind() {
             message.to_lowercase().contains("sigkill") || message.contains("signal"),
             "{message}"
         );
+        // The lease the dead driver held ends with its job, while the server runs on.
+        let store = SqliteStore::open_in(&data).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while store.open_leases().await.unwrap().iter().any(|l| l.job_id == victim) {
+            assert!(Instant::now() < deadline, "the dead driver's lease was never released");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         wait_ready(&client).await;
         let after = client.submit(job(5.0), None).await.unwrap().body.id;
         assert_eq!(follow(&client, &after).await.0, JobPhase::Succeeded);
