@@ -579,6 +579,20 @@ impl<P: Provider, S: Store> Backend for Service<P, S> {
                 return Err(BackendError::Conflict("the job has already ended"));
             }
             let reason = format!("cancelled through the API by {actor}");
+            let mut metadata = Map::new();
+            metadata.insert("state_before".to_owned(), Value::from(phase_name(job.state)));
+            let event = AuditEvent {
+                timestamp: drover_api::audit::rfc3339(now_ms()),
+                request_id: None,
+                actor: actor.to_owned(),
+                action: "job.cancel".to_owned(),
+                resource: format!("job:{id}"),
+                result: "requested".to_owned(),
+                metadata,
+            };
+            if let Err(error) = self.store.append_audit(&event).await {
+                tracing::warn!(%error, "audit event could not be stored");
+            }
             let sender = lock(&self.running).get(id).map(|run| run.cancel.clone());
             match sender {
                 Some(sender) => {

@@ -247,6 +247,13 @@ async fn every_job_ends_in_a_stored_terminal_state() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     rig.service.cancel(&running, "t").await.unwrap();
+    let audit = rig.service.store().audit_after(0, 1000).await.unwrap();
+    assert!(
+        audit.iter().any(|(_, e)| e.action == "job.cancel"
+            && e.actor == "t"
+            && e.resource == format!("job:{running}")),
+        "the cancel is audited with its actor"
+    );
     assert_eq!(
         states(&rig, &running, 0).await,
         [JobPhase::Queued, JobPhase::Running, JobPhase::Cancelled]
