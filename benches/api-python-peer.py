@@ -11,12 +11,17 @@ For each request, in drover's order:
    drover's default `max_body_bytes`), else 413 without reading the body.
 3. Strict JSON (UTF-8, duplicate keys rejected, no NaN), then python-jsonschema
    (`Draft202012Validator`, compiled once) against the committed `schemas/api/job-spec.json`,
-   every violation collected: 400 with `{"error": "invalid_request", "violations": [...]}`.
+   every violation collected, then `params` against the named driver action's params schema
+   (violations under `/params`; an unknown driver or action is a violation too): 400 with
+   `{"error": "invalid_request", "violations": [...]}`. The drivers are `--driver-schema
+   DRIVER/ACTION=JSON` (repeatable); by default the one drover's API bench server declares,
+   `echo/run` with `{"n": integer 0..10 (required), "text": string of at most 64}`.
 4. 201 with the accepted job (`id`, `state: "queued"`, the spec) and a `Location` header.
 
 Usage (needs `jsonschema`; benches/validation-peers.sh installs it into target/bench-venv):
 
     target/bench-venv/bin/python benches/api-python-peer.py --token-sha256 HEX [--port 0]
+        [--driver-schema DRIVER/ACTION=JSON ...]
 
 It binds 127.0.0.1 (port 0: a free one), prints the port alone on the first line of stdout,
 then serves HTTP/1.1 with keep-alive, one thread per connection, until SIGTERM or SIGINT.
@@ -84,12 +89,34 @@ def _no_constants(name):
     raise ValueError(f"{name} is not JSON")
 
 
+ECHO_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "n": {"type": "integer", "minimum": 0, "maximum": 10},
+        "text": {"type": "string", "maxLength": 64},
+    },
+    "required": ["n"],
+    "additionalProperties": False,
+}
+
+
+def violations(validator, instance, prefix=""):
+    return [
+        {"instance_path": prefix + "".join(f"/{p}" for p in e.absolute_path),
+         "schema_path": "/" + "/".join(str(p) for p in e.absolute_schema_path),
+         "message": e.message[:1024]}
+        for e in itertools.islice(validator.iter_errors(instance), 64)]
+
+
 class Peer:
-    def __init__(self, tokens):
+    def __init__(self, tokens, drivers=None):
         # (digest bytes, may write)
         self.tokens = [(bytes.fromhex(d), write) for d, write in tokens]
         with open(SCHEMA) as f:
             self.validator = jsonschema.Draft202012Validator(json.load(f))
+        drivers = drivers or {("echo", "run"): ECHO_SCHEMA}
+        self.params = {key: jsonschema.Draft202012Validator(schema)
+                       for key, schema in drivers.items()}
         self.ids = itertools.count(1)
         self.lock = threading.Lock()
 
@@ -164,11 +191,15 @@ def make_handler(peer: Peer):
             except (UnicodeDecodeError, ValueError, RecursionError):
                 return self.error(400, "invalid_request", violations=[
                     {"instance_path": "", "schema_path": "", "message": "the body is not JSON"}])
-            errors = [
-                {"instance_path": "".join(f"/{p}" for p in e.absolute_path),
-                 "schema_path": "/" + "/".join(str(p) for p in e.absolute_schema_path),
-                 "message": e.message[:1024]}
-                for e in itertools.islice(peer.validator.iter_errors(body), 64)]
+            errors = violations(peer.validator, body)
+            if errors:
+                return self.error(400, "invalid_request", violations=errors)
+            params = peer.params.get((body["driver"], body["action"]))
+            if params is None:
+                return self.error(400, "invalid_request", violations=[
+                    {"instance_path": "/action", "schema_path": "",
+                     "message": "no such driver action"}])
+            errors = violations(params, body.get("params", {}), "/params")
             if errors:
                 return self.error(400, "invalid_request", violations=errors)
             with peer.lock:
@@ -179,10 +210,17 @@ def make_handler(peer: Peer):
     return Handler
 
 
+class Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address):
+        # A load generator hanging up mid-request is not worth a traceback.
+        if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            super().handle_error(request, client_address)
+
+
 def serve(peer, port):
-    server = ThreadingHTTPServer(("127.0.0.1", port), make_handler(peer))
-    server.daemon_threads = True
-    return server
+    return Server(("127.0.0.1", port), make_handler(peer))
 
 
 def check() -> int:
@@ -193,7 +231,7 @@ def check() -> int:
     server = serve(peer, 0)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     port = server.server_address[1]
-    good = {"driver": "container", "action": "run", "params": {"image": "x"},
+    good = {"driver": "echo", "action": "run", "params": {"n": 3, "text": "benchmark"},
             "max_runtime_s": 60, "budget_usd": 1.0}
     cases = [
         ("valid job", writer, "application/json", json.dumps(good).encode(), 201),
@@ -207,6 +245,10 @@ def check() -> int:
         ("duplicate key", writer, "application/json", b'{"driver":"a","driver":"b"}', 400),
         ("schema violation", writer, "application/json",
          json.dumps(dict(good, driver="Bad Name", extra=1)).encode(), 400),
+        ("params violation", writer, "application/json",
+         json.dumps(dict(good, params={"n": 11, "extra": True})).encode(), 400),
+        ("unknown action", writer, "application/json",
+         json.dumps(dict(good, action="other")).encode(), 400),
     ]
     failed = 0
     for name, token, ctype, body, want in cases:
@@ -223,8 +265,11 @@ def check() -> int:
         status, payload = response.status, response.read()
         conn.close()
         ok = status == want
-        if want == 400 and name == "schema violation":
-            ok = ok and len(json.loads(payload)["violations"]) >= 2
+        if want == 400 and name in ("schema violation", "params violation"):
+            found = json.loads(payload)["violations"]
+            ok = ok and len(found) >= 2
+            if name == "params violation":
+                ok = ok and all(v["instance_path"].startswith("/params") for v in found)
         print(f"{'ok  ' if ok else 'FAIL'} {name}: {status} (want {want})")
         failed += not ok
     server.shutdown()
@@ -236,13 +281,21 @@ def main() -> int:
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--token-sha256", action="append", default=[])
     ap.add_argument("--token-sha256-read", action="append", default=[])
+    ap.add_argument("--driver-schema", action="append", default=[],
+                    metavar="DRIVER/ACTION=JSON")
     ap.add_argument("--check", action="store_true")
     args = ap.parse_args()
     if args.check:
         return check()
     if not args.token_sha256:
         ap.error("give at least one --token-sha256 (the digest of a jobs:write token)")
-    peer = Peer([(d, True) for d in args.token_sha256] + [(d, False) for d in args.token_sha256_read])
+    drivers = {}
+    for spec in args.driver_schema:
+        name, _, schema = spec.partition("=")
+        driver, _, action = name.partition("/")
+        drivers[(driver, action)] = json.loads(schema)
+    peer = Peer([(d, True) for d in args.token_sha256] + [(d, False) for d in args.token_sha256_read],
+                drivers)
     server = serve(peer, args.port)
     print(server.server_address[1], flush=True)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
