@@ -67,15 +67,18 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .prefix("drover-demo-")
         .tempdir()
         .context("a temporary directory")?;
-    // The supervisor drops to an unprivileged uid when started as root: it must reach its
-    // data directory.
-    {
-        use std::os::unix::fs::PermissionsExt as _;
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
-            .context("opening the temporary directory to the dropped uid")?;
-    }
     let token = ApiToken::generate().context("making a token")?;
     let mut config = Config::default();
+    // Started as root, the supervisor drops to an unprivileged uid: the temporary directory
+    // becomes that uid's, so it can reach its data directory and remove everything at the end.
+    if nix::unistd::geteuid().is_root() {
+        nix::unistd::chown(
+            dir.path(),
+            Some(nix::unistd::Uid::from_raw(config.supervisor.uid)),
+            Some(nix::unistd::Gid::from_raw(config.supervisor.gid)),
+        )
+        .context("giving the temporary directory to the dropped uid")?;
+    }
     config.supervisor.data_dir = dir.path().join("data").to_string_lossy().into_owned();
     config.api.tokens = vec![TokenEntry {
         name: "demo".to_owned(),
