@@ -21,6 +21,15 @@ if ! command -v wrk >/dev/null; then
   command -v wrk >/dev/null || { echo "benches/api.sh: needs wrk (apt-get install wrk)" >&2; exit 2; }
 fi
 
+# The Python peer (benches/api-python-peer.py) needs python-jsonschema, from the pinned set.
+venv=${BENCH_VENV:-target/bench-venv}
+if ! cmp -s benches/peers-requirements.txt "$venv/.requirements" 2>/dev/null; then
+  rm -rf "$venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check -r benches/peers-requirements.txt >&2
+  cp benches/peers-requirements.txt "$venv/.requirements"
+fi
+
 cargo build -q --release -p drover-api --example bench_server
 server_bin="${CARGO_TARGET_DIR:-target}/release/examples/bench_server"
 
@@ -30,6 +39,7 @@ work=$(mktemp -d "$base/drover-api-bench.XXXXXX")
 fifo="$work/stdin"
 mkfifo "$fifo"
 cleanup() {
+  [ -n "${peer_pid:-}" ] && kill "$peer_pid" 2>/dev/null || true
   exec 3>&- 2>/dev/null || true
   [ -n "${server_pid:-}" ] && wait "$server_pid" 2>/dev/null || true
   rm -rf "$work"
@@ -45,6 +55,12 @@ api=${api_field#api=}
 volatile=${volatile_field#volatile=}
 bare=${bare_field#bare=}
 token=$(cat "$work/token")
+token_sha256=$(printf '%s' "$token" | sha256sum | cut -d' ' -f1)
+"$venv/bin/python" benches/api-python-peer.py --token-sha256 "$token_sha256" --port 0 \
+  > "$work/peer-port" 2> "$work/peer.log" &
+peer_pid=$!
+for _ in $(seq 100); do [ -s "$work/peer-port" ] && break; sleep 0.1; done
+peer="127.0.0.1:$(head -n1 "$work/peer-port")"
 
 body='{"driver":"echo","action":"run","params":{"n":3,"text":"benchmark"},"gpu":{"count":1,"models":["RTX 4090"]},"max_runtime_s":3600,"budget_usd":2.5,"labels":{"team":"bench"}}'
 cat > "$work/post.lua" <<LUA
@@ -74,11 +90,16 @@ load() {
 bare_runs=()
 api_runs=()
 volatile_runs=()
+peer_runs=()
 for _ in $(seq "$rounds"); do
   bare_runs+=("$(load "$bare")")
   api_runs+=("$(load "$api")")
   volatile_runs+=("$(load "$volatile")")
+  peer_runs+=("$(load "$peer")")
 done
+kill "$peer_pid" 2>/dev/null || true
+wait "$peer_pid" 2>/dev/null || true
+peer_pid=
 exec 3>&-
 wait "$server_pid"
 server_pid=
@@ -89,12 +110,16 @@ read -r bare_rps bare_p99 bare_errors <<<"$(median "${bare_runs[@]}")"
 read -r api_rps api_p99 api_errors <<<"$(median "${api_runs[@]}")"
 read -r volatile_rps volatile_p99 volatile_errors <<<"$(median "${volatile_runs[@]}")"
 volatile_ratio=$(awk -v a="$volatile_rps" -v b="$bare_rps" 'BEGIN {printf "%.2f", a / b}')
+read -r peer_rps peer_p99 peer_errors <<<"$(median "${peer_runs[@]}")"
+peer_ratio=$(awk -v a="$api_rps" -v b="$peer_rps" 'BEGIN {printf "%.1f", a / b}')
+peer_verdict=$(awk -v r="$peer_ratio" 'BEGIN {print (r >= 20) ? "pass" : "fail"}')
+volatile_peer_ratio=$(awk -v a="$volatile_rps" -v b="$peer_rps" 'BEGIN {printf "%.1f", a / b}')
 ratio=$(awk -v a="$api_rps" -v b="$bare_rps" 'BEGIN {printf "%.2f", a / b}')
 p99_ratio=$(awk -v a="$api_p99" -v b="$bare_p99" 'BEGIN {printf "%.2f", a / b}')
 verdict=$(awk -v r="$ratio" 'BEGIN {print (r >= 0.8) ? "pass" : "fail"}')
 jobs=$(( ${#api_runs[@]} ))
 
-echo "## API: authenticated, validated \`POST /v1/jobs\` vs a bare echo handler"
+echo "## API: authenticated, validated \`POST /v1/jobs\` vs a bare echo handler and a Python peer"
 echo
 echo "Command: \`benches/api.sh\` (wrk -t$threads -c$connections -d$duration, $rounds alternating round(s) each, median"
 echo "round shown; $(( ${#body} )) B body; store: SQLite in $base, WAL, synchronous = FULL)."
@@ -108,10 +133,16 @@ echo "|---|---|---|---|"
 echo "| bare axum echo | $bare_rps | $bare_p99 ms | $bare_errors |"
 echo "| drover \`POST /v1/jobs\` | $api_rps | $api_p99 ms | $api_errors |"
 echo "| drover router, volatile backend (not a product mode) | $volatile_rps | $volatile_p99 ms | $volatile_errors |"
+echo "| Python \`http.server\` peer, same auth and jsonschema checks, nothing stored | $peer_rps | $peer_p99 ms | $peer_errors |"
 echo
 echo "Throughput ratio (drover / bare): **${ratio}x** (target >= 0.8x): **$verdict**. p99 ratio: ${p99_ratio}x."
 echo "The API layer alone (the same router and checks over a backend that writes nothing) runs at"
 echo "**${volatile_ratio}x** of the bare handler."
+echo "Against the Python peer (\`benches/api-python-peer.py\`: the same token check, content"
+echo "checks and python-jsonschema validation of the body and params, one thread per connection):"
+echo "drover **${peer_ratio}x** (target >= 20x): **$peer_verdict**; the volatile router ${volatile_peer_ratio}x."
+echo "The peer stores nothing, so the like-for-like comparison is the volatile row; drover's"
+echo "durable row pays for the fsynced write the peer does not make."
 if [ "$verdict" = fail ]; then
   echo
   echo '**Why the target is missed, and the plan.** Two profiles (`perf record -g`, 5 s under this'
