@@ -76,6 +76,16 @@ pub enum ProviderKind {
 pub const SIMULATOR_NOTICE: &str = "SIMULATOR: the embedded Vast.ai simulator is the provider; \
      nothing real is rented and nothing is spent";
 
+/// Reads the embedded simulator's ledger: (USD billed so far, instances still billing).
+#[derive(Clone)]
+pub struct SimulatorLedger(pub Arc<dyn Fn() -> (f64, usize) + Send + Sync>);
+
+impl std::fmt::Debug for SimulatorLedger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SimulatorLedger")
+    }
+}
+
 /// How the service behaves.
 #[derive(Clone, Debug)]
 pub struct ServiceConfig {
@@ -90,6 +100,11 @@ pub struct ServiceConfig {
     /// The gate's confidence floor, for answers made without the gate (no offers). Default
     /// 0.95.
     pub confidence_floor: f64,
+    /// The embedded simulator's own billing ledger, when it is the provider: a function that
+    /// returns (USD billed so far, instances still billing). Exported by `/metrics` as
+    /// `drover_simulator_billed_usd` and `drover_simulator_live_instances`, next to
+    /// `drover_ledger_usd`, so the provider's bill and drover's ledger can be compared.
+    pub simulator_ledger: Option<SimulatorLedger>,
     /// Sends `job.finished` to jobs' webhook URLs; `None`: jobs with a webhook URL are
     /// accepted but nothing is sent (logged).
     pub webhooks: Option<WebhookSender>,
@@ -103,6 +118,7 @@ impl Default for ServiceConfig {
             shutdown_grace: Duration::from_secs(10),
             on_shutdown: drover_proto::config::ShutdownMode::Cancel,
             confidence_floor: 0.95,
+            simulator_ledger: None,
             webhooks: None,
         }
     }
@@ -807,6 +823,19 @@ impl<P: Provider, S: Store> Backend for Service<P, S> {
                     "drover_ledger_usd {}\n",
                     drover_store::micros_to_usd(report.ledger_micros)
                 ));
+            }
+            if let Some(SimulatorLedger(read)) = &self.config.simulator_ledger {
+                let (billed, live) = read();
+                text.push_str(
+                    "# HELP drover_simulator_billed_usd What the embedded simulator billed, USD.\n",
+                );
+                text.push_str("# TYPE drover_simulator_billed_usd gauge\n");
+                text.push_str(&format!("drover_simulator_billed_usd {billed}\n"));
+                text.push_str(
+                    "# HELP drover_simulator_live_instances Simulator instances still billing.\n",
+                );
+                text.push_str("# TYPE drover_simulator_live_instances gauge\n");
+                text.push_str(&format!("drover_simulator_live_instances {live}\n"));
             }
             text
         })

@@ -315,6 +315,36 @@ impl ApiClient {
         self.call(Method::GET, "/readyz", None, &[], "readiness").await
     }
 
+    /// `GET /metrics`: Prometheus text.
+    pub async fn metrics(&self) -> Result<String, ClientError> {
+        let path = "/metrics";
+        let response = self.send(Method::GET, path, None, &[], Some(REQUEST_TIMEOUT)).await?;
+        let status = response.status();
+        let bytes = response.bytes().await.map_err(|source| ClientError::Transport {
+            method: Method::GET,
+            path: path.to_owned(),
+            base: self.base.to_string(),
+            source,
+        })?;
+        if !status.is_success() {
+            let body: ErrorBody =
+                serde_json::from_slice(&bytes).map_err(|source| ClientError::Unexpected {
+                    method: Method::GET,
+                    path: path.to_owned(),
+                    status,
+                    what: "an error body",
+                    source,
+                })?;
+            return Err(ClientError::Api {
+                method: Method::GET,
+                path: path.to_owned(),
+                status,
+                body: Box::new(body),
+            });
+        }
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
+    }
+
     /// `GET /v1/jobs/{id}/events`, resuming after event `after` (0: from the start).
     pub async fn events(&self, id: &JobId, after: u64) -> Result<EventStream, ClientError> {
         let path = format!("/v1/jobs/{id}/events");

@@ -2,8 +2,9 @@
 //! over HTTP: a GPU job through the bundled `container` driver to success with its SSE
 //! stream, a job refused by the cost gate (budget too small), a job cancelled mid-run, a
 //! driver killed mid-job (the job fails, the next one runs on the restarted driver), then
-//! SIGTERM; afterwards the store it leaves behind shows every job ended, no lease open and a
-//! balanced ledger.
+//! the simulator's ledger (through `/metrics`) shows nothing billing and a spend that matches
+//! drover's ledger; then SIGTERM; afterwards the store it leaves behind shows every job
+//! ended, no lease open and a balanced ledger.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::cast_possible_truncation)]
 
@@ -88,6 +89,16 @@ fn serve_runs_gated_gpu_jobs_and_leaves_nothing_behind() {
         wait_ready(&client).await;
         let after = client.submit(job(5.0), None).await.unwrap().body.id;
         assert_eq!(follow(&client, &after).await.0, JobPhase::Succeeded);
+
+        // The simulator's own ledger: nothing billing, and the spend matches drover's ledger
+        // (drover settles from its record of each rental: never below the bill, within a cent).
+        let metrics = client.metrics().await.unwrap();
+        assert_eq!(sample(&metrics, "drover_simulator_live_instances"), 0.0, "{metrics}");
+        assert_eq!(sample(&metrics, "drover_leases_open"), 0.0, "{metrics}");
+        let billed = sample(&metrics, "drover_simulator_billed_usd");
+        let settled = sample(&metrics, "drover_ledger_usd");
+        assert!(billed > 0.0, "{metrics}");
+        assert!(settled + 1e-6 >= billed && settled - billed <= 0.01, "{metrics}");
     });
 
     // SIGTERM: a graceful exit.

@@ -44,7 +44,7 @@ use drover_proto::config::{Config, DriverConfig, ProviderConfig};
 use drover_provision::sim::{SimConfig, Simulator};
 use drover_provision::{ApiKey, Clock, Provisioner, ProvisionerConfig, RetryPolicy, VastClient};
 use drover_sandbox::{DropConfig, Dropped, LinuxSys, drop_privileges};
-use drover_service::{ProviderKind, Service, ServiceConfig, SupervisorRunner};
+use drover_service::{ProviderKind, Service, ServiceConfig, SimulatorLedger, SupervisorRunner};
 use drover_store::{SqliteStore, Store};
 use drover_supervisor::{DriverSpec, Options, ProvisionerBroker, Supervisor};
 
@@ -136,7 +136,7 @@ pub struct Running {
     /// The supervisor.
     pub supervisor: Arc<Supervisor>,
     /// The embedded simulator, when it is the provider.
-    pub simulator: Option<Simulator>,
+    pub simulator: Option<Arc<Simulator>>,
     /// The API state.
     pub api: Arc<ApiState>,
     listener: Option<tokio::net::TcpListener>,
@@ -203,7 +203,7 @@ pub async fn start(
             );
             let client = VastClient::new(simulator.base_url(), sim_key, RetryPolicy::default())
                 .context("the simulator client")?;
-            (client, clock, Some(simulator), ProviderKind::Simulator)
+            (client, clock, Some(Arc::new(simulator)), ProviderKind::Simulator)
         }
     };
     let provisioner_config =
@@ -253,6 +253,13 @@ pub async fn start(
         provisioner,
         ServiceConfig {
             provider: kind,
+            simulator_ledger: simulator.as_ref().map(|sim| {
+                let sim = Arc::clone(sim);
+                SimulatorLedger(Arc::new(move || {
+                    let ledger = sim.ledger();
+                    (ledger.total_usd(), ledger.live().len())
+                }))
+            }),
             confidence_floor: config.gate.confidence_floor,
             on_shutdown: config.supervisor.on_shutdown,
             shutdown_grace: Duration::from_secs(u64::from(config.supervisor.shutdown_grace_s)),
@@ -285,7 +292,7 @@ impl Running {
     pub async fn serve_until(
         mut self,
         stop: impl Future<Output = ()> + Send + 'static,
-    ) -> anyhow::Result<Option<Simulator>> {
+    ) -> anyhow::Result<Option<Arc<Simulator>>> {
         let listener = self.listener.take().context("the server is already serving")?;
         drover_api::serve(listener, router(Arc::clone(&self.api)), stop)
             .await

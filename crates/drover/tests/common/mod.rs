@@ -133,7 +133,7 @@ pub fn config_dir(
         &config,
         format!(
             "[supervisor]\ndata_dir = {data:?}\n\n[api.rate_limit]\nper_second = 1000\nburst = 1000\n\n\
-             [[api.tokens]]\nname = \"e2e\"\nsha256 = \"{}\"\nscopes = [\"jobs:read\", \"jobs:write\", \"drivers:read\"]\nformat = \"drover-v1\"\n{extra}",
+             [[api.tokens]]\nname = \"e2e\"\nsha256 = \"{}\"\nscopes = [\"jobs:read\", \"jobs:write\", \"drivers:read\", \"metrics:read\"]\nformat = \"drover-v1\"\n{extra}",
             token.sha256_hex()
         ),
     )
@@ -166,4 +166,11 @@ pub async fn wait_running(client: &ApiClient, id: &drover_proto::JobId) {
         assert!(Instant::now() < deadline, "the job never ran");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// One sample of Prometheus text.
+pub fn sample(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} missing from\n{text}"))
 }
