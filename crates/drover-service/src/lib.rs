@@ -158,16 +158,13 @@ pub fn now_ms() -> u64 {
     u64::try_from(since).unwrap_or(u64::MAX).max(1)
 }
 
-fn new_job_id() -> JobId {
+fn new_job_id() -> Result<JobId, drover_proto::IdError> {
     let mut random = [0u8; 6];
     // Ids are not secrets; if the CSPRNG fails the clock still makes them unique enough.
     if getrandom::fill(&mut random).is_err() {
-        random = now_ms().to_le_bytes()[..6].try_into().unwrap_or([0; 6]);
+        random.copy_from_slice(&now_ms().to_le_bytes()[..6]);
     }
-    let text = format!("job-{:x}-{}", now_ms(), hex::encode(random));
-    // The text is ASCII letters, digits and `-`, starting with a letter, 30 characters: a
-    // valid job id by construction.
-    JobId::new(text).unwrap_or_else(|_| JobId::new("job-0").unwrap_or_else(|_| unreachable!()))
+    JobId::new(format!("job-{:x}-{}", now_ms(), hex::encode(random)))
 }
 
 fn store_error(error: StoreError) -> BackendError {
@@ -545,7 +542,7 @@ impl<P: Provider, S: Store> Backend for Service<P, S> {
                 return Err(BackendError::Unavailable("the supervisor is shutting down"));
             }
             let new = NewJob {
-                id: new_job_id(),
+                id: new_job_id().map_err(BackendError::internal)?,
                 spec: submission.spec,
                 submitted_by: submission.actor,
                 at_unix_ms: now_ms(),

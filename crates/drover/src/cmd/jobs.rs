@@ -1,7 +1,7 @@
 //! `drover jobs submit|list|show|cancel|logs`: the jobs API from the command line.
 //!
-//! Every subcommand talks to a running server (`--url`, default `http://127.0.0.1:8080`) with
-//! the token in `DROVER_TOKEN` (never printed). Output is a human-readable table or key/value
+//! Every subcommand talks to a running server (`--url`, else `DROVER_URL`, default
+//! `http://127.0.0.1:8080`) with the token in `DROVER_TOKEN` (never printed). Output is a human-readable table or key/value
 //! list by default; `--json` prints the API's JSON bodies instead (one document per line for
 //! `logs`).
 //!
