@@ -46,6 +46,10 @@ fn serve_runs_gated_gpu_jobs_and_leaves_nothing_behind() {
             message.contains("cost_gate_rejected") || message.contains("confidence"),
             "{message}"
         );
+        // Nothing was reserved for it, so nothing was rented.
+        let store = SqliteStore::open_in(&data).await.unwrap();
+        let committed = store.committed(&poor, 0).await.unwrap();
+        assert!(committed.job_usd.abs() < f64::EPSILON, "{committed:?}");
 
         // Cancelled mid-run: once it is running, before the instance finishes.
         let cancel = client.submit(job(5.0), None).await.unwrap().body.id;
