@@ -118,3 +118,40 @@ fn serve_runs_gated_gpu_jobs_and_leaves_nothing_behind() {
         assert!(report.leases >= 2, "the successful and the cancelled job each rented: {report:?}");
     });
 }
+
+#[test]
+fn sigterm_ends_running_jobs_and_their_event_streams_then_exits() {
+    let token = ApiToken::generate().unwrap();
+    let exe = env!("CARGO_BIN_EXE_drover");
+    let drivers = format!(
+        "\n[[drivers]]\nname = \"example\"\ncommand = [{exe:?}, \"driver\", \"example\"]\n"
+    );
+    let (_dir, data, config) = config_dir(&token, &drivers);
+    let mut serve = start(&config);
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let client = ApiClient::new(&serve.url, Token::new(token.expose()).unwrap()).unwrap();
+    let id = runtime.block_on(async {
+        wait_ready(&client).await;
+        let spec = serde_json::json!({"driver": "example", "action": "sleep",
+            "params": {"seconds": 3600}, "max_runtime_s": 7200, "budget_usd": 0.0});
+        let id = client.submit(serde_json::to_vec(&spec).unwrap(), None).await.unwrap().body.id;
+        wait_running(&client, &id).await;
+        id
+    });
+    // A client follows the hour-long job while the server is told to stop.
+    let follower = {
+        let client = client.clone();
+        runtime.spawn(async move { follow(&client, &id).await.0 })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    terminate(&mut serve);
+    assert!(started.elapsed() < Duration::from_secs(30), "shutdown waited for the job");
+    let end = runtime.block_on(follower).unwrap();
+    assert_eq!(end, JobPhase::Cancelled);
+    runtime.block_on(async {
+        let store = SqliteStore::open_in(&data).await.unwrap();
+        assert!(store.unfinished_jobs().await.unwrap().is_empty());
+    });
+}

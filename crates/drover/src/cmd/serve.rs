@@ -24,12 +24,12 @@
 //!    the API. One line on stdout, `drover serve: listening on http://ADDR`, says where
 //!    (with `--listen 127.0.0.1:0` the kernel picks the port). SIGHUP reloads the API tokens.
 //!
-//! Shutdown on SIGTERM or SIGINT: the listener stops accepting and in-flight requests finish;
-//! new jobs get 503; running jobs are cancelled (`supervisor.on_shutdown = "cancel"`, the
-//! default) or allowed to finish (`"drain"`) within `supervisor.shutdown_grace_s` (default
-//! 10 s), the rest cancelled after it; the drivers get `shutdown` with their grace period,
-//! then the stop ladder; every lease still open is released (destroyed and confirmed gone,
-//! cost settled); then the process exits 0.
+//! Shutdown on SIGTERM or SIGINT: new jobs get 503; running jobs are cancelled
+//! (`supervisor.on_shutdown = "cancel"`, the default) or allowed to finish (`"drain"`) within
+//! `supervisor.shutdown_grace_s` (default 10 s), the rest cancelled after it, so event streams
+//! that follow them end; then the listener stops accepting and in-flight requests finish; the
+//! drivers get `shutdown` with their grace period, then the stop ladder; every lease still
+//! open is released (destroyed and confirmed gone, cost settled); then the process exits 0.
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -294,6 +294,20 @@ impl Running {
         stop: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<Option<Arc<Simulator>>> {
         let listener = self.listener.take().context("the server is already serving")?;
+        // The jobs end first (new ones are refused with 503 meanwhile), so that event streams
+        // that follow them end too; only then does the listener wait for open connections.
+        let service = Arc::clone(&self.service);
+        let stop = async move {
+            stop.await;
+            tracing::info!("shutting down: refusing new jobs, ending running ones");
+            let left = service.shutdown().await;
+            if left > 0 {
+                tracing::warn!(
+                    left,
+                    "jobs still running at shutdown; their drivers are stopped next"
+                );
+            }
+        };
         drover_api::serve(listener, router(Arc::clone(&self.api)), stop)
             .await
             .context("serving the API")?;
@@ -303,11 +317,8 @@ impl Running {
 
     /// Stops jobs, drivers and leases.
     pub async fn shutdown(&self) {
-        tracing::info!("shutting down: cancelling jobs");
-        let left = self.service.shutdown().await;
-        if left > 0 {
-            tracing::warn!(left, "jobs still running at shutdown; their drivers are stopped now");
-        }
+        // A no-op when `serve_until` already ended the jobs.
+        self.service.shutdown().await;
         self.supervisor.shutdown(Duration::from_secs(10)).await;
         let store = self.service.store();
         match store.open_leases().await {
