@@ -161,7 +161,9 @@ fn cut(text: &str) -> String {
 
 impl<T: AsyncRead + AsyncWrite + Unpin, D: Driver> Session<T, D> {
     async fn run(&mut self) -> Result<Ended, DriverError> {
-        let mut flush_at = Instant::now() + FLUSH_INTERVAL;
+        // One timer, re-armed after it fires, rather than a new one per loop turn.
+        let flush = tokio::time::sleep(FLUSH_INTERVAL);
+        tokio::pin!(flush);
         let mut cancelled_all = false;
         loop {
             if self.draining.is_some() && self.jobs.is_empty() {
@@ -178,9 +180,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin, D: Driver> Session<T, D> {
                     Err(error) => return Err(DriverError::Transport(error)),
                 },
                 Some(outgoing) = self.rx.recv() => self.on_outgoing(outgoing).await?,
-                () = tokio::time::sleep_until(flush_at) => {
+                () = &mut flush => {
                     self.flush_all().await?;
-                    flush_at = Instant::now() + FLUSH_INTERVAL;
+                    flush.as_mut().reset(Instant::now() + FLUSH_INTERVAL);
                 }
                 () = sleep_opt(cancel_at) => {
                     for job in self.jobs.values() {
