@@ -17,6 +17,7 @@ use drover_proto::{
     JobState, LogStream, Message, MsgId, Outcome, Party, Pong, RunJob, WireError,
 };
 use drover_transport::{Connection, ConnectionError, Inbound};
+use futures_util::FutureExt as _;
 use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, oneshot};
@@ -26,6 +27,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::context::{Buffers, JobContext, Outgoing, RequestError, stream_index};
 use crate::{Driver, DriverError, Ended, FLUSH_INTERVAL, HELLO_REPLY_TIMEOUT, Job, JobError};
+
+/// Most frames handled back to back, answers buffered, before the answers are written.
+const BURST: usize = 64;
 
 /// Bytes kept free in a `job_log` frame for the envelope and the other fields.
 const LOG_FRAME_OVERHEAD: usize = 512;
@@ -46,6 +50,8 @@ struct Session<T, D> {
     rx: mpsc::UnboundedReceiver<Outgoing>,
     /// Set by `shutdown`: (when to cancel the remaining jobs, when to give up on them).
     draining: Option<(Instant, Instant)>,
+    /// A reply sits in the write buffer.
+    unflushed: bool,
 }
 
 pub(crate) async fn serve<D, T>(driver: D, io: T) -> Result<Ended, DriverError>
@@ -95,6 +101,7 @@ where
         tx,
         rx,
         draining: None,
+        unflushed: false,
     };
     let ended = session.run().await;
     for job in session.jobs.values() {
@@ -165,7 +172,25 @@ impl<T: AsyncRead + AsyncWrite + Unpin, D: Driver> Session<T, D> {
         let flush = tokio::time::sleep(FLUSH_INTERVAL);
         tokio::pin!(flush);
         let mut cancelled_all = false;
+        let mut burst = 0;
         loop {
+            if self.unflushed {
+                // Answer the requests that have already arrived before writing: a burst of
+                // pings costs one write. At most BURST in a row, so nothing else starves.
+                let ready = if burst < BURST { self.conn.recv().now_or_never() } else { None };
+                burst += 1;
+                if let Some(inbound) = ready {
+                    match inbound {
+                        Ok(Some(inbound)) => self.on_inbound(inbound).await?,
+                        Ok(None) => return Ok(Ended::TransportClosed),
+                        Err(error) => return Err(DriverError::Transport(error)),
+                    }
+                    continue;
+                }
+                self.conn.flush().await.map_err(DriverError::Transport)?;
+                self.unflushed = false;
+                burst = 0;
+            }
             if self.draining.is_some() && self.jobs.is_empty() {
                 self.flush_all().await?;
                 let _ = self.conn.close().await;
@@ -242,7 +267,12 @@ impl<T: AsyncRead + AsyncWrite + Unpin, D: Driver> Session<T, D> {
             )
             .into(),
         };
-        self.conn.reply(id, answer).await.map_err(DriverError::Transport)?;
+        if matches!(answer, Message::Pong(_)) {
+            self.conn.reply_buffered(id, answer).await.map_err(DriverError::Transport)?;
+            self.unflushed = true;
+        } else {
+            self.conn.reply(id, answer).await.map_err(DriverError::Transport)?;
+        }
         // A job's first state follows its ack. Its code may already be running, but anything
         // it sends goes through this task, after this.
         if let Some(job_id) = started {

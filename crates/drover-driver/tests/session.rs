@@ -340,3 +340,18 @@ async fn end_of_stream_cancels_and_ends() {
     let ended = tokio::time::timeout(Duration::from_secs(5), h.driver).await.unwrap().unwrap();
     assert_eq!(ended.unwrap(), Ended::TransportClosed);
 }
+
+#[tokio::test]
+async fn a_burst_of_pings_is_answered_in_full() {
+    let mut h = start().await;
+    let mut ids = Vec::new();
+    for _ in 0..300 {
+        ids.push(h.sup.request(Ping {}).await.unwrap());
+    }
+    for id in ids {
+        match h.next().await {
+            Inbound::Reply { re, msg: Message::Pong(_), .. } => assert_eq!(re, id),
+            other => panic!("expected pong, got {other:?}"),
+        }
+    }
+}

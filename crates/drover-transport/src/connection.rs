@@ -210,7 +210,31 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
         re: MsgId,
         msg: impl Into<Message>,
     ) -> Result<(), ConnectionError> {
-        let msg = msg.into();
+        self.reply_with(re, msg.into(), true).await
+    }
+
+    /// Like [`Connection::reply`], but leaves the frame in the write buffer (up to the codec's
+    /// backpressure boundary) until [`Connection::flush`] or the next write that flushes. A
+    /// peer that sends many requests at once can then be answered with one write.
+    pub async fn reply_buffered(
+        &mut self,
+        re: MsgId,
+        msg: impl Into<Message>,
+    ) -> Result<(), ConnectionError> {
+        self.reply_with(re, msg.into(), false).await
+    }
+
+    /// Writes out whatever [`Connection::reply_buffered`] left in the write buffer.
+    pub async fn flush(&mut self) -> Result<(), ConnectionError> {
+        SinkExt::<Vec<u8>>::flush(&mut self.framed).await.map_err(ConnectionError::from)
+    }
+
+    async fn reply_with(
+        &mut self,
+        re: MsgId,
+        msg: Message,
+        flush: bool,
+    ) -> Result<(), ConnectionError> {
         self.check_outgoing(&msg, &[Role::Reply, Role::ReplyOrEvent])?;
         let message_type = msg.message_type();
         match self.owed_replies.get(&re) {
@@ -229,7 +253,13 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
             }
         }
         self.owed_replies.remove(&re);
-        self.write(&Frame::reply(re, msg)).await
+        let frame = Frame::reply(re, msg);
+        if flush {
+            self.write(&frame).await
+        } else {
+            let payload = self.validator.encode(&frame).map_err(ConnectionError::Outgoing)?;
+            self.framed.feed(payload).await.map_err(ConnectionError::from)
+        }
     }
 
     /// Sends an event (a message that is neither request nor reply).
