@@ -1,5 +1,5 @@
 //! The configuration reference (`schemas/config.md`), generated from the schema of
-//! [`Config`](crate::config::Config), so the documentation of every key, its type, default and
+//! [`Config`], so the documentation of every key, its type, default and
 //! bounds is the schema validation uses and cannot drift from it.
 //!
 //! Each table of `drover.toml` becomes a section with one row per key; a table of tables
