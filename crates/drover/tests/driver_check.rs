@@ -128,6 +128,15 @@ fn the_rust_example_driver_passes() {
 }
 
 #[test]
+fn the_rust_example_driver_passes_without_the_sandbox_too() {
+    // As root the other tests sandbox; this one covers the development path on CI as well.
+    let drover = dir().join("drover").display().to_string();
+    let flags: &[&str] = if sandboxed() { &["--no-sandbox"] } else { &[] };
+    let (code, report) = check(flags, &[&drover, "driver", "example"]);
+    assert_passes(code, &report);
+}
+
+#[test]
 fn the_python_example_driver_passes() {
     let cmd = python("example_driver.py");
     let cmd: Vec<_> = cmd.iter().map(String::as_str).collect();
