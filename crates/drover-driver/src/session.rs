@@ -74,6 +74,12 @@ where
         match inbound {
             None => return Ok(Ended::TransportClosed),
             Some(Inbound::Reply { re, msg: Message::Welcome(welcome), .. }) if re == hello_id => {
+                if !drover_proto::PROTOCOL_VERSIONS.contains(&welcome.protocol_version) {
+                    return Err(DriverError::VersionMismatch {
+                        offered: format!("{:?}", drover_proto::PROTOCOL_VERSIONS),
+                        supported: format!("[{}] (chosen in welcome)", welcome.protocol_version),
+                    });
+                }
                 conn.set_max_frame_bytes(welcome.max_frame_bytes);
                 break;
             }

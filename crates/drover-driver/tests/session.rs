@@ -355,3 +355,38 @@ async fn a_burst_of_pings_is_answered_in_full() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_welcome_for_a_version_not_offered_ends_the_session() {
+    let (ours, theirs) = tokio::io::duplex(1 << 16);
+    let driver = tokio::spawn(drover_driver::serve(Test, theirs));
+    let mut sup = Connection::new(ours, Party::Supervisor);
+    let Some(Inbound::Request { id, .. }) = sup.recv().await.unwrap() else { panic!() };
+    let welcome = Welcome {
+        protocol_version: 7,
+        session_id: "s".parse().unwrap(),
+        heartbeat_ms: 1000,
+        max_frame_bytes: 1 << 20,
+    };
+    sup.reply(id, welcome).await.unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(5), driver).await.unwrap().unwrap();
+    assert!(matches!(ended, Err(drover_driver::DriverError::VersionMismatch { .. })), "{ended:?}");
+}
+
+#[tokio::test]
+async fn version_mismatch_ends_the_session_with_the_supervisors_versions() {
+    let (ours, theirs) = tokio::io::duplex(1 << 16);
+    let driver = tokio::spawn(drover_driver::serve(Test, theirs));
+    let mut sup = Connection::new(ours, Party::Supervisor);
+    let Some(Inbound::Request { id, .. }) = sup.recv().await.unwrap() else { panic!() };
+    let error = WireError {
+        code: ErrorCode::VersionMismatch,
+        message: "no shared version".into(),
+        violations: vec![],
+        details: serde_json::json!({"supported": [9], "offered": [1]}).as_object().cloned(),
+    };
+    sup.reply(id, error).await.unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(5), driver).await.unwrap().unwrap();
+    let error = ended.unwrap_err();
+    assert!(error.to_string().contains("the supervisor [9]"), "{error}");
+}
