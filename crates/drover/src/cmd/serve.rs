@@ -96,21 +96,29 @@ pub struct Prepared {
     pub config: Config,
     /// The data directory.
     pub data_dir: PathBuf,
-    /// This binary.
+    /// The drover binary drivers are started from: this binary, or, when the dropped uid
+    /// cannot reach it, a copy it can (see [`prepare`]).
     pub exe: PathBuf,
+    /// The copy of the binary, removed when this is dropped; `None` when none was needed.
+    pub exe_copy: Option<tempfile::TempDir>,
 }
 
 /// Phase A: the root-only work, then the drop, then the proof. Call before any thread or
 /// runtime exists.
+///
+/// Started as root, the supervisor drops to `supervisor.uid`/`gid` (default 65534), which must
+/// be able to reach the data directory: if it cannot (a parent directory such as `/root` is
+/// closed to it), start-up fails with a message that names the directory. The bundled drivers
+/// are this binary, which that uid must reach too; when it cannot (a checkout under `/root`),
+/// the binary is copied, as root, into a fresh directory under the system's temporary
+/// directory that the uid owns, drivers run from there, and the copy is removed at exit.
 pub fn prepare(mut config: Config) -> anyhow::Result<Prepared> {
-    let exe = std::env::current_exe().context("finding the drover binary")?;
-    if config.drivers.is_empty() {
-        config.drivers.push(bundled_container(&exe)?);
-    }
+    let mut exe = std::env::current_exe().context("finding the drover binary")?;
     let data_dir = PathBuf::from(&config.supervisor.data_dir);
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("creating the data directory {}", data_dir.display()))?;
     let root = nix::unistd::geteuid().is_root();
+    let mut exe_copy = None;
     let target = if root {
         let (uid, gid) = (config.supervisor.uid, config.supervisor.gid);
         nix::unistd::chown(
@@ -119,12 +127,85 @@ pub fn prepare(mut config: Config) -> anyhow::Result<Prepared> {
             Some(nix::unistd::Gid::from_raw(gid)),
         )
         .with_context(|| format!("giving {} to uid {uid}", data_dir.display()))?;
+        let data_dir = std::fs::canonicalize(&data_dir)
+            .with_context(|| format!("resolving the data directory {}", data_dir.display()))?;
+        if !reachable_by(&data_dir, uid, gid, 0o7) {
+            anyhow::bail!(
+                "supervisor.data_dir: {} is not reachable by uid {uid} gid {gid}, which drover \
+                 drops to (a parent directory is closed to it); choose a data directory that \
+                 uid can reach, e.g. under /var/lib or /tmp",
+                data_dir.display()
+            );
+        }
+        if !reachable_by(&exe, uid, gid, 0o5) {
+            let copy = copy_binary_for(&exe, uid, gid)?;
+            exe = copy.path().join("drover");
+            exe_copy = Some(copy);
+        }
         DropConfig { uid, gid }
     } else {
         DropConfig { uid: nix::unistd::getuid().as_raw(), gid: nix::unistd::getgid().as_raw() }
     };
+    if config.drivers.is_empty() {
+        config.drivers.push(bundled_container(&exe)?);
+    }
     let dropped = drop_privileges(&target, &LinuxSys).context("privilege drop (phase A) failed")?;
-    Ok(Prepared { dropped, config, data_dir, exe })
+    Ok(Prepared { dropped, config, data_dir, exe, exe_copy })
+}
+
+/// Whether `uid`/`gid` (with no supplementary groups, as after Phase A) may search every
+/// directory above `path` and has the `want` permission bits (`0o4` read, `0o2` write, `0o1`
+/// execute or search) on `path` itself, by the classic owner/group/other rule.
+pub fn reachable_by(path: &Path, uid: u32, gid: u32, want: u32) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    let allows = |meta: &std::fs::Metadata, want: u32| {
+        let mode = meta.mode();
+        let bits = if meta.uid() == uid {
+            mode >> 6
+        } else if meta.gid() == gid {
+            mode >> 3
+        } else {
+            mode
+        };
+        bits & want == want
+    };
+    let searchable = path
+        .ancestors()
+        .skip(1)
+        .filter(|dir| !dir.as_os_str().is_empty())
+        .all(|dir| std::fs::metadata(dir).is_ok_and(|m| allows(&m, 0o1)));
+    searchable && std::fs::metadata(path).is_ok_and(|m| allows(&m, want))
+}
+
+/// A copy of `exe` that `uid`/`gid` can execute: a fresh directory under the temporary
+/// directory, owned by that uid (so the dropped process can remove it), holding `drover`
+/// (mode 0755).
+fn copy_binary_for(exe: &Path, uid: u32, gid: u32) -> anyhow::Result<tempfile::TempDir> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::Builder::new()
+        .prefix("drover-bin-")
+        .tempdir()
+        .context("creating a directory for a copy of the drover binary")?;
+    let copy = dir.path().join("drover");
+    std::fs::copy(exe, &copy).with_context(|| format!("copying {}", exe.display()))?;
+    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755))
+        .context("making the copy executable")?;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+        .context("opening the copy's directory")?;
+    for path in [copy.as_path(), dir.path()] {
+        nix::unistd::chown(
+            path,
+            Some(nix::unistd::Uid::from_raw(uid)),
+            Some(nix::unistd::Gid::from_raw(gid)),
+        )
+        .with_context(|| format!("giving {} to uid {uid}", path.display()))?;
+    }
+    anyhow::ensure!(
+        reachable_by(&copy, uid, gid, 0o5),
+        "{} is not reachable by uid {uid} either; set TMPDIR to a directory it can reach",
+        copy.display()
+    );
+    Ok(dir)
 }
 
 /// A running server.
@@ -156,6 +237,12 @@ pub async fn start(
     development: bool,
 ) -> anyhow::Result<Running> {
     let config = &prepared.config;
+    if prepared.exe_copy.is_some() {
+        tracing::warn!(
+            copy = %prepared.exe.display(),
+            "the drover binary is not reachable by the uid drover dropped to; drivers run from a copy, removed at exit"
+        );
+    }
     let store = match &config.store.url {
         Some(url) if url.starts_with("sqlite://") => {
             SqliteStore::open(Path::new(url.trim_start_matches("sqlite://")))
@@ -401,4 +488,48 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         running.serve_until(shutdown_signal()).await?;
         anyhow::Ok(ExitCode::SUCCESS)
     })
+}
+
+#[cfg(test)]
+mod reachability_tests {
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+
+    use super::reachable_by;
+
+    fn chmod(path: &std::path::Path, mode: u32) {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    #[test]
+    fn a_closed_parent_or_a_closed_file_is_unreachable_to_another_uid() {
+        let root = tempfile::tempdir().unwrap();
+        chmod(root.path(), 0o755);
+        let open_dir = root.path().join("open");
+        let closed_dir = root.path().join("closed");
+        for dir in [&open_dir, &closed_dir] {
+            std::fs::create_dir(dir).unwrap();
+        }
+        chmod(&open_dir, 0o755);
+        chmod(&closed_dir, 0o700);
+        let in_open = open_dir.join("drover");
+        let in_closed = closed_dir.join("drover");
+        let private = open_dir.join("private");
+        for file in [&in_open, &in_closed, &private] {
+            std::fs::write(file, b"#!/bin/true\n").unwrap();
+            chmod(file, 0o755);
+        }
+        chmod(&private, 0o700);
+        let meta = std::fs::metadata(&in_open).unwrap();
+        let (owner, group) = (meta.uid(), meta.gid());
+        let (other, other_group) = (owner.wrapping_add(12_345), group.wrapping_add(12_345));
+
+        assert!(reachable_by(&in_open, other, other_group, 0o5));
+        assert!(!reachable_by(&in_closed, other, other_group, 0o5), "closed parent");
+        assert!(!reachable_by(&private, other, other_group, 0o5), "closed file");
+        assert!(!reachable_by(&in_open, other, other_group, 0o2), "no write for others");
+        // The owner class decides for the owner, whatever the other bits say.
+        assert!(reachable_by(&in_closed, owner, group, 0o5));
+        assert!(reachable_by(&private, owner, group, 0o7));
+        assert!(!reachable_by(&root.path().join("missing"), owner, group, 0o4));
+    }
 }
