@@ -146,6 +146,20 @@ fn the_python_example_driver_passes() {
 }
 
 #[test]
+fn a_script_named_relative_to_the_callers_directory_is_found() {
+    // The driver starts in its own work directory; `python3 example_driver.py` still means the
+    // file in the directory driver-check was started from.
+    let mut command = Command::new(dir().join("drover"));
+    command.current_dir(dir()).args(["driver-check", "--json"]);
+    if !sandboxed() {
+        command.arg("--no-sandbox");
+    }
+    let output = command.args(["--", "python3", "example_driver.py"]).output().unwrap();
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_passes(output.status.code().unwrap_or(-1), &report);
+}
+
+#[test]
 fn a_well_behaved_driver_that_prints_passes_with_a_warning() {
     let (code, report) = broken("chatty.py");
     assert_passes(code, &report);

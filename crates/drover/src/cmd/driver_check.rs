@@ -31,8 +31,10 @@
 //! Sandboxed (the default), the kit first drops its own privilege as `drover exec` does (as
 //! root, to uid 65534) and starts each driver with the built-in default profile (or
 //! `--profile`), granting read access to the program and to the directory of every argument that
-//! names an existing file (a script and the modules beside it), plus `--read` paths. `--no-sandbox` runs the driver as a plain
-//! child, for development.
+//! names an existing file (a script and the modules beside it), plus `--read` paths.
+//! `--no-sandbox` runs the driver as a plain child, for development. Either way the driver starts
+//! in a private work directory, so relative paths to existing files among the arguments are
+//! first made absolute against the directory the check was started from.
 //!
 //! Output: a table (scenario, result, why) or, with `--json`, one JSON object
 //! `{"passed": bool, "scenarios": [{"name", "required", "result", "why", "ms"}]}`.
@@ -160,7 +162,8 @@ fn parse_job(text: &str) -> anyhow::Result<JobSpec> {
 }
 
 /// Runs `drover driver-check`.
-pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+pub fn run(mut args: Args) -> anyhow::Result<ExitCode> {
+    args.command = process::absolute_args(&args.command);
     let job = args.job.as_deref().map(parse_job).transpose()?;
     let cancel_job = args.cancel_job.as_deref().map(parse_job).transpose()?;
     let launcher = if args.no_sandbox {

@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 use std::ffi::OsString;
 use std::os::fd::{AsFd as _, OwnedFd};
 use std::os::unix::net::UnixStream as StdUnixStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use anyhow::Context as _;
@@ -277,6 +277,24 @@ where
 /// Read grants for a sandboxed driver: the program's file when it is given as a path, and the
 /// directory of every argument that names an existing file (a script, which may import its
 /// neighbours), each canonicalized.
+/// `argv` with every argument that names an existing file by a relative path made absolute:
+/// the driver starts in its own work directory, so `python3 drivers/x.py` must reach the script
+/// wherever the check was started. The program (`argv[0]`) is rewritten only when it has a
+/// directory part (`./driver`); a bare name is looked up in `PATH`.
+pub(crate) fn absolute_args(argv: &[OsString]) -> Vec<OsString> {
+    argv.iter()
+        .enumerate()
+        .map(|(i, arg)| {
+            let path = Path::new(arg);
+            let program_by_name = i == 0 && path.components().count() < 2;
+            if path.is_absolute() || program_by_name || !path.is_file() {
+                return arg.clone();
+            }
+            path.canonicalize().map_or_else(|_| arg.clone(), PathBuf::into_os_string)
+        })
+        .collect()
+}
+
 pub(crate) fn read_grants(argv: &[OsString]) -> Vec<PathBuf> {
     let mut grants = Vec::new();
     for (i, arg) in argv.iter().enumerate() {
