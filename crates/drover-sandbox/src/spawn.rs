@@ -221,6 +221,9 @@ pub enum SpawnError {
 }
 
 /// Everything a spawn needs, allocated. Spawning allocates nothing in the child.
+///
+/// `Send`: it may be prepared on one thread and spawned from another (the long-lived one the
+/// child's PDEATHSIG is tied to).
 #[derive(Debug)]
 pub struct Prepared {
     program: CString,

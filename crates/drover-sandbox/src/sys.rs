@@ -920,3 +920,11 @@ struct CapData {
     permitted: u32,
     inheritable: u32,
 }
+
+// SAFETY: the raw pointers in `Prepared` (`argv_ptrs`, `envp_ptrs`, and each filter's
+// `SockFprog`) point into heap buffers the same `Prepared` owns (its `CString`s and BPF
+// programs), which do not move when the struct moves and are never shared or written after
+// `prepare` returns; `spawn` consumes the struct. Sending it to another thread therefore
+// cannot create shared access, so preparation may run on one thread and the spawn (from the
+// long-lived thread that PDEATHSIG ties the child to) on another.
+unsafe impl Send for crate::spawn::Prepared {}

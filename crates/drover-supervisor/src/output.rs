@@ -6,15 +6,22 @@
 //!
 //! Nothing a driver writes there reaches the transport: a stray `print` is a log line, never
 //! a corrupted frame.
+//!
+//! An idle stream owns no read buffer: the drain waits for readiness, then reads at most
+//! [`READ_CHUNK`] bytes (8 KiB) into a buffer that lives only for that read, so each connected
+//! driver pays only for its partial line (at most the line cap) and its kept tail.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncRead, AsyncReadExt as _};
+use tokio::net::unix::pipe;
 
 /// Lines per second and stream written to the supervisor's log; the rest are only counted.
 pub const LOGGED_LINES_PER_SECOND: u32 = 50;
+
+/// Most bytes one read takes from a driver's stdout or stderr.
+pub const READ_CHUNK: usize = 8192;
 
 /// The last lines of one stream, shared between the drain task and the session.
 #[derive(Clone, Debug, Default)]
@@ -40,15 +47,14 @@ impl Tail {
 }
 
 /// Reads `source` to its end, line by line, into `tail` and the log.
-pub(crate) async fn drain<R: AsyncRead + Unpin>(
-    mut source: R,
+pub(crate) async fn drain(
+    source: pipe::Receiver,
     tail: Tail,
     driver: String,
     stream: &'static str,
     keep: usize,
     max_line: usize,
 ) {
-    let mut buf = vec![0u8; 8192];
     let mut line: Vec<u8> = Vec::new();
     let mut cut = false;
     let mut window = Instant::now();
@@ -74,9 +80,16 @@ pub(crate) async fn drain<R: AsyncRead + Unpin>(
         tail.push(text, keep);
     };
     loop {
-        let n = match source.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
+        if source.readable().await.is_err() {
+            break;
+        }
+        // Not held across the await above: a waiting drain owns no buffer.
+        let mut buf = [0u8; READ_CHUNK];
+        let n = match source.try_read(&mut buf) {
+            Ok(0) => break,
             Ok(n) => n,
+            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(_) => break,
         };
         for &byte in &buf[..n] {
             // `\r` ends a line too (progress bars redraw with it); empty lines are skipped.
@@ -108,7 +121,14 @@ mod tests {
         let input: Vec<u8> =
             [&b"one\r\ntwo\n\n 10%\r 20%\r"[..], &[b'x'; 50], b"\n\xff tail"].concat();
         let tail = Tail::default();
-        drain(&input[..], tail.clone(), "d".into(), "stdout", 4, 8).await;
+        let (mut writer, reader) = pipe::pipe().unwrap();
+        // More than one read's worth, so lines also span reads.
+        let input = [&[b'y'; READ_CHUNK + 3][..], b"\n", &input].concat();
+        let writing = tokio::spawn(async move {
+            tokio::io::AsyncWriteExt::write_all(&mut writer, &input).await.unwrap();
+        });
+        drain(reader, tail.clone(), "d".into(), "stdout", 4, 8).await;
+        writing.await.unwrap();
         assert_eq!(tail.snapshot(), [" 10%", " 20%", "xxxxxxxx [cut]", "\u{fffd} tail"]);
     }
 }

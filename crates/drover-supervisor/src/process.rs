@@ -3,8 +3,11 @@
 //! stop pipe that kills it. With `transport = "stdio"` the transport is the driver's stdin and
 //! stdout instead (`DROVER_TRANSPORT=stdio` in its environment) and only stderr is captured.
 //!
-//! The thread prepares and spawns (the `pre_exec` path allocates nothing; `PDEATHSIG` is tied
-//! to this thread, which lives exactly as long as the driver), reports the start, then blocks
+//! The sandbox is prepared on tokio's blocking pool, at most [`PREPARING_AT_ONCE`] (2) at a
+//! time; the thread only spawns (the `pre_exec`
+//! path allocates nothing; `PDEATHSIG` is tied to this thread, which lives exactly as long as
+//! the driver), so the memory it keeps for the driver's lifetime is what spawning and waiting
+//! touch, not what preparing did. It reports the start, then blocks
 //! in [`drover_sandbox::Sandboxed::wait`] until the driver dies and reports the typed death.
 //! Writing to, or closing, the stop pipe makes the sandbox kill the driver; so dropping a
 //! [`Process`] always ends its driver.
@@ -20,9 +23,14 @@ use drover_sandbox::{Command, Death, Terminator, prepare};
 use nix::fcntl::OFlag;
 use tokio::net::UnixStream;
 use tokio::net::unix::pipe;
-use tokio::sync::oneshot;
+use tokio::sync::{Semaphore, oneshot};
 
 use crate::spec::{DriverSpec, Options};
+
+/// Sandboxes prepared at once (each on a blocking-pool thread).
+pub(crate) const PREPARING_AT_ONCE: usize = 2;
+
+static PREPARING: Semaphore = Semaphore::const_new(PREPARING_AT_ONCE);
 
 /// Why a driver process could not be started.
 #[derive(Debug, thiserror::Error)]
@@ -149,12 +157,33 @@ pub(crate) async fn spawn(
     };
     let dropped = options.dropped.clone();
 
+    // Prepared on the blocking pool: the driver's own thread then only spawns and waits, so
+    // what preparing allocates and the stack it uses are not kept for the driver's lifetime.
+    // At most PREPARING_AT_ONCE at a time, so that starting many drivers at once reuses a
+    // few blocking threads instead of starting one per driver.
+    let permit = PREPARING.acquire().await.map_err(|error| SpawnFailure::Sandbox {
+        driver: driver.clone(),
+        reason: format!("preparing the sandbox: {error}"),
+    })?;
+    let prepared = tokio::task::spawn_blocking(move || prepare(&policy, command, &dropped))
+        .await
+        .map_err(|error| SpawnFailure::Sandbox {
+            driver: driver.clone(),
+            reason: format!("preparing the sandbox did not finish: {error}"),
+        })?
+        .map_err(|error| SpawnFailure::Sandbox {
+            driver: driver.clone(),
+            reason: error.to_string(),
+        })?;
+
+    drop(permit);
+
     let (started_tx, started_rx) = oneshot::channel();
     let (death_tx, death_rx) = oneshot::channel();
     std::thread::Builder::new()
         .name(format!("driver-{driver}"))
         .spawn(move || {
-            let spawned = prepare(&policy, command, &dropped).and_then(|p| p.spawn());
+            let spawned = prepared.spawn();
             let mut sandboxed = match spawned {
                 Ok(sandboxed) => sandboxed,
                 Err(error) => {

@@ -85,8 +85,8 @@ const DRAIN_AFTER_DEATH: Duration = Duration::from_millis(500);
 pub(crate) enum Command {
     /// Send `run_job`; events go to `sink`.
     Run {
-        /// The job.
-        dispatch: Dispatch,
+        /// The job (boxed: the command queue's blocks are sized by its largest item).
+        dispatch: Box<Dispatch>,
         /// Where its events go.
         sink: JobSink,
     },
@@ -251,8 +251,9 @@ struct Session {
     death: Option<Result<drover_sandbox::Death, String>>,
     commands_tx: mpsc::Sender<Command>,
     commands: mpsc::Receiver<Command>,
-    broker_tx: mpsc::Sender<BrokerResult>,
-    broker_rx: mpsc::Receiver<BrokerResult>,
+    /// Boxed: the queue's blocks are sized by its item, and a broker answer is large.
+    broker_tx: mpsc::Sender<Box<BrokerResult>>,
+    broker_rx: mpsc::Receiver<Box<BrokerResult>>,
     broker_inflight: usize,
     jobs: HashMap<JobId, JobEntry>,
     /// This side's requests awaiting a reply, oldest first; at most [`MAX_PENDING`].
@@ -412,7 +413,7 @@ impl Session {
     async fn handshake(
         &mut self,
         shutdown: &mut tokio::sync::watch::Receiver<Option<Duration>>,
-    ) -> Result<Arc<BTreeMap<drover_proto::ActionName, SchemaChecker>>, Option<End>> {
+    ) -> Result<Arc<BTreeMap<drover_proto::ActionName, Arc<SchemaChecker>>>, Option<End>> {
         let timeout_ms = self.driver.spec.config.hello_timeout_ms;
         let deadline = Instant::now() + Duration::from_millis(u64::from(timeout_ms));
         loop {
@@ -465,7 +466,7 @@ impl Session {
         &mut self,
         id: MsgId,
         hello: drover_proto::Hello,
-    ) -> Result<Arc<BTreeMap<drover_proto::ActionName, SchemaChecker>>, End> {
+    ) -> Result<Arc<BTreeMap<drover_proto::ActionName, Arc<SchemaChecker>>>, End> {
         let supported = drover_proto::PROTOCOL_VERSIONS;
         let Some(version) =
             hello.protocol_versions.iter().copied().filter(|v| supported.contains(v)).max()
@@ -487,7 +488,7 @@ impl Session {
         };
         let mut checkers = BTreeMap::new();
         for (action, schema) in &hello.actions {
-            match SchemaChecker::new(&schema.0) {
+            match self.driver.checker(&schema.0) {
                 Ok(checker) => {
                     checkers.insert(action.clone(), checker);
                 }
@@ -540,7 +541,7 @@ impl Session {
         Ok(Arc::new(checkers))
     }
 
-    fn register(&mut self, checkers: Arc<BTreeMap<drover_proto::ActionName, SchemaChecker>>) {
+    fn register(&mut self, checkers: Arc<BTreeMap<drover_proto::ActionName, Arc<SchemaChecker>>>) {
         let handle = SessionHandle {
             id: self.id,
             commands: self.commands_tx.clone(),
@@ -663,6 +664,7 @@ impl Session {
     async fn on_command(&mut self, command: Command, stopping: bool) -> Option<End> {
         match command {
             Command::Run { dispatch, sink } => {
+                let dispatch = *dispatch;
                 if stopping {
                     self.end_job_early(&dispatch.job_id, &sink, "the driver is shutting down");
                     return None;
@@ -889,12 +891,13 @@ impl Session {
                 Ok((msg, record)) => (id, Ok(msg), record),
                 Err(error) => (id, Err(error), None),
             };
-            let _ = results.send(result).await;
+            let _ = results.send(Box::new(result)).await;
         });
         Ok(())
     }
 
-    async fn on_broker(&mut self, (id, result, record): BrokerResult) -> Option<End> {
+    async fn on_broker(&mut self, result: Box<BrokerResult>) -> Option<End> {
+        let (id, result, record) = *result;
         self.broker_inflight = self.broker_inflight.saturating_sub(1);
         if let Some((lease_id, job_id)) = record {
             lock(&self.driver.leases).insert(lease_id, job_id);

@@ -11,7 +11,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
 use drover_proto::api::DriverHealth;
@@ -83,6 +83,10 @@ pub(crate) struct Driver {
     pub(crate) changed: watch::Sender<u64>,
     /// Leases this driver acquired, with the job each is for. Kept across restarts.
     pub(crate) leases: Mutex<HashMap<LeaseId, JobId>>,
+    /// Compiled params schemas, by the schema's canonical JSON: sessions that declare the
+    /// same schema share one compiled checker. Weak, so a schema no session declares any more
+    /// is freed with its last session.
+    pub(crate) checkers: Mutex<HashMap<String, Weak<SchemaChecker>>>,
 }
 
 #[derive(Default)]
@@ -105,7 +109,7 @@ pub(crate) struct SessionHandle {
     /// Jobs assigned to it and not yet ended.
     pub(crate) jobs: Arc<AtomicUsize>,
     /// The compiled params schema of each declared action.
-    pub(crate) checkers: Arc<BTreeMap<ActionName, SchemaChecker>>,
+    pub(crate) checkers: Arc<BTreeMap<ActionName, Arc<SchemaChecker>>>,
 }
 
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -115,6 +119,28 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Driver {
     pub(crate) fn name(&self) -> &DriverName {
         &self.spec.config.name
+    }
+
+    /// The compiled checker for `schema`: shared with every other session of this driver
+    /// that declared the same schema (same canonical JSON), compiled if none has.
+    pub(crate) fn checker(
+        &self,
+        schema: &serde_json::Value,
+    ) -> Result<Arc<SchemaChecker>, drover_transport::SchemaError> {
+        // serde_json's maps keep their keys sorted, so equal schemas print equally.
+        let key = schema.to_string();
+        if let Some(shared) = lock(&self.checkers).get(&key).and_then(Weak::upgrade) {
+            return Ok(shared);
+        }
+        // Compiled outside the lock; a session that compiled the same schema meanwhile wins.
+        let compiled = Arc::new(SchemaChecker::new(schema)?);
+        let mut checkers = lock(&self.checkers);
+        if let Some(shared) = checkers.get(&key).and_then(Weak::upgrade) {
+            return Ok(shared);
+        }
+        checkers.retain(|_, checker| checker.strong_count() > 0);
+        checkers.insert(key, Arc::downgrade(&compiled));
+        Ok(compiled)
     }
 
     pub(crate) fn notify(&self) {
@@ -171,6 +197,7 @@ impl Supervisor {
                 state: Mutex::new(DriverState::default()),
                 changed: watch::channel(0).0,
                 leases: Mutex::new(HashMap::new()),
+                checkers: Mutex::new(HashMap::new()),
             };
             registry.insert(name, Arc::new(driver));
         }
@@ -284,7 +311,7 @@ impl Supervisor {
             }
             let (sink, run) = JobSink::new(inner.options.job_log_bytes);
             let job_id = job.job_id.clone();
-            let command = session::Command::Run { dispatch: job.clone(), sink };
+            let command = session::Command::Run { dispatch: Box::new(job.clone()), sink };
             if session.commands.send(command).await.is_ok() {
                 return Ok(run);
             }

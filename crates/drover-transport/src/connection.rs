@@ -15,6 +15,9 @@
 //!   peer's unanswered requests and lets [`Connection::reply`] answer each exactly once.
 //! - **Bounded state.** At most [`MAX_UNANSWERED`] requests from the peer may be waiting for an
 //!   answer; more are rejected, so a peer cannot grow this side's memory.
+//! - **Buffers.** The read buffer starts at [`READ_BUFFER_BYTES`] (2 KiB) and grows to the
+//!   longest frame being read; the write buffer starts empty and grows to the longest frame
+//!   sent (each is flushed at once). An idle connection holds a few KiB.
 //!
 //! A frame that breaks a rule is answered with an `error` frame (a reply when the frame had a
 //! usable `id`) and surfaced as [`Inbound::Rejected`]; the session goes on. The exception is a
@@ -42,6 +45,7 @@
 
 use std::collections::HashMap;
 
+use bytes::BytesMut;
 use drover_proto::{Frame, Message, MessageType, MsgId, Party, Role};
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite, DuplexStream};
@@ -52,6 +56,10 @@ use crate::validate::{FrameValidator, InvalidFrame};
 
 /// Most requests from the peer that may wait for an answer at once.
 pub const MAX_UNANSWERED: usize = 1024;
+
+/// Initial capacity of a connection's read buffer, in bytes. A frame longer than what is
+/// buffered grows it to that frame's length (bounded by the frame limit) in one step.
+pub const READ_BUFFER_BYTES: usize = 2048;
 
 /// Buffer size of each direction of [`pair`], in bytes.
 pub const PAIR_BUFFER_BYTES: usize = 64 * 1024;
@@ -123,8 +131,12 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
 
     /// Like [`Connection::new`] with a configured codec.
     pub fn with_codec(io: T, local: Party, codec: FrameCodec) -> Self {
+        let mut framed = Framed::with_capacity(io, codec, READ_BUFFER_BYTES);
+        // Every frame is flushed as it is sent, so the write buffer only ever holds one: it
+        // starts empty and grows to the longest frame sent.
+        *framed.write_buffer_mut() = BytesMut::new();
         Self {
-            framed: Framed::new(io, codec),
+            framed,
             validator: FrameValidator::shared(),
             local,
             next_id: MsgId::FIRST,
