@@ -414,3 +414,48 @@ async fn keep(inner: Arc<Inner>, driver: Arc<Driver>, slot: u16) {
         lock(&driver.state).restarts += 1;
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn driver() -> Driver {
+        let config = serde_json::from_value(json!({"name": "d", "command": ["d"]})).unwrap();
+        Driver {
+            spec: DriverSpec::new(config, drover_sandbox::Policy::default()),
+            state: Mutex::new(DriverState::default()),
+            changed: watch::channel(0).0,
+            leases: Mutex::new(HashMap::new()),
+            checkers: Mutex::new(HashMap::new()),
+        }
+    }
+
+    #[test]
+    fn sessions_declaring_the_same_schema_share_one_compiled_checker() {
+        let driver = driver();
+        let schema = json!({"type": "object", "properties": {"n": {"type": "integer"}}});
+        let reordered: serde_json::Value =
+            serde_json::from_str(r#"{"properties": {"n": {"type": "integer"}}, "type": "object"}"#)
+                .unwrap();
+        let first = driver.checker(&schema).unwrap();
+        let second = driver.checker(&reordered).unwrap();
+        assert!(Arc::ptr_eq(&first, &second));
+        let other = driver.checker(&json!({"type": "object"})).unwrap();
+        assert!(!Arc::ptr_eq(&first, &other));
+        // The shared checker still checks.
+        assert!(first.check(&json!({"n": 1})).is_ok());
+        assert!(first.check(&json!({"n": "one"})).is_err());
+        assert!(other.check(&json!({"n": "one"})).is_ok());
+        // Freed with the last session that declared it; the next one compiles it again.
+        drop((first, second));
+        let again = driver.checker(&schema).unwrap();
+        assert!(again.check(&json!({"n": "one"})).is_err());
+        assert_eq!(lock(&driver.checkers).len(), 2);
+        // A schema that does not compile is refused and not remembered.
+        assert!(driver.checker(&json!({"type": 5})).is_err());
+        assert_eq!(lock(&driver.checkers).len(), 2);
+    }
+}
