@@ -171,58 +171,14 @@ fn main() {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let rss_drivers = rss_kib();
 
-        // M jobs, spread over the drivers, each streaming progress and logs.
-        let frames = Arc::new(AtomicU64::new(0));
-        let mut runs = Vec::new();
-        for j in 0..jobs {
-            let name = &names[j % names.len()];
-            let mut params = serde_json::Map::new();
-            params.insert("seconds".into(), serde_json::json!(seconds));
-            let run = supervisor
-                .dispatch(Dispatch {
-                    job_id: format!("scale-{j}").parse().unwrap(),
-                    driver: name.parse().unwrap(),
-                    action: "sleep".parse().unwrap(),
-                    params,
-                    gpu: None,
-                    max_runtime: Duration::from_secs_f64(seconds + 60.0),
-                    budget_usd: 0.0,
-                })
-                .await
-                .unwrap();
-            let frames = Arc::clone(&frames);
-            runs.push(tokio::spawn(async move {
-                let mut run = run;
-                let mut last = None;
-                while let Some(event) = run.events.recv().await {
-                    frames.fetch_add(1, Ordering::Relaxed);
-                    if let JobEvent::State(state) = event {
-                        last = Some(state.state);
-                    }
-                }
-                last
-            }));
-        }
-        let stream_started = Instant::now();
-        let cpu_started = cpu_seconds();
-        let frames_started = frames.load(Ordering::Relaxed);
-        let mut rss_peak = rss_kib();
-        // Measure while every job streams: the first 80% of the jobs' run time.
-        let window = Duration::from_secs_f64(seconds * 0.8);
-        while stream_started.elapsed() < window {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            rss_peak = rss_peak.max(rss_kib());
-        }
-        let window_s = stream_started.elapsed().as_secs_f64();
-        let cpu_s = cpu_seconds() - cpu_started;
-        let window_frames = frames.load(Ordering::Relaxed) - frames_started;
-        let mut succeeded = 0;
-        for run in runs {
-            if run.await.unwrap() == Some(JobPhase::Succeeded) {
-                succeeded += 1;
-            }
-        }
-        let rss_after = rss_kib();
+        // Two batches of M jobs: the first gives the load figures, the second shows whether
+        // memory keeps growing from one batch to the next.
+        let first = batch(&supervisor, &names, jobs, seconds, "a").await;
+        let second = batch(&supervisor, &names, jobs, seconds, "b").await;
+        let (rss_peak, window_s, cpu_s, window_frames) =
+            (first.rss_peak.max(second.rss_peak), first.window_s, first.cpu_s, first.frames);
+        let succeeded = first.succeeded + second.succeeded;
+        let rss_after = first.rss_after;
         supervisor.shutdown(Duration::from_secs(5)).await;
         warm.shutdown(Duration::from_secs(1)).await;
         idle.shutdown(Duration::from_secs(1)).await;
@@ -237,6 +193,7 @@ fn main() {
             "drivers": drivers,
             "jobs": jobs,
             "jobs_succeeded": succeeded,
+            "batches": 2,
             "drivers_ready_s": ready_after.as_secs_f64(),
             "rss_idle_kib": rss_idle,
             "rss_drivers_kib": rss_drivers,
@@ -245,6 +202,7 @@ fn main() {
             "rss_per_driver_kib": (rss_drivers.saturating_sub(rss_warm)) as f64 / drivers as f64,
             "rss_load_peak_kib": rss_peak,
             "rss_after_jobs_kib": rss_after,
+            "rss_after_second_batch_kib": second.rss_after,
             "window_s": window_s,
             "frames": window_frames,
             "frames_per_s": frames_per_s,
@@ -253,4 +211,77 @@ fn main() {
         });
         println!("{result}");
     });
+}
+
+/// What one batch of jobs measured.
+struct Batch {
+    rss_peak: u64,
+    rss_after: u64,
+    window_s: f64,
+    cpu_s: f64,
+    frames: u64,
+    succeeded: usize,
+}
+
+/// Runs `jobs` `sleep` jobs spread over the drivers `names`, each streaming progress and logs,
+/// and measures the supervisor while they stream and after they end.
+async fn batch(
+    supervisor: &Supervisor,
+    names: &[String],
+    jobs: usize,
+    seconds: f64,
+    tag: &str,
+) -> Batch {
+    let frames = Arc::new(AtomicU64::new(0));
+    let mut runs = Vec::new();
+    for j in 0..jobs {
+        let name = &names[j % names.len()];
+        let mut params = serde_json::Map::new();
+        params.insert("seconds".into(), serde_json::json!(seconds));
+        let run = supervisor
+            .dispatch(Dispatch {
+                job_id: format!("scale-{tag}-{j}").parse().unwrap(),
+                driver: name.parse().unwrap(),
+                action: "sleep".parse().unwrap(),
+                params,
+                gpu: None,
+                max_runtime: Duration::from_secs_f64(seconds + 60.0),
+                budget_usd: 0.0,
+            })
+            .await
+            .unwrap();
+        let frames = Arc::clone(&frames);
+        runs.push(tokio::spawn(async move {
+            let mut run = run;
+            let mut last = None;
+            while let Some(event) = run.events.recv().await {
+                frames.fetch_add(1, Ordering::Relaxed);
+                if let JobEvent::State(state) = event {
+                    last = Some(state.state);
+                }
+            }
+            last
+        }));
+    }
+    let stream_started = Instant::now();
+    let cpu_started = cpu_seconds();
+    let frames_started = frames.load(Ordering::Relaxed);
+    let mut rss_peak = rss_kib();
+    // Measure while every job streams: the first 80% of the jobs' run time.
+    let window = Duration::from_secs_f64(seconds * 0.8);
+    while stream_started.elapsed() < window {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        rss_peak = rss_peak.max(rss_kib());
+    }
+    let window_s = stream_started.elapsed().as_secs_f64();
+    let cpu_s = cpu_seconds() - cpu_started;
+    let window_frames = frames.load(Ordering::Relaxed) - frames_started;
+    let mut succeeded = 0;
+    for run in runs {
+        if run.await.unwrap() == Some(JobPhase::Succeeded) {
+            succeeded += 1;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    Batch { rss_peak, rss_after: rss_kib(), window_s, cpu_s, frames: window_frames, succeeded }
 }
