@@ -11,6 +11,10 @@
 //!   with plain `read`/`write`, and read back by the parent: the floor for two processes
 //!   trading these bytes over a socketpair.
 //!
+//! The same two shapes are then measured with the Python SDK's example driver
+//! (`drivers/python/example_driver.py`, standard library only) in place of the Rust one,
+//! against the same raw echo.
+//!
 //! Two shapes, each in paired rounds (a batch of one contender, then the other, alternating
 //! which goes first; the ratio is taken per round): *one in flight* (each request waits for
 //! its answer: latency, p50/p99 per pair) and *64 in flight* (pipelined: throughput).
@@ -74,6 +78,39 @@ fn echo() {
             }
         }
     }
+}
+
+/// The Python SDK's example driver, with the socket at its own descriptor number.
+fn spawn_python(theirs: StdUnixStream) -> Child {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../drivers/python/example_driver.py");
+    let fd = OwnedFd::from(theirs);
+    nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty())).unwrap();
+    let child = Command::new("python3")
+        .arg(script)
+        .env("DROVER_TRANSPORT_FD", fd.as_raw_fd().to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    drop(fd);
+    child
+}
+
+/// The supervisor's side of the handshake: `hello` in, `welcome` out.
+async fn handshake(ours: StdUnixStream) -> Validated {
+    ours.set_nonblocking(true).unwrap();
+    let mut conn = Connection::new(UnixStream::from_std(ours).unwrap(), Party::Supervisor);
+    let Some(Inbound::Request { id, msg: Message::Hello(_) }) = conn.recv().await.unwrap() else {
+        panic!("expected hello")
+    };
+    let welcome = Welcome {
+        protocol_version: 1,
+        session_id: "bench".parse().unwrap(),
+        heartbeat_ms: 600_000,
+        max_frame_bytes: 1 << 20,
+    };
+    conn.reply(id, welcome).await.unwrap();
+    Validated { conn }
 }
 
 fn spawn(role: &str, theirs: StdUnixStream) -> Child {
@@ -265,19 +302,7 @@ async fn bench(smoke: bool) {
     // The SDK driver, and the handshake.
     let (ours, theirs) = StdUnixStream::pair().unwrap();
     let mut driver = spawn("driver", theirs);
-    ours.set_nonblocking(true).unwrap();
-    let mut conn = Connection::new(UnixStream::from_std(ours).unwrap(), Party::Supervisor);
-    let Some(Inbound::Request { id, msg: Message::Hello(_) }) = conn.recv().await.unwrap() else {
-        panic!("expected hello")
-    };
-    let welcome = Welcome {
-        protocol_version: 1,
-        session_id: "bench".parse().unwrap(),
-        heartbeat_ms: 600_000,
-        max_frame_bytes: 1 << 20,
-    };
-    conn.reply(id, welcome).await.unwrap();
-    let mut validated = Validated { conn };
+    let mut validated = handshake(ours).await;
 
     // The raw echo of the same bytes: a framed ping as the supervisor sends it.
     let (ours, theirs) = StdUnixStream::pair().unwrap();
@@ -294,8 +319,20 @@ async fn bench(smoke: bool) {
         measure("64 in flight", WINDOW, rounds, &mut validated, &mut raw).await,
     ];
     validated.conn.close().await.unwrap();
-    drop(raw);
     let _ = driver.wait();
+
+    // The Python SDK driver, against the same raw echo (fewer rounds: it is much slower).
+    let (ours, theirs) = StdUnixStream::pair().unwrap();
+    let mut python = spawn_python(theirs);
+    let mut py = handshake(ours).await;
+    let py_rounds = (rounds / 3).max(2);
+    let py_shapes = [
+        measure("one in flight", 1, py_rounds, &mut py, &mut raw).await,
+        measure("64 in flight", WINDOW, py_rounds, &mut py, &mut raw).await,
+    ];
+    py.conn.close().await.unwrap();
+    let _ = python.wait();
+    drop(raw);
     let _ = echo_child.wait();
 
     if smoke {
@@ -389,6 +426,37 @@ async fn bench(smoke: bool) {
         "kernel's socket write and read paths; JSON parsing, schema checks and allocation are a few"
     );
     println!("per cent each.");
+    println!();
+    println!(
+        "The same with the Python SDK's example driver (`drivers/python/example_driver.py`) in place of the"
+    );
+    println!(
+        "Rust one ({py_rounds} paired rounds per shape, same raw echo); reported for comparison, no target:"
+    );
+    println!();
+    println!(
+        "| Shape | Raw echo | Python SDK | Ratio (p10-p90) | Python pairs/s | Latency p50 / p99 |"
+    );
+    println!("|---|---|---|---|---|---|");
+    for s in &py_shapes {
+        let latency = s.validated_latency.map_or_else(
+            || "(pipelined)".to_owned(),
+            |(v50, v99)| format!("{} / {}", format_us(v50), format_us(v99)),
+        );
+        println!(
+            "| {} | {} | {} ({}-{}) | {:.2}x ({:.2}-{:.2}) | {:.0} | {} |",
+            s.label,
+            format_us(s.raw_ns.median),
+            format_us(s.validated_ns.median),
+            format_us(s.validated_ns.min),
+            format_us(s.validated_ns.max),
+            s.ratio,
+            s.ratio_p10,
+            s.ratio_p90,
+            s.validated_pairs_per_s,
+            latency,
+        );
+    }
 }
 
 fn raw_frame_len() -> usize {
