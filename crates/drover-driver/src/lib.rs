@@ -126,7 +126,7 @@
 //! # }).unwrap();
 //! ```
 
-#![deny(unsafe_code)]
+#![forbid(unsafe_code)]
 
 pub mod context;
 mod session;

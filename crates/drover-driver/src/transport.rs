@@ -7,12 +7,15 @@
 //! | neither | [`TransportError::NotStarted`]: the process was not started as a driver |
 //!
 //! The descriptor is adopted at most once per process; a second [`Transport::from_env`] is
-//! [`TransportError::AlreadyTaken`]. Before adopting it, the SDK checks through
-//! `/proc/self/fd/N` that the descriptor is open and is a socket, so a driver started by hand
-//! (with fd 3 closed, or a file there) gets an error instead of undefined behaviour.
+//! [`TransportError::AlreadyTaken`]. Adopting it is `drover_sandbox::inherit::adopt_socket`,
+//! which first checks through `/proc/self/fd/N` that the descriptor is open and is a socket, so
+//! a driver started by hand (with fd 3 closed, or a file there) gets an error instead of
+//! undefined behaviour, and this crate has no `unsafe` code.
 
-use std::os::fd::{FromRawFd as _, OwnedFd, RawFd};
+use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
+
+use drover_sandbox::inherit::AdoptError;
 
 /// The variable that selects the stdio transport when it is `stdio`.
 pub const TRANSPORT_ENV: &str = "DROVER_TRANSPORT";
@@ -79,30 +82,24 @@ impl Transport {
             Ok(fd) if fd > 2 => fd,
             _ => return Err(TransportError::BadFd { value: value.chars().take(16).collect() }),
         };
-        let what = match std::fs::read_link(format!("/proc/self/fd/{fd}")) {
-            Ok(target) => target.to_string_lossy().into_owned(),
-            Err(_) => "closed".to_owned(),
-        };
-        if !what.starts_with("socket:") {
-            return Err(TransportError::NotASocket { fd, what });
-        }
         if TAKEN.swap(true, Ordering::SeqCst) {
             return Err(TransportError::AlreadyTaken);
         }
-        let owned = adopt(fd);
+        let owned = drover_sandbox::inherit::adopt_socket(fd).map_err(|e| match e {
+            AdoptError::NotASocket { fd, what } => TransportError::NotASocket { fd, what },
+            AdoptError::AlreadyAdopted { .. } => TransportError::AlreadyTaken,
+            AdoptError::Stdio { fd } => TransportError::BadFd { value: fd.to_string() },
+        });
+        let owned = match owned {
+            Ok(owned) => owned,
+            Err(e) => {
+                // Not adopted: a later call may try again (e.g. after fixing the descriptor).
+                TAKEN.store(false, Ordering::SeqCst);
+                return Err(e);
+            }
+        };
         let std_stream = std::os::unix::net::UnixStream::from(owned);
         std_stream.set_nonblocking(true).map_err(TransportError::Io)?;
         tokio::net::UnixStream::from_std(std_stream).map(Self::Socket).map_err(TransportError::Io)
     }
-}
-
-/// Takes ownership of the inherited transport descriptor.
-#[allow(unsafe_code)]
-fn adopt(fd: RawFd) -> OwnedFd {
-    // SAFETY: `fd` was checked just now to be open and to be a socket (its /proc/self/fd link
-    // reads `socket:[inode]`). It was inherited from the supervisor, nothing else in this
-    // process owns it (the supervisor's spawn closes every other inherited descriptor, and
-    // `TAKEN` makes sure this function adopts it at most once per process), so this is the
-    // only `OwnedFd` for it and closing it on drop is correct.
-    unsafe { OwnedFd::from_raw_fd(fd) }
 }

@@ -39,6 +39,7 @@ pub mod cgroup;
 pub mod death;
 pub mod features;
 mod fs_rules;
+pub mod inherit;
 pub mod policy;
 pub mod privilege;
 pub mod probe;
