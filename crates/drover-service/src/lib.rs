@@ -29,7 +29,8 @@
 //!   supervisor down and releases every lease.
 //! - A job's leases end with the job: any lease of an ended job still open (its driver died
 //!   holding it, say) is released.
-//! - Readiness says loudly when the provider is the embedded simulator.
+//! - Readiness says loudly when the provider is the embedded simulator, and says "not ready"
+//!   while the store cannot write (its last write failed and a probe write fails too).
 //!
 //! Defaults ([`ServiceConfig::default`]): dispatch retried every 500 ms while a driver is
 //! starting or busy, shutdown mode `cancel` with a 10 s grace period, no webhooks.
@@ -756,14 +757,14 @@ impl<P: Provider, S: Store> Backend for Service<P, S> {
     fn readiness(&self) -> BoxFuture<'_, Readiness> {
         Box::pin(async move {
             let mut checks = BTreeMap::new();
-            let store = self.store.ping().await.is_ok();
-            checks.insert(
-                "store".to_owned(),
-                Check {
-                    ok: store,
-                    message: (!store).then(|| "the store does not answer".to_owned()),
-                },
-            );
+            let message = if self.store.ping().await.is_err() {
+                Some("the store does not answer".to_owned())
+            } else if self.store.writable().await.is_err() {
+                Some("the store cannot write (a full disk or an I/O error)".to_owned())
+            } else {
+                None
+            };
+            checks.insert("store".to_owned(), Check { ok: message.is_none(), message });
             let drivers = self.runner.drivers().await;
             let not_ready: Vec<String> = drivers
                 .drivers

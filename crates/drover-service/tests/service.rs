@@ -461,3 +461,50 @@ async fn a_finished_job_is_reported_to_its_webhook_signed() {
     assert_eq!(event["job"]["id"], id.as_str());
     assert_eq!(event["job"]["state"], "succeeded");
 }
+
+/// Issue 21: a store whose filesystem fills up makes submits fail and readiness say "not
+/// ready"; once space is freed the same service submits again, no restart. Mounts a 4 MiB
+/// tmpfs, so it needs root (CI runs as root).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_store_is_not_ready_and_recovers_once_space_is_freed() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let mount = dir.path().join("fs");
+    std::fs::create_dir(&mount).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs"])
+        .arg(&mount)
+        .status()
+        .unwrap();
+    assert!(mounted.success(), "mounting a tmpfs needs root (CI runs as root)");
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(mount.clone());
+    let store = SqliteStore::open_in(&mount.join("data")).await.unwrap();
+    let rig = rig_with(dir, store).await;
+    let big = |n: usize| {
+        let mut spec = spec("ok");
+        spec.params.insert("blob".to_owned(), json!("x".repeat(200 * 1024 + n)));
+        Submission { spec, actor: "t".to_owned(), idempotency: None, request_id: "r".to_owned() }
+    };
+    rig.service.submit(big(0)).await.unwrap();
+    assert!(rig.service.readiness().await.checks["store"].ok);
+
+    let filler = mount.join("filler");
+    let mut file = std::fs::File::create(&filler).unwrap();
+    while file.write(&[0u8; 4096]).is_ok_and(|n| n > 0) {}
+    drop(file);
+    assert!(rig.service.submit(big(1)).await.is_err(), "a submit fails on a full disk");
+    let readiness = rig.service.readiness().await;
+    assert!(!readiness.ready && !readiness.checks["store"].ok, "{readiness:?}");
+
+    std::fs::remove_file(&filler).unwrap();
+    let readiness = rig.service.readiness().await;
+    assert!(readiness.checks["store"].ok, "{readiness:?}");
+    rig.service.submit(big(2)).await.unwrap();
+    rig.service.submit(big(3)).await.unwrap();
+}

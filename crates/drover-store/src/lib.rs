@@ -191,6 +191,10 @@ pub trait Store: Clone + Send + Sync + 'static {
 
     // --- health ------------------------------------------------------------------------------
 
+    /// Whether the store can write: `Ok` unless the last write failed in the database (a full
+    /// disk, an I/O error), in which case a small probe write is tried and its error returned.
+    fn writable(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+
     /// Whether the database answers.
     fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
 }

@@ -3,6 +3,8 @@
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use drover_proto::api::{AuditEvent, Job, JobEvent, JobEventKind, JobSpec};
@@ -11,7 +13,7 @@ use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
-use sqlx::{Row, Sqlite, SqlitePool, Transaction};
+use sqlx::{Connection, Row, Sqlite, SqlitePool, Transaction};
 
 use crate::Store;
 use crate::error::{Context, StoreError};
@@ -29,13 +31,22 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 /// The schema migrations, embedded so the binary needs no files beside it.
 fn migrator() -> Migrator {
     Migrator {
-        migrations: Cow::Owned(vec![Migration::new(
-            1,
-            Cow::Borrowed("init"),
-            MigrationType::Simple,
-            Cow::Borrowed(include_str!("../migrations/sqlite/0001_init.sql")),
-            false,
-        )]),
+        migrations: Cow::Owned(vec![
+            Migration::new(
+                1,
+                Cow::Borrowed("init"),
+                MigrationType::Simple,
+                Cow::Borrowed(include_str!("../migrations/sqlite/0001_init.sql")),
+                false,
+            ),
+            Migration::new(
+                2,
+                Cow::Borrowed("write probe"),
+                MigrationType::Simple,
+                Cow::Borrowed(include_str!("../migrations/sqlite/0002_write_probe.sql")),
+                false,
+            ),
+        ]),
         ignore_missing: false,
         locking: true,
         no_tx: false,
@@ -47,10 +58,23 @@ fn migrator() -> Migrator {
 /// Writes are serialized through one connection and each runs in a `BEGIN IMMEDIATE`
 /// transaction, so a read-then-write step (the idempotency check, the daily cap, the event
 /// sequence) can never interleave with another writer, in this process or another.
+///
+/// # Recovery from I/O errors
+///
+/// A write that fails (a full disk, an I/O error) leaves nothing behind that the next write
+/// trips over: SQLite rolls such a transaction back by itself, and the writer connection
+/// returns to its pool only when it is outside any transaction (checked after the queued
+/// rollback has run; otherwise it is closed and the pool opens a fresh one). Before this
+/// check, a `ROLLBACK` refused with "no transaction is active" left sqlx counting an open
+/// transaction, and every later write failed with "begin_with at non-zero transaction depth"
+/// until a restart. The failure is remembered ([`Store::writable`] says so) until a write
+/// succeeds again; `writable` itself retries with a one-row probe write.
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
+    /// Whether the last write failed in the database (not a refusal).
+    write_failed: Arc<AtomicBool>,
 }
 
 impl SqliteStore {
@@ -108,6 +132,13 @@ impl SqliteStore {
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .min_connections(1)
+            .after_release(|conn, _| {
+                Box::pin(async move {
+                    // A dropped transaction only queues its ROLLBACK; the ping runs after it.
+                    conn.ping().await?;
+                    Ok(!conn.is_in_transaction())
+                })
+            })
             .connect_with(options.clone())
             .await
             .map_err(open_error)?;
@@ -120,7 +151,22 @@ impl SqliteStore {
             .connect_with(options.read_only(true))
             .await
             .map_err(open_error)?;
-        Ok(Self { writer, reader })
+        Ok(Self { writer, reader, write_failed: Arc::new(AtomicBool::new(false)) })
+    }
+
+    /// Runs a write and remembers whether the database failed it (refusals are answers, not
+    /// failures, and leave the flag alone).
+    async fn track<T>(
+        &self,
+        write: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let result = write.await;
+        match &result {
+            Ok(_) => self.write_failed.store(false, Ordering::SeqCst),
+            Err(StoreError::Backend { .. }) => self.write_failed.store(true, Ordering::SeqCst),
+            Err(_) => {}
+        }
+        result
     }
 
     /// Closes both pools, waiting for connections in use to be returned.
@@ -135,6 +181,12 @@ impl SqliteStore {
     ) -> Result<Transaction<'static, Sqlite>, StoreError> {
         self.writer.begin_with("BEGIN IMMEDIATE").await.during(operation)
     }
+}
+
+fn now_unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 async fn create_private_dir(dir: &Path) -> std::io::Result<()> {
@@ -457,92 +509,95 @@ async fn append_ledger(
 
 impl Store for SqliteStore {
     async fn submit_job(&self, new: NewJob) -> Result<Submitted, StoreError> {
-        let mut tx = self.begin("accepting a job").await?;
-        if let Some(idem) = &new.idempotency {
-            let earlier = sqlx::query(
-                "SELECT request_sha256, job_id FROM idempotency_keys WHERE actor = $1 AND key = $2",
+        self.track(async {
+            let mut tx = self.begin("accepting a job").await?;
+            if let Some(idem) = &new.idempotency {
+                let earlier = sqlx::query(
+                    "SELECT request_sha256, job_id FROM idempotency_keys WHERE actor = $1 AND key = $2",
+                )
+                .bind(&new.submitted_by)
+                .bind(&idem.key)
+                .fetch_optional(&mut *tx)
+                .await
+                .during("checking an idempotency key")?;
+                if let Some(row) = earlier {
+                    let digest: String = get(&row, "request_sha256")?;
+                    if digest != idem.request_sha256 {
+                        return Err(StoreError::IdempotencyConflict);
+                    }
+                    let job_id: String = get(&row, "job_id")?;
+                    let job = load_job(&mut *tx, &job_id)
+                        .await?
+                        .ok_or(StoreError::Corrupt { what: "idempotency key's job" })?;
+                    tx.commit().await.during("accepting a job")?;
+                    return Ok(Submitted { job, replayed: true });
+                }
+            }
+            let spec_json = to_json(&new.spec, "job spec")?;
+            let inserted = sqlx::query(
+                "INSERT INTO jobs (id, driver, action, state, submitted_by, spec, created_unix_ms, \
+                 updated_unix_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $7) \
+                 ON CONFLICT (id) DO NOTHING RETURNING seq",
             )
+            .bind(new.id.as_str())
+            .bind(new.spec.driver.as_str())
+            .bind(new.spec.action.as_str())
+            .bind(phase_str(JobPhase::Queued))
             .bind(&new.submitted_by)
-            .bind(&idem.key)
+            .bind(&spec_json)
+            .bind(to_i64(new.at_unix_ms))
             .fetch_optional(&mut *tx)
             .await
-            .during("checking an idempotency key")?;
-            if let Some(row) = earlier {
-                let digest: String = get(&row, "request_sha256")?;
-                if digest != idem.request_sha256 {
-                    return Err(StoreError::IdempotencyConflict);
-                }
-                let job_id: String = get(&row, "job_id")?;
-                let job = load_job(&mut *tx, &job_id)
-                    .await?
-                    .ok_or(StoreError::Corrupt { what: "idempotency key's job" })?;
-                tx.commit().await.during("accepting a job")?;
-                return Ok(Submitted { job, replayed: true });
+            .during("inserting a job")?;
+            let Some(row) = inserted else {
+                return Err(StoreError::DuplicateJob(new.id));
+            };
+            let job_seq: i64 = get(&row, "seq")?;
+            for (key, value) in &new.spec.labels {
+                sqlx::query("INSERT INTO job_labels (job_seq, key, value) VALUES ($1, $2, $3)")
+                    .bind(job_seq)
+                    .bind(key)
+                    .bind(value)
+                    .execute(&mut *tx)
+                    .await
+                    .during("inserting job labels")?;
             }
-        }
-        let spec_json = to_json(&new.spec, "job spec")?;
-        let inserted = sqlx::query(
-            "INSERT INTO jobs (id, driver, action, state, submitted_by, spec, created_unix_ms, \
-             updated_unix_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $7) \
-             ON CONFLICT (id) DO NOTHING RETURNING seq",
-        )
-        .bind(new.id.as_str())
-        .bind(new.spec.driver.as_str())
-        .bind(new.spec.action.as_str())
-        .bind(phase_str(JobPhase::Queued))
-        .bind(&new.submitted_by)
-        .bind(&spec_json)
-        .bind(to_i64(new.at_unix_ms))
-        .fetch_optional(&mut *tx)
-        .await
-        .during("inserting a job")?;
-        let Some(row) = inserted else {
-            return Err(StoreError::DuplicateJob(new.id));
-        };
-        let job_seq: i64 = get(&row, "seq")?;
-        for (key, value) in &new.spec.labels {
-            sqlx::query("INSERT INTO job_labels (job_seq, key, value) VALUES ($1, $2, $3)")
-                .bind(job_seq)
-                .bind(key)
-                .bind(value)
+            let queued = JobEventKind::JobState(JobState {
+                job_id: new.id.clone(),
+                state: JobPhase::Queued,
+                message: None,
+            });
+            insert_event(&mut tx, job_seq, new.at_unix_ms, &queued).await?;
+            if let Some(idem) = &new.idempotency {
+                sqlx::query(
+                    "INSERT INTO idempotency_keys (actor, key, request_sha256, job_id, \
+                     created_unix_ms) VALUES ($1, $2, $3, $4, $5)",
+                )
+                .bind(&new.submitted_by)
+                .bind(&idem.key)
+                .bind(&idem.request_sha256)
+                .bind(new.id.as_str())
+                .bind(to_i64(new.at_unix_ms))
                 .execute(&mut *tx)
                 .await
-                .during("inserting job labels")?;
-        }
-        let queued = JobEventKind::JobState(JobState {
-            job_id: new.id.clone(),
-            state: JobPhase::Queued,
-            message: None,
-        });
-        insert_event(&mut tx, job_seq, new.at_unix_ms, &queued).await?;
-        if let Some(idem) = &new.idempotency {
-            sqlx::query(
-                "INSERT INTO idempotency_keys (actor, key, request_sha256, job_id, \
-                 created_unix_ms) VALUES ($1, $2, $3, $4, $5)",
-            )
-            .bind(&new.submitted_by)
-            .bind(&idem.key)
-            .bind(&idem.request_sha256)
-            .bind(new.id.as_str())
-            .bind(to_i64(new.at_unix_ms))
-            .execute(&mut *tx)
-            .await
-            .during("recording an idempotency key")?;
-        }
-        // The acknowledgement point: after this commit (fsynced, synchronous = FULL) the job
-        // survives any crash.
-        tx.commit().await.during("committing a job")?;
-        let job = Job {
-            id: new.id,
-            state: JobPhase::Queued,
-            spec: new.spec,
-            submitted_by: new.submitted_by,
-            created_unix_ms: new.at_unix_ms,
-            updated_unix_ms: new.at_unix_ms,
-            message: None,
-            output: None,
-        };
-        Ok(Submitted { job, replayed: false })
+                .during("recording an idempotency key")?;
+            }
+            // The acknowledgement point: after this commit (fsynced, synchronous = FULL) the job
+            // survives any crash.
+            tx.commit().await.during("committing a job")?;
+            let job = Job {
+                id: new.id,
+                state: JobPhase::Queued,
+                spec: new.spec,
+                submitted_by: new.submitted_by,
+                created_unix_ms: new.at_unix_ms,
+                updated_unix_ms: new.at_unix_ms,
+                message: None,
+                output: None,
+            };
+            Ok(Submitted { job, replayed: false })
+        })
+        .await
     }
 
     async fn get_job(&self, id: &JobId) -> Result<Option<Job>, StoreError> {
@@ -603,45 +658,48 @@ impl Store for SqliteStore {
         at_unix_ms: u64,
         event: JobEventKind,
     ) -> Result<JobEvent, StoreError> {
-        let mut tx = self.begin("appending a job event").await?;
-        let (job_seq, state) = job_seq_and_state(&mut tx, id)
-            .await?
-            .ok_or_else(|| StoreError::JobNotFound(id.clone()))?;
-        if state.is_terminal() {
-            return Err(StoreError::JobFinished { job_id: id.clone(), state });
-        }
-        match &event {
-            JobEventKind::JobState(change) => {
-                if !transition_allowed(state, change.state) {
-                    return Err(StoreError::JobFinished { job_id: id.clone(), state });
-                }
-                sqlx::query(
-                    "UPDATE jobs SET state = $1, message = $2, updated_unix_ms = $3 WHERE seq = $4",
-                )
-                .bind(phase_str(change.state))
-                .bind(change.message.as_deref())
-                .bind(to_i64(at_unix_ms))
-                .bind(job_seq)
-                .execute(&mut *tx)
-                .await
-                .during("updating a job's state")?;
+        self.track(async {
+            let mut tx = self.begin("appending a job event").await?;
+            let (job_seq, state) = job_seq_and_state(&mut tx, id)
+                .await?
+                .ok_or_else(|| StoreError::JobNotFound(id.clone()))?;
+            if state.is_terminal() {
+                return Err(StoreError::JobFinished { job_id: id.clone(), state });
             }
-            JobEventKind::JobResult(result) => {
-                let output =
-                    result.output.as_ref().map(|o| to_json(o, "job output")).transpose()?;
-                sqlx::query("UPDATE jobs SET output = $1, updated_unix_ms = $2 WHERE seq = $3")
-                    .bind(output)
+            match &event {
+                JobEventKind::JobState(change) => {
+                    if !transition_allowed(state, change.state) {
+                        return Err(StoreError::JobFinished { job_id: id.clone(), state });
+                    }
+                    sqlx::query(
+                        "UPDATE jobs SET state = $1, message = $2, updated_unix_ms = $3 WHERE seq = $4",
+                    )
+                    .bind(phase_str(change.state))
+                    .bind(change.message.as_deref())
                     .bind(to_i64(at_unix_ms))
                     .bind(job_seq)
                     .execute(&mut *tx)
                     .await
-                    .during("recording a job's result")?;
+                    .during("updating a job's state")?;
+                }
+                JobEventKind::JobResult(result) => {
+                    let output =
+                        result.output.as_ref().map(|o| to_json(o, "job output")).transpose()?;
+                    sqlx::query("UPDATE jobs SET output = $1, updated_unix_ms = $2 WHERE seq = $3")
+                        .bind(output)
+                        .bind(to_i64(at_unix_ms))
+                        .bind(job_seq)
+                        .execute(&mut *tx)
+                        .await
+                        .during("recording a job's result")?;
+                }
+                JobEventKind::JobProgress(_) | JobEventKind::JobLog(_) => {}
             }
-            JobEventKind::JobProgress(_) | JobEventKind::JobLog(_) => {}
-        }
-        let stored = insert_event(&mut tx, job_seq, at_unix_ms, &event).await?;
-        tx.commit().await.during("committing a job event")?;
-        Ok(stored)
+            let stored = insert_event(&mut tx, job_seq, at_unix_ms, &event).await?;
+            tx.commit().await.during("committing a job event")?;
+            Ok(stored)
+        })
+        .await
     }
 
     async fn events_after(
@@ -664,14 +722,17 @@ impl Store for SqliteStore {
     }
 
     async fn purge_idempotency_keys(&self, before_unix_ms: u64) -> Result<u64, StoreError> {
-        let mut tx = self.begin("purging idempotency keys").await?;
-        let done = sqlx::query("DELETE FROM idempotency_keys WHERE created_unix_ms < $1")
-            .bind(to_i64(before_unix_ms))
-            .execute(&mut *tx)
-            .await
-            .during("purging idempotency keys")?;
-        tx.commit().await.during("purging idempotency keys")?;
-        Ok(done.rows_affected())
+        self.track(async {
+            let mut tx = self.begin("purging idempotency keys").await?;
+            let done = sqlx::query("DELETE FROM idempotency_keys WHERE created_unix_ms < $1")
+                .bind(to_i64(before_unix_ms))
+                .execute(&mut *tx)
+                .await
+                .during("purging idempotency keys")?;
+            tx.commit().await.during("purging idempotency keys")?;
+            Ok(done.rows_affected())
+        })
+        .await
     }
 
     async fn reserve_lease(
@@ -679,91 +740,97 @@ impl Store for SqliteStore {
         lease: &LeaseRecord,
         limits: ReserveLimits,
     ) -> Result<(), StoreError> {
-        let mut tx = self.begin("reserving a lease").await?;
-        let exists: Option<i64> = sqlx::query_scalar("SELECT 1 FROM leases WHERE lease_id = $1")
-            .bind(lease.lease_id.as_str())
-            .fetch_optional(&mut *tx)
-            .await
-            .during("reserving a lease")?;
-        if exists.is_some() {
-            return Err(StoreError::DuplicateLease(lease.lease_id.clone()));
-        }
-        let job_micros = ledger_sum(&mut tx, "job_id", SumKey::Text(lease.job_id.as_str())).await?;
-        let day_micros = ledger_sum(&mut tx, "day", SumKey::Int(to_i64(lease.day))).await?;
-        if (job_micros - usd_to_micros(limits.job_committed_seen_usd)).abs() > 1 {
-            return Err(StoreError::Conflict);
-        }
-        let reserved = usd_to_micros(lease.reserved_usd);
-        if day_micros + reserved > usd_to_micros(limits.daily_cap_usd) {
-            return Err(StoreError::DailyCap {
-                committed_usd: micros_to_usd(day_micros),
-                cap_usd: limits.daily_cap_usd,
-            });
-        }
-        sqlx::query(
-            "INSERT INTO leases (lease_id, job_id, actor, label, phase, reserved_micros, day, \
-             granted_unix_ms, deadline_unix_ms, pending_offer, gpu_model, gpu_count, expected_usd, \
-             p95_usd, worst_usd, confidence, bandwidth_micros, settled_micros, status_message) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
-             NULL, $18)",
-        )
-        .bind(lease.lease_id.as_str())
-        .bind(lease.job_id.as_str())
-        .bind(&lease.actor)
-        .bind(&lease.label)
-        .bind(lease_phase_str(lease.phase))
-        .bind(reserved)
-        .bind(to_i64(lease.day))
-        .bind(to_i64(lease.granted_unix_ms))
-        .bind(to_i64(lease.deadline_unix_ms))
-        .bind(lease.pending_offer.map(to_i64))
-        .bind(lease.gpu_model.as_deref())
-        .bind(lease.gpu_count.map(i64::from))
-        .bind(lease.estimate.expected_usd)
-        .bind(lease.estimate.p95_usd)
-        .bind(lease.estimate.worst_usd)
-        .bind(lease.estimate.confidence)
-        .bind(usd_to_micros(lease.bandwidth_usd))
-        .bind(lease.status_message.as_deref())
-        .execute(&mut *tx)
-        .await
-        .during("inserting a lease")?;
-        write_contracts(&mut tx, lease).await?;
-        append_ledger(&mut tx, lease, LedgerKind::Reserve, reserved, lease.granted_unix_ms).await?;
-        tx.commit().await.during("committing a lease reservation")?;
-        Ok(())
-    }
-
-    async fn update_lease(&self, lease: &LeaseRecord) -> Result<(), StoreError> {
-        let mut tx = self.begin("updating a lease").await?;
-        let settled: Option<Option<i64>> =
-            sqlx::query_scalar("SELECT settled_micros FROM leases WHERE lease_id = $1")
+        self.track(async {
+            let mut tx = self.begin("reserving a lease").await?;
+            let exists: Option<i64> = sqlx::query_scalar("SELECT 1 FROM leases WHERE lease_id = $1")
                 .bind(lease.lease_id.as_str())
                 .fetch_optional(&mut *tx)
                 .await
-                .during("updating a lease")?;
-        match settled {
-            None => return Err(StoreError::LeaseNotFound(lease.lease_id.clone())),
-            Some(Some(_)) => return Err(StoreError::LeaseClosed(lease.lease_id.clone())),
-            Some(None) => {}
-        }
-        sqlx::query(
-            "UPDATE leases SET phase = $2, deadline_unix_ms = $3, pending_offer = $4, \
-             gpu_model = $5, gpu_count = $6, status_message = $7 WHERE lease_id = $1",
-        )
-        .bind(lease.lease_id.as_str())
-        .bind(lease_phase_str(lease.phase))
-        .bind(to_i64(lease.deadline_unix_ms))
-        .bind(lease.pending_offer.map(to_i64))
-        .bind(lease.gpu_model.as_deref())
-        .bind(lease.gpu_count.map(i64::from))
-        .bind(lease.status_message.as_deref())
-        .execute(&mut *tx)
+                .during("reserving a lease")?;
+            if exists.is_some() {
+                return Err(StoreError::DuplicateLease(lease.lease_id.clone()));
+            }
+            let job_micros = ledger_sum(&mut tx, "job_id", SumKey::Text(lease.job_id.as_str())).await?;
+            let day_micros = ledger_sum(&mut tx, "day", SumKey::Int(to_i64(lease.day))).await?;
+            if (job_micros - usd_to_micros(limits.job_committed_seen_usd)).abs() > 1 {
+                return Err(StoreError::Conflict);
+            }
+            let reserved = usd_to_micros(lease.reserved_usd);
+            if day_micros + reserved > usd_to_micros(limits.daily_cap_usd) {
+                return Err(StoreError::DailyCap {
+                    committed_usd: micros_to_usd(day_micros),
+                    cap_usd: limits.daily_cap_usd,
+                });
+            }
+            sqlx::query(
+                "INSERT INTO leases (lease_id, job_id, actor, label, phase, reserved_micros, day, \
+                 granted_unix_ms, deadline_unix_ms, pending_offer, gpu_model, gpu_count, expected_usd, \
+                 p95_usd, worst_usd, confidence, bandwidth_micros, settled_micros, status_message) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
+                 NULL, $18)",
+            )
+            .bind(lease.lease_id.as_str())
+            .bind(lease.job_id.as_str())
+            .bind(&lease.actor)
+            .bind(&lease.label)
+            .bind(lease_phase_str(lease.phase))
+            .bind(reserved)
+            .bind(to_i64(lease.day))
+            .bind(to_i64(lease.granted_unix_ms))
+            .bind(to_i64(lease.deadline_unix_ms))
+            .bind(lease.pending_offer.map(to_i64))
+            .bind(lease.gpu_model.as_deref())
+            .bind(lease.gpu_count.map(i64::from))
+            .bind(lease.estimate.expected_usd)
+            .bind(lease.estimate.p95_usd)
+            .bind(lease.estimate.worst_usd)
+            .bind(lease.estimate.confidence)
+            .bind(usd_to_micros(lease.bandwidth_usd))
+            .bind(lease.status_message.as_deref())
+            .execute(&mut *tx)
+            .await
+            .during("inserting a lease")?;
+            write_contracts(&mut tx, lease).await?;
+            append_ledger(&mut tx, lease, LedgerKind::Reserve, reserved, lease.granted_unix_ms).await?;
+            tx.commit().await.during("committing a lease reservation")?;
+            Ok(())
+        })
         .await
-        .during("updating a lease")?;
-        write_contracts(&mut tx, lease).await?;
-        tx.commit().await.during("committing a lease update")?;
-        Ok(())
+    }
+
+    async fn update_lease(&self, lease: &LeaseRecord) -> Result<(), StoreError> {
+        self.track(async {
+            let mut tx = self.begin("updating a lease").await?;
+            let settled: Option<Option<i64>> =
+                sqlx::query_scalar("SELECT settled_micros FROM leases WHERE lease_id = $1")
+                    .bind(lease.lease_id.as_str())
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .during("updating a lease")?;
+            match settled {
+                None => return Err(StoreError::LeaseNotFound(lease.lease_id.clone())),
+                Some(Some(_)) => return Err(StoreError::LeaseClosed(lease.lease_id.clone())),
+                Some(None) => {}
+            }
+            sqlx::query(
+                "UPDATE leases SET phase = $2, deadline_unix_ms = $3, pending_offer = $4, \
+                 gpu_model = $5, gpu_count = $6, status_message = $7 WHERE lease_id = $1",
+            )
+            .bind(lease.lease_id.as_str())
+            .bind(lease_phase_str(lease.phase))
+            .bind(to_i64(lease.deadline_unix_ms))
+            .bind(lease.pending_offer.map(to_i64))
+            .bind(lease.gpu_model.as_deref())
+            .bind(lease.gpu_count.map(i64::from))
+            .bind(lease.status_message.as_deref())
+            .execute(&mut *tx)
+            .await
+            .during("updating a lease")?;
+            write_contracts(&mut tx, lease).await?;
+            tx.commit().await.during("committing a lease update")?;
+            Ok(())
+        })
+        .await
     }
 
     async fn settle_lease(
@@ -773,36 +840,39 @@ impl Store for SqliteStore {
         message: &str,
         at_unix_ms: u64,
     ) -> Result<LeaseRecord, StoreError> {
-        let mut tx = self.begin("settling a lease").await?;
-        let mut lease = load_lease(&mut tx, id.as_str())
-            .await?
-            .ok_or_else(|| StoreError::LeaseNotFound(id.clone()))?;
-        if !lease.is_open() {
-            tx.commit().await.during("settling a lease")?;
-            return Ok(lease);
-        }
-        let settled = usd_to_micros(settled_usd);
-        let reserved = usd_to_micros(lease.reserved_usd);
-        sqlx::query(
-            "UPDATE leases SET settled_micros = $2, settled_unix_ms = $3, phase = $4, \
-             pending_offer = NULL, status_message = $5 WHERE lease_id = $1 AND settled_micros IS NULL",
-        )
-        .bind(id.as_str())
-        .bind(settled)
-        .bind(to_i64(at_unix_ms))
-        .bind(lease_phase_str(LeasePhase::Released))
-        .bind(message)
-        .execute(&mut *tx)
+        self.track(async {
+            let mut tx = self.begin("settling a lease").await?;
+            let mut lease = load_lease(&mut tx, id.as_str())
+                .await?
+                .ok_or_else(|| StoreError::LeaseNotFound(id.clone()))?;
+            if !lease.is_open() {
+                tx.commit().await.during("settling a lease")?;
+                return Ok(lease);
+            }
+            let settled = usd_to_micros(settled_usd);
+            let reserved = usd_to_micros(lease.reserved_usd);
+            sqlx::query(
+                "UPDATE leases SET settled_micros = $2, settled_unix_ms = $3, phase = $4, \
+                 pending_offer = NULL, status_message = $5 WHERE lease_id = $1 AND settled_micros IS NULL",
+            )
+            .bind(id.as_str())
+            .bind(settled)
+            .bind(to_i64(at_unix_ms))
+            .bind(lease_phase_str(LeasePhase::Released))
+            .bind(message)
+            .execute(&mut *tx)
+            .await
+            .during("settling a lease")?;
+            append_ledger(&mut tx, &lease, LedgerKind::Release, -reserved, at_unix_ms).await?;
+            append_ledger(&mut tx, &lease, LedgerKind::Charge, settled, at_unix_ms).await?;
+            tx.commit().await.during("committing a settlement")?;
+            lease.settled_usd = Some(micros_to_usd(settled));
+            lease.phase = LeasePhase::Released;
+            lease.pending_offer = None;
+            lease.status_message = Some(message.to_owned());
+            Ok(lease)
+        })
         .await
-        .during("settling a lease")?;
-        append_ledger(&mut tx, &lease, LedgerKind::Release, -reserved, at_unix_ms).await?;
-        append_ledger(&mut tx, &lease, LedgerKind::Charge, settled, at_unix_ms).await?;
-        tx.commit().await.during("committing a settlement")?;
-        lease.settled_usd = Some(micros_to_usd(settled));
-        lease.phase = LeasePhase::Released;
-        lease.pending_offer = None;
-        lease.status_message = Some(message.to_owned());
-        Ok(lease)
     }
 
     async fn get_lease(&self, id: &LeaseId) -> Result<Option<LeaseRecord>, StoreError> {
@@ -892,24 +962,27 @@ impl Store for SqliteStore {
     }
 
     async fn append_audit(&self, event: &AuditEvent) -> Result<i64, StoreError> {
-        let line = to_json(event, "audit event")?;
-        let mut tx = self.begin("appending an audit event").await?;
-        let id: i64 = sqlx::query_scalar(
-            "INSERT INTO audit_events (timestamp, request_id, actor, action, resource, result, line) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
-        )
-        .bind(&event.timestamp)
-        .bind(event.request_id.as_deref())
-        .bind(&event.actor)
-        .bind(&event.action)
-        .bind(&event.resource)
-        .bind(&event.result)
-        .bind(line)
-        .fetch_one(&mut *tx)
+        self.track(async {
+            let line = to_json(event, "audit event")?;
+            let mut tx = self.begin("appending an audit event").await?;
+            let id: i64 = sqlx::query_scalar(
+                "INSERT INTO audit_events (timestamp, request_id, actor, action, resource, result, line) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
+            )
+            .bind(&event.timestamp)
+            .bind(event.request_id.as_deref())
+            .bind(&event.actor)
+            .bind(&event.action)
+            .bind(&event.resource)
+            .bind(&event.result)
+            .bind(line)
+            .fetch_one(&mut *tx)
+            .await
+            .during("appending an audit event")?;
+            tx.commit().await.during("appending an audit event")?;
+            Ok(id)
+        })
         .await
-        .during("appending an audit event")?;
-        tx.commit().await.during("appending an audit event")?;
-        Ok(id)
     }
 
     async fn audit_after(
@@ -929,6 +1002,25 @@ impl Store for SqliteStore {
                 Ok((get(row, "id")?, from_json(&get::<String>(row, "line")?, "audit event")?))
             })
             .collect()
+    }
+
+    async fn writable(&self) -> Result<(), StoreError> {
+        if !self.write_failed.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        self.track(async {
+            let mut tx = self.begin("probing a write").await?;
+            sqlx::query(
+                "INSERT INTO write_probe (id, at_unix_ms) VALUES (1, $1) \
+                 ON CONFLICT (id) DO UPDATE SET at_unix_ms = excluded.at_unix_ms",
+            )
+            .bind(to_i64(now_unix_ms()))
+            .execute(&mut *tx)
+            .await
+            .during("probing a write")?;
+            tx.commit().await.during("probing a write")
+        })
+        .await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -13,13 +13,18 @@ fn root() -> PathBuf {
 
 /// The rows of the "Requirement, code, test" table, as (id, row text).
 fn requirement_rows(doc: &str) -> Vec<(String, String)> {
-    let section = doc.split("## Requirement, code, test").nth(1).expect("the table's section");
+    section_rows(doc, "## Requirement, code, test", "SR-")
+}
+
+/// The rows whose id starts with `prefix` in the section headed `heading`.
+fn section_rows(doc: &str, heading: &str, prefix: &str) -> Vec<(String, String)> {
+    let section = doc.split(heading).nth(1).expect("the table's section");
     let section = section.split("\n## ").next().unwrap();
     section
         .lines()
         .filter_map(|line| {
             let id = line.strip_prefix("| ")?.split(' ').next()?;
-            id.starts_with("SR-").then(|| (id.to_owned(), line.to_owned()))
+            id.starts_with(prefix).then(|| (id.to_owned(), line.to_owned()))
         })
         .collect()
 }
@@ -51,7 +56,9 @@ fn every_file_and_test_named_exists() {
     let doc = std::fs::read_to_string(root().join("SECURITY.md")).unwrap();
     let mut problems = Vec::new();
     let mut tests_checked = 0;
-    for (id, row) in requirement_rows(&doc) {
+    let abuse = section_rows(&doc, "## Abuse and exhaustion", "AX-");
+    assert!(!abuse.is_empty(), "the abuse and exhaustion table lost its rows");
+    for (id, row) in requirement_rows(&doc).into_iter().chain(abuse) {
         let mut current_file: Option<String> = None;
         for span in code_spans(&row) {
             if is_path(span) {
