@@ -7,7 +7,7 @@
 //! | neither | [`TransportError::NotStarted`]: the process was not started as a driver |
 //!
 //! The descriptor is adopted at most once per process; a second [`Transport::from_env`] is
-//! [`TransportError::AlreadyTaken`]. Adopting it is `drover_sandbox::inherit::adopt_socket`,
+//! [`TransportError::AlreadyTaken`]. Adopting it is `drover_sys::fd::adopt_socket`,
 //! which first checks through `/proc/self/fd/N` that the descriptor is open and is a socket, so
 //! a driver started by hand (with fd 3 closed, or a file there) gets an error instead of
 //! undefined behaviour, and this crate has no `unsafe` code.
@@ -15,7 +15,7 @@
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use drover_sandbox::inherit::AdoptError;
+use drover_sys::fd::AdoptError;
 
 /// The variable that selects the stdio transport when it is `stdio`.
 pub const TRANSPORT_ENV: &str = "DROVER_TRANSPORT";
@@ -85,7 +85,7 @@ impl Transport {
         if TAKEN.swap(true, Ordering::SeqCst) {
             return Err(TransportError::AlreadyTaken);
         }
-        let owned = drover_sandbox::inherit::adopt_socket(fd).map_err(|e| match e {
+        let owned = drover_sys::fd::adopt_socket(fd).map_err(|e| match e {
             AdoptError::NotASocket { fd, what } => TransportError::NotASocket { fd, what },
             AdoptError::AlreadyAdopted { .. } => TransportError::AlreadyTaken,
             AdoptError::Stdio { fd } => TransportError::BadFd { value: fd.to_string() },

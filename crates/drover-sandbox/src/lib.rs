@@ -1,9 +1,10 @@
 //! The sandbox of drover: the supervisor's own privilege drop (Phase A), the sandboxed spawn of
 //! driver processes (Phase B), and a typed cause for every driver death (Phase C).
 //!
-//! Architecture invariants: this crate knows nothing of tokio, JSON or HTTP; it is the only
-//! crate of the workspace with `unsafe` code, all of it in the private `sys` module, each block
-//! with a `SAFETY:` comment naming its invariant.
+//! Architecture invariants: this crate knows nothing of tokio, JSON or HTTP; besides the tiny
+//! `drover-sys` (whose descriptor adoption [`inherit`] re-exports), it is the only crate of the
+//! workspace with `unsafe` code, all of it in the private `sys` module, each block with a
+//! `SAFETY:` comment naming its invariant.
 //!
 //! ```text
 //!   supervisor start (root or not, one thread)

@@ -643,16 +643,6 @@ fn fork_like(flags: u64, pidfd: &mut c_int) -> io::Result<c_long> {
     check(ret)
 }
 
-/// Takes ownership of an inherited descriptor. Only [`crate::inherit::adopt_socket`] calls it,
-/// after its checks.
-pub(crate) fn own_inherited(fd: RawFd) -> OwnedFd {
-    // SAFETY: `adopt_socket` checked that `fd` is open and is a socket, and that this process
-    // has not adopted it before (a process-wide set, under a lock). The descriptor was
-    // inherited from the parent and no `OwnedFd`, `File` or stream in this process was made
-    // from it, so the returned `OwnedFd` is its only owner and closing it on drop is correct.
-    unsafe { OwnedFd::from_raw_fd(fd) }
-}
-
 /// Clones a child with `namespaces` that exits at once, and reaps it: whether this process
 /// may create those namespaces.
 pub(crate) fn probe_clone(namespaces: u64) -> io::Result<()> {
