@@ -551,15 +551,24 @@ impl<P: Provider, S: Store> Backend for Service<P, S> {
                     .idempotency
                     .map(|(key, request_sha256)| Idempotency { key, request_sha256 }),
             };
-            let done = self.store.submit_job(new).await.map_err(store_error)?;
-            if !done.replayed {
-                let mut metadata = Map::new();
-                metadata.insert("driver".to_owned(), Value::from(done.job.spec.driver.as_str()));
-                metadata.insert("budget_usd".to_owned(), json!(done.job.spec.budget_usd));
-                self.audit_internal("job.dispatch", &done.job.id, "queued", metadata).await;
-                self.spawn(done.job.clone());
-            }
-            Ok(Submitted { job: done.job, replayed: done.replayed })
+            // The commit and the handoff to the dispatcher run in their own task: a client
+            // that hangs up drops the request's future, and a job committed as queued must
+            // still be dispatched (issue 17), not wait for the next restart.
+            let me =
+                self.me.upgrade().ok_or(BackendError::Unavailable("the service has stopped"))?;
+            let accepted = tokio::spawn(async move {
+                let done = me.store.submit_job(new).await.map_err(store_error)?;
+                if !done.replayed {
+                    me.spawn(done.job.clone());
+                    let mut metadata = Map::new();
+                    metadata
+                        .insert("driver".to_owned(), Value::from(done.job.spec.driver.as_str()));
+                    metadata.insert("budget_usd".to_owned(), json!(done.job.spec.budget_usd));
+                    me.audit_internal("job.dispatch", &done.job.id, "queued", metadata).await;
+                }
+                Ok(Submitted { job: done.job, replayed: done.replayed })
+            });
+            accepted.await.map_err(BackendError::internal)?
         })
     }
 

@@ -508,3 +508,58 @@ async fn a_full_store_is_not_ready_and_recovers_once_space_is_freed() {
     rig.service.submit(big(2)).await.unwrap();
     rig.service.submit(big(3)).await.unwrap();
 }
+
+/// Every job the store holds, newest first.
+async fn stored_jobs(rig: &Rig) -> Vec<drover_proto::api::Job> {
+    let filter = drover_store::JobFilter { limit: 1000, ..Default::default() };
+    rig.service.store().list_jobs(&filter).await.unwrap().jobs
+}
+
+/// A client that hangs up right after `POST /v1/jobs` drops the request's future as soon as
+/// the job is durable; the job must still be dispatched (issue 17: it used to stay `queued`
+/// until the next restart, because the handoff came after another await).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_whose_client_hangs_up_after_the_commit_is_still_dispatched() {
+    let rig = rig().await;
+    for attempt in 0..10 {
+        let before = stored_jobs(&rig).await.len();
+        let mut request = rig.service.submit(Submission {
+            spec: spec("ok"),
+            actor: "t".to_owned(),
+            idempotency: None,
+            request_id: format!("req-{attempt}"),
+        });
+        // Poll the request step by step, and drop it the moment its job is committed.
+        loop {
+            let polled = std::future::poll_fn(|cx| {
+                std::task::Poll::Ready(Future::poll(request.as_mut(), cx))
+            })
+            .await;
+            if polled.is_ready() {
+                break;
+            }
+            if stored_jobs(&rig).await.len() > before {
+                drop(request);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let jobs = stored_jobs(&rig).await;
+        assert_eq!(jobs.len(), 10, "every submission was committed");
+        let waiting: Vec<_> =
+            jobs.iter().filter(|j| !j.state.is_terminal()).map(|j| j.id.to_string()).collect();
+        if waiting.is_empty() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "jobs never dispatched after their client hung up: {waiting:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let dispatched = rig.runner.dispatched.lock().unwrap().len();
+    assert_eq!(dispatched, 10, "every job reached the runner");
+}
