@@ -5,7 +5,10 @@
 //! per stream; the rest are counted and the count is logged).
 //!
 //! Nothing a driver writes there reaches the transport: a stray `print` is a log line, never
-//! a corrupted frame.
+//! a corrupted frame. Nothing a driver writes reaches the supervisor's log raw either: every
+//! driver-supplied text (these lines, `log` and `error` messages) is logged through
+//! [`Escaped`], quoted and with every control character visible, so it can neither start a
+//! forged log line nor pass a field (`driver=...`) off as the supervisor's.
 //!
 //! An idle stream owns no read buffer: the drain waits for readiness, then reads at most
 //! [`READ_CHUNK`] bytes (8 KiB) into a buffer that lives only for that read, so each connected
@@ -22,6 +25,36 @@ pub const LOGGED_LINES_PER_SECOND: u32 = 50;
 
 /// Most bytes one read takes from a driver's stdout or stderr.
 pub const READ_CHUNK: usize = 8192;
+
+/// Driver-supplied text as it goes into the supervisor's log: in double quotes, with `"` and
+/// `\` escaped, `\n`, `\r`, `\t` as such, every other control character (C0, DEL, C1) as
+/// `\xHH` (ESC is `\x1b`), and the Unicode line/paragraph separators and bidirectional
+/// overrides, which reorder or break a line in a viewer, as `\u{HHHH}`. Everything else is
+/// written as it is.
+#[derive(Debug)]
+pub struct Escaped<'a>(pub &'a str);
+
+impl std::fmt::Display for Escaped<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use std::fmt::Write as _;
+        f.write_char('"')?;
+        for c in self.0.chars() {
+            match c {
+                '"' => f.write_str("\\\"")?,
+                '\\' => f.write_str("\\\\")?,
+                '\n' => f.write_str("\\n")?,
+                '\r' => f.write_str("\\r")?,
+                '\t' => f.write_str("\\t")?,
+                c if c.is_control() => write!(f, "\\x{:02x}", u32::from(c))?,
+                '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' => {
+                    write!(f, "\\u{{{:04x}}}", u32::from(c))?
+                }
+                c => f.write_char(c)?,
+            }
+        }
+        f.write_char('"')
+    }
+}
 
 /// The last lines of one stream, shared between the drain task and the session.
 #[derive(Clone, Debug, Default)]
@@ -73,7 +106,7 @@ pub(crate) async fn drain(
         }
         if logged < LOGGED_LINES_PER_SECOND {
             logged += 1;
-            tracing::info!(%driver, stream, line = %text, "driver output");
+            tracing::info!(%driver, stream, line = %Escaped(&text), "driver output");
         } else {
             unlogged += 1;
         }
@@ -130,5 +163,16 @@ mod tests {
         drain(reader, tail.clone(), "d".into(), "stdout", 4, 8).await;
         writing.await.unwrap();
         assert_eq!(tail.snapshot(), [" 10%", " 20%", "xxxxxxxx [cut]", "\u{fffd} tail"]);
+    }
+
+    #[test]
+    fn escaped_text_is_one_quoted_line_with_its_controls_visible() {
+        let hostile = "\n2026-12-04T17:00:00Z  INFO drover: forged\r\x1b[2J\t\"q\" \\ \u{0}\u{7f}\u{85}\u{202e}é";
+        let shown = Escaped(hostile).to_string();
+        assert_eq!(
+            shown,
+            r#""\n2026-12-04T17:00:00Z  INFO drover: forged\r\x1b[2J\t\"q\" \\ \x00\x7f\x85\u{202e}é""#
+        );
+        assert!(shown.chars().all(|c| !c.is_control()));
     }
 }

@@ -56,7 +56,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use crate::broker::{LeaseOwner, unknown_lease, wire};
 use crate::job::{Dispatch, JobEvent, JobSink, rank};
 use crate::metered::{Metered, ReadBudget};
-use crate::output::{Tail, drain};
+use crate::output::{Escaped, Tail, drain};
 use crate::process::{self, Process};
 use crate::status::DeathReport;
 use crate::supervisor::{Driver, Inner, SessionHandle, lock};
@@ -786,7 +786,7 @@ impl Session {
                         }
                     }
                     (_, Message::Error(error)) => {
-                        tracing::info!(driver = %self.name(), code = %error.code, message = %error.message, "the driver answered with an error");
+                        tracing::info!(driver = %self.name(), code = %error.code, text = %Escaped(&error.message), "the driver answered with an error");
                     }
                     _ => {}
                 }
@@ -919,16 +919,26 @@ impl Session {
             Message::Log(log) => {
                 let (driver, session, message) = (self.name(), self.id, &log.message);
                 match log.level {
-                    Level::Trace => tracing::trace!(%driver, session, %message, "driver log"),
-                    Level::Debug => tracing::debug!(%driver, session, %message, "driver log"),
-                    Level::Info => tracing::info!(%driver, session, %message, "driver log"),
-                    Level::Warn => tracing::warn!(%driver, session, %message, "driver log"),
-                    Level::Error => tracing::error!(%driver, session, %message, "driver log"),
+                    Level::Trace => {
+                        tracing::trace!(%driver, session, text = %Escaped(message), "driver log")
+                    }
+                    Level::Debug => {
+                        tracing::debug!(%driver, session, text = %Escaped(message), "driver log")
+                    }
+                    Level::Info => {
+                        tracing::info!(%driver, session, text = %Escaped(message), "driver log")
+                    }
+                    Level::Warn => {
+                        tracing::warn!(%driver, session, text = %Escaped(message), "driver log")
+                    }
+                    Level::Error => {
+                        tracing::error!(%driver, session, text = %Escaped(message), "driver log")
+                    }
                 }
                 return Ok(());
             }
             Message::Error(error) => {
-                tracing::info!(driver = %self.name(), session = self.id, code = %error.code, message = %error.message, "the driver reports an error");
+                tracing::info!(driver = %self.name(), session = self.id, code = %error.code, text = %Escaped(&error.message), "the driver reports an error");
                 return Ok(());
             }
             other => {

@@ -389,7 +389,7 @@ async fn keep(inner: Arc<Inner>, driver: Arc<Driver>, slot: u16) {
         let stopping = shutdown.borrow().is_some();
         let crash_loop = !stopping && deaths.len() > max_restarts;
         if !stopping {
-            tracing::warn!(driver = %driver.name(), slot, death = %report, crash_loop, "driver process died");
+            tracing::warn!(driver = %driver.name(), slot, death = %crate::output::Escaped(&report.summary()), crash_loop, "driver process died");
         }
         {
             let mut state = lock(&driver.state);

@@ -113,6 +113,12 @@ def main():
     if "chatty" in BREAK:
         print("hello from the driver's stdout", flush=True)
     hello((2,) if "wrong_version" in BREAK else (1,))
+    if "forge_log" in BREAK:
+        # A line that, written raw, would start a supervisor log line of its own and clear the
+        # operator's screen.
+        forged = "\n2026-01-01T00:00:00.000000Z  INFO drover_supervisor: forged driver=victim\x1b[2J"
+        print("stdout " + forged, flush=True)
+        send({"msg": {"type": "log", "level": "info", "message": forged}})
     while True:
         frame = recv()
         if frame is None:
