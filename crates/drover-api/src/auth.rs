@@ -92,6 +92,7 @@ fn scope_bit(scope: Scope) -> u8 {
         Scope::JobsWrite => 2,
         Scope::DriversRead => 4,
         Scope::MetricsRead => 8,
+        Scope::JobsAdmin => 16,
     }
 }
 
@@ -113,6 +114,12 @@ impl Principal {
     /// Whether the token carries `scope`.
     pub fn has(&self, scope: Scope) -> bool {
         self.scopes & scope_bit(scope) != 0
+    }
+
+    /// Whether this caller may read, follow or cancel a job submitted by `owner`: its own
+    /// jobs always, anyone's with `jobs:admin`.
+    pub fn may_touch_job_of(&self, owner: &str) -> bool {
+        *self.name == *owner || self.has(Scope::JobsAdmin)
     }
 }
 

@@ -76,6 +76,9 @@ pub struct JobQuery {
     pub limit: u32,
     /// The previous page's `next_cursor`, parsed.
     pub cursor: Option<u64>,
+    /// Only jobs this actor submitted (a token without `jobs:admin` sees only its own);
+    /// `None`: every owner's.
+    pub submitted_by: Option<String>,
 }
 
 /// Why [`Backend::params_schema`] has no schema.

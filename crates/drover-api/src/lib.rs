@@ -9,14 +9,17 @@
 //! | `GET /healthz` | none (the only unauthenticated route) | liveness |
 //! | `GET /readyz` | any token | readiness (200 or 503) |
 //! | `POST /v1/jobs` | `jobs:write` | submit; `Idempotency-Key` honoured; 201 once durable |
-//! | `GET /v1/jobs` | `jobs:read` | list: `state`, `driver`, `label=k=v`, `limit`, `cursor` |
-//! | `GET /v1/jobs/{id}` | `jobs:read` | one job |
-//! | `DELETE /v1/jobs/{id}` | `jobs:write` | cancel |
-//! | `GET /v1/jobs/{id}/events` | `jobs:read` | server-sent events, resumable with `Last-Event-ID` |
+//! | `GET /v1/jobs` | `jobs:read` | list (own jobs¹): `state`, `driver`, `label=k=v`, `limit`, `cursor` |
+//! | `GET /v1/jobs/{id}` | `jobs:read` | one job (own¹) |
+//! | `DELETE /v1/jobs/{id}` | `jobs:write` | cancel (own¹) |
+//! | `GET /v1/jobs/{id}/events` | `jobs:read` | server-sent events (own¹), resumable with `Last-Event-ID` |
 //! | `POST /v1/estimates` | `jobs:write` | dry-run estimate through the gate |
 //! | `GET /v1/drivers` | `drivers:read` | drivers, actions, params schemas, health |
 //! | `GET /v1/openapi.json` | any token | this API, from the same schemas validation uses |
 //! | `GET /metrics` | `metrics:read` | Prometheus text |
+//!
+//! ¹ A job belongs to the token that submitted it; another token's job is a 404 unless the
+//! caller's token carries `jobs:admin` ([`routes`]).
 //!
 //! The guarantees, each with its module:
 //!

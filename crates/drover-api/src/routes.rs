@@ -1,6 +1,11 @@
 //! The handlers. Each takes its [`Authorized`] extractor first (401/429/403 before anything
 //! else), then its validated input ([`ValidJson`], [`ValidQuery`], [`JobIdPath`]), so a
 //! handler body only ever sees authenticated, schema-valid requests.
+//!
+//! Ownership: a job belongs to the token that submitted it (its configured name, stored as
+//! the job's `submitted_by`). Reading, listing, following and cancelling see only the
+//! caller's own jobs unless its token carries `jobs:admin`; another token's job is a 404,
+//! the same answer as a job that does not exist.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -10,15 +15,17 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use drover_proto::api::{
-    ApiErrorCode, DEFAULT_PAGE, EstimateRequest, Health, IDEMPOTENCY_KEY_LEN, JobListQuery, JobSpec,
+    ApiErrorCode, DEFAULT_PAGE, EstimateRequest, Health, IDEMPOTENCY_KEY_LEN, Job, JobListQuery,
+    JobSpec,
 };
+use drover_proto::config::Scope;
 use drover_proto::{ActionName, DriverName, JobId, ParamsSchema, Violation};
 use drover_transport::SchemaChecker;
 use serde::Serialize;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
-use crate::auth::{AnyScope, Authorized, DriversRead, JobsRead, JobsWrite, MetricsRead};
+use crate::auth::{AnyScope, Authorized, DriversRead, JobsRead, JobsWrite, MetricsRead, Principal};
 use crate::backend::{JobQuery, SchemaLookupError, Submission};
 use crate::body::{ValidJson, ValidQuery};
 use crate::error::{ApiError, RequestContext};
@@ -198,7 +205,7 @@ pub async fn submit(
 /// `GET /v1/jobs`: a page of jobs, newest first, filtered by state, driver and label.
 pub async fn list(
     State(state): Shared,
-    _auth: Authorized<JobsRead>,
+    auth: Authorized<JobsRead>,
     ValidQuery(query): ValidQuery<JobListQuery>,
 ) -> Result<Response, ApiError> {
     let label = query
@@ -221,6 +228,8 @@ pub async fn list(
             label,
             limit: query.limit.unwrap_or(DEFAULT_PAGE),
             cursor,
+            submitted_by: (!auth.principal.has(Scope::JobsAdmin))
+                .then(|| auth.principal.name.to_string()),
         })
         .await?;
     Ok(json(StatusCode::OK, &list))
@@ -243,25 +252,39 @@ impl<S: Send + Sync> FromRequestParts<S> for JobIdPath {
     }
 }
 
-/// `GET /v1/jobs/{id}`.
-pub async fn get_job(
-    State(state): Shared,
-    _auth: Authorized<JobsRead>,
-    JobIdPath(id): JobIdPath,
-) -> Result<Response, ApiError> {
-    match state.backend.job(&id).await? {
-        Some(job) => Ok(json(StatusCode::OK, &job)),
-        None => Err(ApiError::new(ApiErrorCode::NotFound).with_message("no such job")),
+/// The job `id` if `principal` may see it (its own, or anyone's with `jobs:admin`). Another
+/// token's job is answered exactly like a job that does not exist, so ids cannot be probed.
+pub(crate) async fn owned_job(
+    state: &ApiState,
+    principal: &Principal,
+    id: &JobId,
+) -> Result<Job, ApiError> {
+    match state.backend.job(id).await? {
+        Some(job) if principal.may_touch_job_of(&job.submitted_by) => Ok(job),
+        _ => Err(ApiError::new(ApiErrorCode::NotFound).with_message("no such job")),
     }
 }
 
-/// `DELETE /v1/jobs/{id}`: asks for the job to be cancelled; answers with the job.
+/// `GET /v1/jobs/{id}`: the caller's own job (anyone's with `jobs:admin`).
+pub async fn get_job(
+    State(state): Shared,
+    auth: Authorized<JobsRead>,
+    JobIdPath(id): JobIdPath,
+) -> Result<Response, ApiError> {
+    Ok(json(StatusCode::OK, &owned_job(&state, &auth.principal, &id).await?))
+}
+
+/// `DELETE /v1/jobs/{id}`: asks for the job to be cancelled; answers with the job. Only the
+/// caller's own job (anyone's with `jobs:admin`).
 pub async fn cancel(
     State(state): Shared,
     auth: Authorized<JobsWrite>,
     JobIdPath(id): JobIdPath,
 ) -> Result<Response, ApiError> {
-    let outcome = state.backend.cancel(&id, &auth.principal.name).await;
+    let outcome = match owned_job(&state, &auth.principal, &id).await {
+        Ok(_) => state.backend.cancel(&id, &auth.principal.name).await,
+        Err(_) => Err(crate::backend::BackendError::NotFound),
+    };
     let result = match &outcome {
         Ok(_) => "ok",
         Err(crate::backend::BackendError::NotFound) => "not_found",

@@ -31,7 +31,7 @@ pub const LAST_EVENT_ID: &str = "last-event-id";
 /// The handler.
 pub async fn events(
     State(state): State<Arc<ApiState>>,
-    _auth: Authorized<JobsRead>,
+    auth: Authorized<JobsRead>,
     JobIdPath(id): JobIdPath,
     headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
@@ -45,6 +45,7 @@ pub async fn events(
                 ApiError::violation("", "", "Last-Event-ID must be the id of an event (a number)")
             })?,
     };
+    crate::routes::owned_job(&state, &auth.principal, &id).await?;
     let stream = state.backend.events(&id, after).await?;
     let events = stream.map(|event| {
         let data = serde_json::to_string(&event).unwrap_or_default();

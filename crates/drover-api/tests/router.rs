@@ -832,7 +832,7 @@ async fn tokens_are_replaced_on_reload_and_revoked_ones_stop_working() {
     config.tokens.push(entry("rotated", &fresh, &[drover_proto::config::Scope::JobsRead], false));
     config.tokens[0].revoked = true;
     let loader: drover_api::reload::Loader = Box::new(move || Ok(config.clone()));
-    assert_eq!(drover_api::reload::reload_now(&app.state, &loader).await, Some(5));
+    assert_eq!(drover_api::reload::reload_now(&app.state, &loader).await, Some(6));
     assert_eq!(
         app.call(Method::GET, "/v1/jobs", Some(fresh.expose()), None).await.status,
         StatusCode::OK
@@ -863,4 +863,54 @@ async fn tokens_are_replaced_on_reload_and_revoked_ones_stop_working() {
         .map(|e| e.result.as_str())
         .collect();
     assert_eq!(reloads, ["ok", "refused", "refused"]);
+}
+
+/// Issue 21: a job belongs to the token that submitted it. Without `jobs:admin` another
+/// token's job is a 404 (the same as no job) on read, events and cancel, and lists hold only
+/// the caller's own jobs; `jobs:admin` sees and cancels everyone's.
+#[tokio::test]
+async fn cross_token_reads_and_cancels_are_refused_without_jobs_admin() {
+    let app = app().await;
+    let (admin, tenant, reader) =
+        (app.admin(), app.tokens.tenant.expose(), app.tokens.reader.expose());
+    let tenants_job = app.call(Method::POST, "/v1/jobs", Some(tenant), Some(job_body())).await;
+    assert_eq!(tenants_job.status, StatusCode::CREATED, "{}", tenants_job.text);
+    let tenants_job = tenants_job.json()["id"].as_str().unwrap().to_owned();
+    let admins_job = app.call(Method::POST, "/v1/jobs", Some(admin), Some(job_body())).await;
+    let admins_job = admins_job.json()["id"].as_str().unwrap().to_owned();
+
+    for (token, job) in [(reader, &tenants_job), (reader, &admins_job), (tenant, &admins_job)] {
+        for (method, uri) in [
+            (Method::GET, format!("/v1/jobs/{job}")),
+            (Method::GET, format!("/v1/jobs/{job}/events")),
+        ] {
+            let reply = app.call(method.clone(), &uri, Some(token), None).await;
+            assert_eq!(reply.status, StatusCode::NOT_FOUND, "{method} {uri}: {}", reply.text);
+            assert!(!reply.text.contains("\"spec\""), "{}", reply.text);
+        }
+    }
+    let uri = format!("/v1/jobs/{admins_job}");
+    let cancel = app.call(Method::DELETE, &uri, Some(tenant), None).await;
+    assert_eq!(cancel.status, StatusCode::NOT_FOUND);
+    let still = app.backend.store.get_job(&admins_job.parse().unwrap()).await.unwrap().unwrap();
+    assert!(!still.state.is_terminal(), "the other token's job was not cancelled");
+
+    let ids = |reply: Reply| -> Vec<String> {
+        reply.json()["jobs"].as_array().unwrap().iter().map(|j| j["id"].to_string()).collect()
+    };
+    let listed = ids(app.call(Method::GET, "/v1/jobs", Some(tenant), None).await);
+    assert_eq!(listed, vec![format!("\"{tenants_job}\"")]);
+    assert!(ids(app.call(Method::GET, "/v1/jobs", Some(reader), None).await).is_empty());
+
+    // Its own job, and anyone's with jobs:admin.
+    let uri = format!("/v1/jobs/{tenants_job}");
+    let own = app.call(Method::GET, &uri, Some(tenant), None).await;
+    assert_eq!(own.status, StatusCode::OK);
+    assert_eq!(ids(app.call(Method::GET, "/v1/jobs", Some(admin), None).await).len(), 2);
+    let uri = format!("/v1/jobs/{tenants_job}");
+    let as_admin = app.call(Method::GET, &uri, Some(admin), None).await;
+    assert_eq!(as_admin.status, StatusCode::OK);
+    let uri = format!("/v1/jobs/{tenants_job}");
+    let cancel = app.call(Method::DELETE, &uri, Some(admin), None).await;
+    assert_eq!(cancel.status, StatusCode::OK);
 }

@@ -247,12 +247,21 @@ pub enum Scope {
     /// Read Prometheus metrics.
     #[serde(rename = "metrics:read")]
     MetricsRead,
+    /// Read, follow and cancel every token's jobs. Without it a token sees only the jobs it
+    /// submitted itself (their owner is the submitting token's name).
+    #[serde(rename = "jobs:admin")]
+    JobsAdmin,
 }
 
 impl Scope {
     /// Every scope, in the order `drover token new --help` lists them.
-    pub const ALL: &'static [Scope] =
-        &[Scope::JobsRead, Scope::JobsWrite, Scope::DriversRead, Scope::MetricsRead];
+    pub const ALL: &'static [Scope] = &[
+        Scope::JobsRead,
+        Scope::JobsWrite,
+        Scope::DriversRead,
+        Scope::MetricsRead,
+        Scope::JobsAdmin,
+    ];
 
     /// The scope as it appears in the configuration and on the command line.
     pub fn as_str(self) -> &'static str {
@@ -261,6 +270,7 @@ impl Scope {
             Self::JobsWrite => "jobs:write",
             Self::DriversRead => "drivers:read",
             Self::MetricsRead => "metrics:read",
+            Self::JobsAdmin => "jobs:admin",
         }
     }
 }

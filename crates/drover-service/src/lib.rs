@@ -584,6 +584,7 @@ impl<P: Provider, S: Store> Backend for Service<P, S> {
                 label: query.label,
                 before: query.cursor.map(|c| i64::try_from(c).unwrap_or(i64::MAX)),
                 limit: query.limit,
+                submitted_by: query.submitted_by,
             };
             let page = self.store.list_jobs(&filter).await.map_err(store_error)?;
             Ok(JobList { jobs: page.jobs, next_cursor: page.next_cursor.map(|c| c.to_string()) })

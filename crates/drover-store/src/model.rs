@@ -76,6 +76,8 @@ pub struct JobFilter {
     pub before: Option<i64>,
     /// Page size (at least 1).
     pub limit: u32,
+    /// Only jobs submitted by this actor (their owner); `None`: every owner's.
+    pub submitted_by: Option<String>,
 }
 
 /// One page of jobs.

@@ -617,6 +617,7 @@ impl Store for SqliteStore {
                AND ($3 IS NULL OR seq < $3) \
                AND ($4 IS NULL OR EXISTS (SELECT 1 FROM job_labels l \
                     WHERE l.job_seq = jobs.seq AND l.key = $4 AND l.value = $5)) \
+               AND ($7 IS NULL OR submitted_by = $7) \
              ORDER BY seq DESC LIMIT $6"
         );
         let rows = sqlx::query(&sql)
@@ -626,6 +627,7 @@ impl Store for SqliteStore {
             .bind(label_key)
             .bind(label_value)
             .bind(i64::from(limit) + 1)
+            .bind(filter.submitted_by.as_deref())
             .fetch_all(&self.reader)
             .await
             .during("listing jobs")?;

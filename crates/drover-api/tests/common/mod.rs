@@ -139,6 +139,7 @@ impl Backend for StoreBackend {
                 label: query.label,
                 before: query.cursor.map(|c| i64::try_from(c).unwrap_or(i64::MAX)),
                 limit: query.limit,
+                submitted_by: query.submitted_by,
             };
             let page = self.store.list_jobs(&filter).await.map_err(store_error)?;
             Ok(JobList { jobs: page.jobs, next_cursor: page.next_cursor.map(|c| c.to_string()) })
@@ -292,6 +293,8 @@ where
 pub struct Tokens {
     pub admin: drover_api::token::ApiToken,
     pub reader: drover_api::token::ApiToken,
+    /// `jobs:read` and `jobs:write`, no `jobs:admin`: a tenant that sees only its own jobs.
+    pub tenant: drover_api::token::ApiToken,
     pub metrics: drover_api::token::ApiToken,
     pub revoked: drover_api::token::ApiToken,
     pub unknown: drover_api::token::ApiToken,
@@ -302,6 +305,7 @@ pub fn tokens() -> Tokens {
     Tokens {
         admin: ApiToken::generate().unwrap(),
         reader: ApiToken::generate().unwrap(),
+        tenant: ApiToken::generate().unwrap(),
         metrics: ApiToken::generate().unwrap(),
         revoked: ApiToken::generate().unwrap(),
         unknown: ApiToken::generate().unwrap(),
@@ -329,6 +333,7 @@ pub fn config(tokens: &Tokens, rate: RateLimitConfig) -> ApiConfig {
         tokens: vec![
             entry("admin", &tokens.admin, Scope::ALL, false),
             entry("reader", &tokens.reader, &[Scope::JobsRead], false),
+            entry("tenant", &tokens.tenant, &[Scope::JobsRead, Scope::JobsWrite], false),
             entry("prometheus", &tokens.metrics, &[Scope::MetricsRead], false),
             entry("retired", &tokens.revoked, Scope::ALL, true),
         ],

@@ -48,7 +48,7 @@ pub struct NewArgs {
     #[arg(long, value_parser = parse_name)]
     pub name: String,
     /// What the token may do, comma-separated: jobs:read, jobs:write, drivers:read,
-    /// metrics:read.
+    /// metrics:read, jobs:admin (every token's jobs, not only its own).
     #[arg(long, value_delimiter = ',', required = true)]
     pub scopes: Vec<Scope>,
 }
