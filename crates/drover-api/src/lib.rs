@@ -43,6 +43,7 @@ pub mod audit;
 pub mod auth;
 pub mod backend;
 pub mod body;
+pub mod egress;
 pub mod error;
 pub mod metrics;
 pub mod openapi;

@@ -14,7 +14,8 @@
 //!
 //! [`WebhookSender`] retries connection failures, timeouts, 429 and 5xx with exponential
 //! backoff (1 s, 2 s, 4 s, ... capped at 60 s; 8 attempts by default), never follows
-//! redirects, and never retries another 4xx. The secret comes from the environment
+//! redirects, and never retries another 4xx. It connects only to public addresses unless
+//! configured otherwise, checked on the resolved address ([`crate::egress`]). The secret comes from the environment
 //! ([`WebhookSecret::from_env`]), at least 32 bytes, and is redacted from `Debug`.
 //!
 //! ```
@@ -31,6 +32,8 @@
 use std::time::Duration;
 
 use drover_proto::api::WebhookEvent;
+
+use crate::egress::{FilteringResolver, TargetPolicy, check_url, is_forbidden};
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
@@ -92,6 +95,10 @@ pub enum WebhookError {
     /// The URL is not acceptable (not https, or not a URL).
     #[error("the webhook URL is not acceptable: {0}")]
     Url(&'static str),
+    /// The URL's host is, or resolves only to, addresses the target policy refuses
+    /// (loopback, private, link-local, metadata); never retried.
+    #[error("the webhook target is not a public address")]
+    ForbiddenTarget,
     /// The receiver refused with a status that is not retried.
     #[error("the receiver answered {0}; not retried")]
     Refused(u16),
@@ -199,21 +206,26 @@ pub struct WebhookSender {
     secret: WebhookSecret,
     policy: RetryPolicy,
     allow_http: bool,
+    targets: TargetPolicy,
 }
 
 impl WebhookSender {
-    /// A sender. `allow_http` accepts `http://` URLs (tests, loopback receivers).
+    /// A sender. `allow_http` accepts `http://` URLs; `targets` says which addresses it may
+    /// connect to ([`crate::egress`]: public ones only unless explicitly allowed).
     pub fn new(
         secret: WebhookSecret,
         policy: RetryPolicy,
         allow_http: bool,
+        targets: TargetPolicy,
     ) -> Result<Self, WebhookError> {
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .dns_resolver(FilteringResolver::new(targets))
             .timeout(policy.timeout)
             .build()
             .map_err(WebhookError::Client)?;
-        Ok(Self { client, secret, policy, allow_http })
+        Ok(Self { client, secret, policy, allow_http, targets })
     }
 
     /// Delivers `event` to `url`, retrying as the policy says; returns the attempts made.
@@ -222,6 +234,11 @@ impl WebhookSender {
         let http_allowed = self.allow_http && url.starts_with("http://");
         if !(https || http_allowed) {
             return Err(WebhookError::Url("only https:// URLs are allowed"));
+        }
+        let parsed = reqwest::Url::parse(url).map_err(|_| WebhookError::Url("not a URL"))?;
+        if check_url(&parsed, self.targets).is_err() {
+            tracing::warn!(event = %event.id, "webhook target is not a public address; not sent");
+            return Err(WebhookError::ForbiddenTarget);
         }
         let body =
             serde_json::to_vec(event).map_err(|_| WebhookError::Url("unserializable event"))?;
@@ -250,6 +267,10 @@ impl WebhookSender {
                         return Err(WebhookError::Refused(status));
                     }
                     format!("status {status}")
+                }
+                Err(error) if is_forbidden(&error) => {
+                    tracing::warn!(event = %event.id, "webhook target is not a public address; not sent");
+                    return Err(WebhookError::ForbiddenTarget);
                 }
                 // reqwest's error text names the URL, which the job's owner chose; no secret.
                 Err(error) => {

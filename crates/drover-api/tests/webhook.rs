@@ -12,6 +12,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
+use drover_api::egress::TargetPolicy;
 use drover_api::webhook::{
     RetryPolicy, SIGNATURE_HEADER, WebhookError, WebhookSecret, WebhookSender, verify,
 };
@@ -58,14 +59,20 @@ fn event() -> WebhookEvent {
     WebhookEvent { id: "evt-1".into(), kind: WebhookKind::JobFinished, created_unix_ms: 2, job }
 }
 
+/// A sender for the loopback receivers these tests start (private targets allowed).
 fn sender(max_attempts: u32, allow_http: bool) -> WebhookSender {
+    sender_for(max_attempts, allow_http, TargetPolicy::AnyAddress)
+}
+
+fn sender_for(max_attempts: u32, allow_http: bool, targets: TargetPolicy) -> WebhookSender {
     let policy = RetryPolicy {
         max_attempts,
         first_delay: Duration::from_millis(20),
         max_delay: Duration::from_millis(40),
         timeout: Duration::from_secs(5),
     };
-    WebhookSender::new(WebhookSecret::new(SECRET.to_vec()).unwrap(), policy, allow_http).unwrap()
+    WebhookSender::new(WebhookSecret::new(SECRET.to_vec()).unwrap(), policy, allow_http, targets)
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -105,10 +112,34 @@ async fn plain_http_needs_permission_and_a_wrong_secret_is_caught() {
         WebhookSecret::new(b"not the receiver's secret, 32+ bytes".to_vec()).unwrap(),
         RetryPolicy { max_attempts: 1, ..RetryPolicy::default() },
         true,
+        TargetPolicy::AnyAddress,
     )
     .unwrap();
     assert!(matches!(wrong.deliver(&url, &event()).await, Err(WebhookError::Refused(401))));
     let seen = receiver.seen.lock().unwrap().clone();
     assert_eq!(seen.len(), 1);
     assert!(seen[0].as_ref().unwrap_err().contains("does not match"));
+}
+
+/// Issue 21: by default a webhook never reaches loopback, whether the URL names the address
+/// or a host name resolving to it (checked on the resolved address, so DNS rebinding cannot
+/// pass); nothing connects and nothing is retried. Allowed when configured.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loopback_webhook_targets_are_refused_unless_allowed() {
+    let (url, receiver) = start(vec![]).await;
+    let port = url.rsplit(':').next().unwrap().trim_end_matches(|c: char| !c.is_ascii_digit());
+    let by_name = format!("http://localhost:{port}/hook");
+    let by_v6 = format!("http://[::ffff:127.0.0.1]:{port}/hook");
+    let public_only = sender_for(5, true, TargetPolicy::PublicOnly);
+    for target in [&url, &by_name, &by_v6] {
+        let started = std::time::Instant::now();
+        let refused = public_only.deliver(target, &event()).await.unwrap_err();
+        assert!(matches!(refused, WebhookError::ForbiddenTarget), "{target}: {refused}");
+        assert!(started.elapsed() < Duration::from_millis(500), "{target}: retried");
+    }
+    assert!(receiver.seen.lock().unwrap().is_empty(), "a refused target was connected to");
+
+    let allowed = sender_for(1, true, TargetPolicy::AnyAddress);
+    assert_eq!(allowed.deliver(&by_name, &event()).await.unwrap(), 1);
+    assert_eq!(receiver.seen.lock().unwrap().len(), 1);
 }

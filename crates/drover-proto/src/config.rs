@@ -129,6 +129,11 @@ pub struct ApiConfig {
     /// confidentiality). Default false: `https://` only.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub allow_http_webhooks: bool,
+    /// Let webhooks reach loopback, private, link-local and metadata addresses (checked on
+    /// the resolved address when connecting). Default false: public addresses only, so a
+    /// job's webhook URL cannot make the server call services on its own network.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_private_webhook_targets: bool,
 }
 
 impl Default for ApiConfig {
@@ -141,6 +146,7 @@ impl Default for ApiConfig {
             rate_limit: RateLimitConfig::default(),
             audit_file: None,
             allow_http_webhooks: false,
+            allow_private_webhook_targets: false,
         }
     }
 }

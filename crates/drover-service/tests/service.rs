@@ -437,6 +437,7 @@ async fn a_finished_job_is_reported_to_its_webhook_signed() {
         drover_api::webhook::WebhookSecret::new(secret.clone()).unwrap(),
         drover_api::webhook::RetryPolicy::default(),
         true,
+        drover_api::egress::TargetPolicy::AnyAddress,
     )
     .unwrap();
     let dir = tempfile::tempdir().unwrap();

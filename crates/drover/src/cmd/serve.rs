@@ -328,6 +328,11 @@ pub async fn start(
                 secret,
                 drover_api::webhook::RetryPolicy::default(),
                 config.api.allow_http_webhooks,
+                if config.api.allow_private_webhook_targets {
+                    drover_api::egress::TargetPolicy::AnyAddress
+                } else {
+                    drover_api::egress::TargetPolicy::PublicOnly
+                },
             )
             .context("the webhook sender")?,
         ),
