@@ -19,6 +19,11 @@
 //! | `userns` | `unshare(CLONE_NEWUSER)` |
 //! | `fork-sleep` | fork a child that sleeps; report both host pids |
 //! | `alloc:MIB` | allocate and touch MIB mebibytes |
+//! | `clone-ns` | `clone(CLONE_NEWUSER \| CLONE_NEWNET)` (a child that exits at once) |
+//! | `pdeathsig` | `prctl(PR_SET_PDEATHSIG, 0)` |
+//! | `tty-echo:FD` | turn `ECHO` off on the terminal at FD (`TCSETS`) |
+//! | `tty-winsize:FD` | set the terminal at FD to 1x1 (`TIOCSWINSZ`) |
+//! | `unix:PATH` | `connect()` to the UNIX socket at PATH |
 
 use std::io::{Read as _, Write as _};
 use std::net::SocketAddr;
@@ -131,6 +136,16 @@ pub enum Attempt {
     ForkSleep,
     /// Allocate and touch this many MiB.
     Alloc(usize),
+    /// `clone(CLONE_NEWUSER | CLONE_NEWNET)`.
+    CloneNamespaces,
+    /// `prctl(PR_SET_PDEATHSIG, 0)`.
+    ClearParentDeathSignal,
+    /// Echo off on the terminal at this fd.
+    TtyEcho(i32),
+    /// Window size 1x1 on the terminal at this fd.
+    TtyWinsize(i32),
+    /// Connect to a UNIX socket.
+    UnixConnect(PathBuf),
 }
 
 impl FromStr for Attempt {
@@ -139,6 +154,8 @@ impl FromStr for Attempt {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let (kind, arg) = s.split_once(':').unwrap_or((s, ""));
         let pid = || arg.parse::<i32>().map_err(|_| format!("{kind} needs a pid, got {arg:?}"));
+        let fd =
+            |arg: &str| arg.parse::<i32>().map_err(|_| format!("{kind} needs an fd, got {arg:?}"));
         Ok(match kind {
             "setuid0" => Attempt::SetuidRoot,
             "environ" => Attempt::ReadEnviron(pid()?),
@@ -155,6 +172,11 @@ impl FromStr for Attempt {
             "alloc" => {
                 Attempt::Alloc(arg.parse().map_err(|_| format!("alloc needs MiB, got {arg:?}"))?)
             }
+            "clone-ns" => Attempt::CloneNamespaces,
+            "pdeathsig" => Attempt::ClearParentDeathSignal,
+            "tty-echo" => Attempt::TtyEcho(fd(arg)?),
+            "tty-winsize" => Attempt::TtyWinsize(fd(arg)?),
+            "unix" if !arg.is_empty() => Attempt::UnixConnect(arg.into()),
             _ => return Err(format!("unknown attempt {s:?}")),
         })
     }
@@ -239,6 +261,15 @@ pub fn attempt(what: &Attempt) -> Outcome {
             let touched = memory.iter().step_by(4096).filter(|b| **b == 1).count();
             outcome(Ok(touched), |pages| Some(format!("{pages} pages touched")))
         }
+        Attempt::CloneNamespaces => {
+            outcome(attempt::clone_exit((libc::CLONE_NEWUSER | libc::CLONE_NEWNET) as u64), |_| {
+                None
+            })
+        }
+        Attempt::ClearParentDeathSignal => outcome(attempt::clear_parent_death_signal(), |_| None),
+        Attempt::TtyEcho(fd) => outcome(attempt::echo_off(*fd), |_| None),
+        Attempt::TtyWinsize(fd) => outcome(attempt::set_winsize(*fd, 1, 1), |_| None),
+        Attempt::UnixConnect(path) => outcome(UnixStream::connect(path), |_| None),
     }
 }
 

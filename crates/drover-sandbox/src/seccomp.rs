@@ -10,6 +10,19 @@
 //!    a BPF compilation at every spawn);
 //! 2. the allowlist, last: listed calls pass, everything else gets the default action.
 //!
+//! Whatever the policy says, the errno filters also carry the jail's own rules (`jail_rules`),
+//! which no profile can turn off (bubblewrap's `--disable-userns`, Chrome's and Firefox's
+//! sandboxes do the same):
+//!
+//! | Call | Answer |
+//! |---|---|
+//! | `clone` with any `CLONE_NEW*` flag, `unshare` with any, `setns` | `EPERM`: no new namespace, so none of the kernel surface a user namespace's capabilities open |
+//! | `clone3` | `ENOSYS`: its flags live in memory a filter cannot read; glibc falls back to `clone` |
+//! | `prctl(PR_SET_PDEATHSIG, ...)` | `EPERM`: the parent-death signal the sandbox armed stays armed |
+//! | `ioctl` setting terminal state (`TCSETS*`, `TCSETA*`, `TIOCSWINSZ`, `TIOCSTI`, `TIOCSCTTY`, `TIOCSPGRP`, `TIOCSETD`, `TIOCCONS`, `TIOCLINUX`, `TCFLSH`, `TCXONC`, `TIOCSBRK`, `TIOCCBRK`) | `EPERM`: an inherited terminal can be read from, never reconfigured |
+//!
+//! A call the allowlist does not list is still killed: the kernel keeps the strictest verdict.
+//!
 //! The kernel runs every filter and keeps the strictest verdict (kill > trap > errno >
 //! user-notif > trace > log > allow), so an errno filter wins over the allowlist's default.
 //!
@@ -38,6 +51,47 @@ use crate::sys;
 
 /// Calls the sandbox itself makes after the filter is installed.
 const ALWAYS_ALLOWED: &[&str] = &["execve", "exit", "exit_group", "close", "write"];
+
+/// The namespace flags `clone` and `unshare` may not carry. `CLONE_NEWTIME` (0x80) shares its
+/// bit with `clone`'s exit-signal byte, so it is checked for `unshare` only.
+const CLONE_NEW_FLAGS: [u64; 7] = [
+    libc::CLONE_NEWNS as u64,
+    libc::CLONE_NEWCGROUP as u64,
+    libc::CLONE_NEWUTS as u64,
+    libc::CLONE_NEWIPC as u64,
+    libc::CLONE_NEWUSER as u64,
+    libc::CLONE_NEWPID as u64,
+    libc::CLONE_NEWNET as u64,
+];
+const CLONE_NEWTIME: u64 = 0x80;
+
+/// `ioctl` requests that change a terminal (`asm-generic/ioctls.h`): `TCSETS`, `TCSETSW`,
+/// `TCSETSF`, `TCSETA`, `TCSETAW`, `TCSETAF`, `TCSBRK`, `TCXONC`, `TCFLSH`, `TIOCSCTTY`,
+/// `TIOCSPGRP`, `TIOCSTI`, `TIOCSWINSZ`, `TIOCLINUX`, `TIOCCONS`, `TIOCSETD`, `TIOCSBRK`,
+/// `TIOCCBRK`, `TCSETS2`, `TCSETSW2`, `TCSETSF2`.
+const TTY_SET_REQUESTS: [u64; 21] = [
+    0x5402,
+    0x5403,
+    0x5404,
+    0x5406,
+    0x5407,
+    0x5408,
+    0x5409,
+    0x540A,
+    0x540B,
+    0x540E,
+    0x5410,
+    0x5412,
+    0x5414,
+    0x541C,
+    0x541D,
+    0x5423,
+    0x5427,
+    0x5428,
+    0x402C_542B,
+    0x402C_542C,
+    0x402C_542D,
+];
 
 /// Marker in `SECCOMP_RET_TRACE` returns that become `SECCOMP_RET_USER_NOTIF`.
 const NOTIFY_MARKER: u32 = 0xd0e1;
@@ -138,6 +192,17 @@ pub(crate) fn compile(
     for (name, errno) in &policy.errno {
         by_errno.entry(*errno).or_default().insert(resolve(name, "errno")?, Vec::new());
     }
+    for (errno, nr, rules) in jail_rules()? {
+        let entry = by_errno.entry(errno).or_default();
+        match entry.get_mut(&nr) {
+            // The profile already answers every such call with this errno.
+            Some(existing) if existing.is_empty() => {}
+            Some(existing) if !rules.is_empty() => existing.extend(rules),
+            _ => {
+                entry.insert(nr, rules);
+            }
+        }
+    }
     let mut allowed = BTreeSet::new();
     for name in policy.allow.iter().map(String::as_str).chain(ALWAYS_ALLOWED.iter().copied()) {
         allowed.insert(resolve(name, "allow")?);
@@ -193,6 +258,41 @@ pub(crate) fn compile(
     Ok(Compiled { programs, enforcement })
 }
 
+/// The jail's own errno rules, `(errno, call, rules)`; empty rules: every such call. See the
+/// module documentation.
+fn jail_rules() -> Result<Vec<(i32, i64, Vec<SeccompRule>)>, SeccompError> {
+    let nr = |sysno: Sysno| i64::from(sysno.id());
+    let rule = |arg: u8, op: SeccompCmpOp, value: u64| {
+        SeccompCondition::new(arg, SeccompCmpArgLen::Dword, op, value)
+            .and_then(|c| SeccompRule::new(vec![c]))
+            .map_err(SeccompError::Build)
+    };
+    let any_flag = |flags: &[u64]| -> Result<Vec<SeccompRule>, SeccompError> {
+        flags.iter().map(|flag| rule(0, SeccompCmpOp::MaskedEq(*flag), *flag)).collect()
+    };
+    let mut unshare_flags = CLONE_NEW_FLAGS.to_vec();
+    unshare_flags.push(CLONE_NEWTIME);
+    Ok(vec![
+        (libc::EPERM, nr(Sysno::clone), any_flag(&CLONE_NEW_FLAGS)?),
+        (libc::EPERM, nr(Sysno::unshare), any_flag(&unshare_flags)?),
+        (libc::EPERM, nr(Sysno::setns), Vec::new()),
+        (
+            libc::EPERM,
+            nr(Sysno::prctl),
+            vec![rule(0, SeccompCmpOp::Eq, libc::PR_SET_PDEATHSIG as u64)?],
+        ),
+        (
+            libc::EPERM,
+            nr(Sysno::ioctl),
+            TTY_SET_REQUESTS
+                .iter()
+                .map(|request| rule(1, SeccompCmpOp::Eq, *request))
+                .collect::<Result<_, _>>()?,
+        ),
+        (libc::ENOSYS, nr(Sysno::clone3), Vec::new()),
+    ])
+}
+
 fn checked(program: BpfProgram) -> Result<BpfProgram, SeccompError> {
     if program.len() > 4096 {
         return Err(SeccompError::TooLong { len: program.len() });
@@ -239,30 +339,47 @@ mod tests {
     fn fallbacks_without_notify() {
         let compiled = compile(&policy(&["read"]), true, false).unwrap();
         assert_eq!(compiled.enforcement, Enforcement::KernelKill);
-        assert!(returns(&compiled.programs[0].0).contains(&libc::SECCOMP_RET_KILL_PROCESS));
+        assert!(
+            returns(&compiled.programs.last().unwrap().0).contains(&libc::SECCOMP_RET_KILL_PROCESS)
+        );
         let mut log = policy(&["read"]);
         log.default_action = SeccompDefault::Log;
         let compiled = compile(&log, true, false).unwrap();
         assert_eq!(compiled.enforcement, Enforcement::KernelLog);
-        assert_eq!(compiled.programs[0].1, sys::SECCOMP_FILTER_FLAG_LOG);
+        assert_eq!(compiled.programs.last().unwrap().1, sys::SECCOMP_FILTER_FLAG_LOG);
         log.default_action = SeccompDefault::Log;
         assert_eq!(compile(&log, true, true).unwrap().enforcement, Enforcement::NotifyLog);
     }
 
     #[test]
     fn errno_entries_and_the_network_switch_add_filters_before_the_allowlist() {
+        // The jail's rules: one EPERM and one ENOSYS filter, then the allowlist.
         let mut p = policy(&["read", "socket"]);
         p.errno.insert("clone3".into(), libc::ENOSYS);
-        assert_eq!(compile(&p, true, true).unwrap().programs.len(), 2);
+        assert_eq!(compile(&p, true, true).unwrap().programs.len(), 3);
         // The socket-family rule shares the ENOSYS filter.
         let compiled = compile(&p, false, true).unwrap();
-        assert_eq!(compiled.programs.len(), 2);
+        assert_eq!(compiled.programs.len(), 3);
         assert!(
-            returns(&compiled.programs[0].0)
+            returns(&compiled.programs[1].0)
                 .contains(&(libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32))
         );
+        // A profile's EPERM entry shares the jail's EPERM filter.
         p.errno.insert("uname".into(), libc::EPERM);
         assert_eq!(compile(&p, false, true).unwrap().programs.len(), 3);
+        p.errno.insert("uname".into(), libc::EACCES);
+        assert_eq!(compile(&p, false, true).unwrap().programs.len(), 4);
+    }
+
+    #[test]
+    fn a_profile_cannot_relax_the_jail_rules_but_can_widen_them() {
+        // An unconditional profile entry for a call the jail filters by argument stays
+        // unconditional (ioctl refused entirely is stricter than the tty requests alone).
+        let mut p = policy(&["read"]);
+        p.errno.insert("ioctl".into(), libc::EPERM);
+        let compiled = compile(&p, true, true).unwrap();
+        let without = compile(&policy(&["read"]), true, true).unwrap();
+        assert!(compiled.programs[0].0.len() < without.programs[0].0.len());
     }
 
     #[test]

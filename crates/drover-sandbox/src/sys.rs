@@ -436,6 +436,45 @@ pub(crate) mod attempt {
         check_int(unsafe { libc::unshare(flags) }).map(drop)
     }
 
+    /// `clone(flags | SIGCHLD)` of a child that exits at once; reaped before returning.
+    pub(crate) fn clone_exit(flags: u64) -> io::Result<()> {
+        let mut unused_pidfd: c_int = -1;
+        let pid = fork_like(flags, &mut unused_pidfd)?;
+        if pid == 0 {
+            // SAFETY: the child only exits.
+            unsafe { libc::_exit(0) }
+        }
+        reap(pid as libc::pid_t, true);
+        Ok(())
+    }
+
+    /// `prctl(PR_SET_PDEATHSIG, 0)`.
+    pub(crate) fn clear_parent_death_signal() -> io::Result<()> {
+        // SAFETY: PR_SET_PDEATHSIG takes one integer and touches no memory of ours.
+        check_int(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, 0 as c_ulong, 0, 0, 0) }).map(drop)
+    }
+
+    /// Turns `ECHO` off on the terminal at `fd` (`tcgetattr`, then `TCSETS` through
+    /// `tcsetattr`).
+    pub(crate) fn echo_off(fd: RawFd) -> io::Result<()> {
+        // SAFETY: termios is plain data for which all-zero is a valid value.
+        let mut termios: libc::termios = unsafe { std::mem::zeroed() };
+        // SAFETY: tcgetattr writes one termios through the pointer, a live local; `fd` is
+        // only used, not owned.
+        check_int(unsafe { libc::tcgetattr(fd, &mut termios) })?;
+        termios.c_lflag &= !libc::ECHO;
+        // SAFETY: tcsetattr reads one termios from a live local.
+        check_int(unsafe { libc::tcsetattr(fd, libc::TCSANOW, &termios) }).map(drop)
+    }
+
+    /// `ioctl(fd, TIOCSWINSZ, rows x cols)`.
+    pub(crate) fn set_winsize(fd: RawFd, rows: u16, cols: u16) -> io::Result<()> {
+        let size = libc::winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
+        // SAFETY: TIOCSWINSZ reads one winsize from a live local.
+        check_int(unsafe { libc::ioctl(fd, libc::TIOCSWINSZ, &size as *const libc::winsize) })
+            .map(drop)
+    }
+
     /// `fork()`; in the child, runs `child(arg)` (which must not return) instead of returning.
     pub(crate) fn fork_then(child: fn(RawFd) -> !, arg: RawFd) -> io::Result<libc::pid_t> {
         // SAFETY: the probe is single-threaded when it forks, so the child may run ordinary

@@ -5,7 +5,8 @@
 //! 2. Phase A: this process drops its own privilege (as root: to `--uid`, default 65534, and
 //!    the same gid; non-root: clears what is left) and verifies the result. Failure: exit 2.
 //! 3. Phase B: CMD starts in the sandbox with the profile's environment only, this process's
-//!    stdin, stdout and stderr, and the profile's work directory, or else a fresh private
+//!    stdin (or `/dev/null` when stdin is a terminal: a driver is never handed the operator's
+//!    terminal to read or reconfigure), stdout and stderr, and the profile's work directory, or else a fresh private
 //!    directory (removed afterwards). `--net` turns the network on.
 //!    With `limits.memory_bytes`, a started-as-root `drover exec` first prepares a memory
 //!    cgroup for the dropped uid (see `drover_sandbox::cgroup`), so the limit is enforced and
@@ -94,6 +95,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let program = argv.next().context("no command given")?;
     let mut command = Command::new(program, work_dir).args(argv);
     command.memory_cgroup = memory_cgroup;
+    if nix::unistd::isatty(std::io::stdin()).unwrap_or(false) {
+        let null = std::fs::File::open("/dev/null").context("opening /dev/null for stdin")?;
+        command.stdio[0] = Some(null.into());
+    }
     let prepared = prepare(&policy, command, &dropped).context("preparing the sandbox")?;
 
     // SIGINT, SIGTERM and SIGHUP to drover exec end the sandbox; the child resets its mask.

@@ -47,7 +47,8 @@ pub enum SandboxCommand {
     /// `drover exec`).
     Probe {
         /// An escape attempt: setuid0, environ:PID, signal:PID, ptrace:PID, socket-inet,
-        /// connect:IP:PORT, write:PATH, syscall:NAME, userns, fork-sleep, alloc:MIB. Repeatable.
+        /// connect:IP:PORT, write:PATH, syscall:NAME, userns, fork-sleep, alloc:MIB, clone-ns,
+        /// pdeathsig, tty-echo:FD, tty-winsize:FD, unix:PATH. Repeatable.
         #[arg(long = "try", value_name = "ATTEMPT", value_parser = parse_attempt)]
         attempts: Vec<(String, Attempt)>,
     },
