@@ -1,24 +1,20 @@
 #!/usr/bin/env python3
 """An example drover driver: `sleep` for a while with progress and logs, cancel-aware.
 
-Run it under drover's conformance kit (absolute paths: the driver starts in a fresh directory):
+It imports the installed SDK (`pip install drover-driver-sdk`, or `pip install drivers/python`
+from a drover checkout). With a venv beside it, check it under drover's conformance kit (the
+directory of the script, venv included, becomes readable in the sandbox):
 
-    drover driver-check --read "$PWD/drivers/python" -- /usr/bin/python3 "$PWD/drivers/python/example_driver.py"
+    drover driver-check -- /opt/example/.venv/bin/python /opt/example/example_driver.py
 
 or declare it in drover.toml:
 
     [[drivers]]
     name = "example"
-    command = ["/usr/bin/python3", "/opt/drivers/example_driver.py"]
+    command = ["/opt/example/.venv/bin/python", "/opt/example/example_driver.py"]
 """
 
-import os
-import sys
-
-# drover_driver.py sits next to this file; a driver may also vendor it or install it.
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from drover_driver import Driver  # noqa: E402
+from drover_driver import Driver
 
 driver = Driver("example", "1.0.0")
 

@@ -85,8 +85,11 @@ fn spawn_python(theirs: StdUnixStream) -> Child {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../drivers/python/example_driver.py");
     let fd = OwnedFd::from(theirs);
     nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty())).unwrap();
+    let sdk = concat!(env!("CARGO_MANIFEST_DIR"), "/../../drivers/python/src");
     let child = Command::new("python3")
         .arg(script)
+        // The SDK from the source tree (a development run; drivers/python/test.sh installs it).
+        .env("PYTHONPATH", sdk)
         .env("DROVER_TRANSPORT_FD", fd.as_raw_fd().to_string())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())

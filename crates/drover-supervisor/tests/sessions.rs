@@ -199,6 +199,7 @@ fn config(name: &str, mode: &str, script: &Path) -> DriverConfig {
 async fn start(dropped: drover_sandbox::Dropped, dir: &Path, sdk: &[(String, String)]) -> World {
     let script = dir.join("scripted.py");
     std::fs::write(&script, SCRIPT).unwrap();
+    std::fs::create_dir_all(dir.join("drover_driver")).unwrap();
     for (name, text) in sdk {
         std::fs::write(dir.join(name), text).unwrap();
     }
@@ -776,15 +777,20 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
-    // The Python SDK and its example driver (drivers/python), read while this process may
+    // The Python SDK package and its example driver (drivers/python), read while this process may
     // still read the checkout, and written below where the drivers' uid can read them.
-    let sdk: Vec<(String, String)> = ["drover_driver.py", "example_driver.py"]
-        .iter()
-        .map(|name| {
-            let path = repo().join("drivers/python").join(name);
-            (name.to_string(), std::fs::read_to_string(&path).unwrap())
-        })
-        .collect();
+    // The package goes beside the example, where Python finds it first.
+    let mut sdk = vec![(
+        "example_driver.py".to_owned(),
+        std::fs::read_to_string(repo().join("drivers/python/example_driver.py")).unwrap(),
+    )];
+    for entry in std::fs::read_dir(repo().join("drivers/python/src/drover_driver")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "py") {
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            sdk.push((format!("drover_driver/{name}"), std::fs::read_to_string(&path).unwrap()));
+        }
+    }
     let dropped = drop_privileges(&DropConfig::default(), &LinuxSys).unwrap();
     // Created after the drop, so it belongs to the drivers' uid; /tmp is world-traversable.
     let dir = tempfile::tempdir().unwrap();

@@ -18,7 +18,7 @@ use std::sync::OnceLock;
 use serde_json::Value;
 
 /// A world-readable directory holding a copy of the drover binary, the broken drivers and the
-/// Python example with its SDK.
+/// Python example with its SDK package.
 fn dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
@@ -31,8 +31,19 @@ fn dir() -> &'static Path {
             let name = path.file_name().unwrap().to_string_lossy().into_owned();
             files.push((path, name));
         }
-        for name in ["drover_driver.py", "example_driver.py"] {
-            files.push((manifest.join("../../drivers/python").join(name), name.to_owned()));
+        let python = manifest.join("../../drivers/python");
+        files.push((python.join("example_driver.py"), "example_driver.py".to_owned()));
+        // The SDK package beside the example, where Python finds it first (drivers/python/
+        // test.sh checks the example against the SDK installed into a venv instead).
+        std::fs::create_dir(dir.join("drover_driver")).unwrap();
+        std::fs::set_permissions(dir.join("drover_driver"), std::fs::Permissions::from_mode(0o755))
+            .unwrap();
+        for entry in std::fs::read_dir(python.join("src/drover_driver")).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "py") {
+                let name = path.file_name().unwrap().to_string_lossy().into_owned();
+                files.push((path, format!("drover_driver/{name}")));
+            }
         }
         for (from, name) in files {
             std::fs::copy(&from, dir.join(&name)).unwrap();

@@ -1,12 +1,9 @@
 """A driver for the tests: one action per behaviour the SDK must get right."""
 
 import os
-import sys
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-from drover_driver import Driver  # noqa: E402
+from drover_driver import Driver
 
 driver = Driver(
     "fixture",
