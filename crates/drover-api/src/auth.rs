@@ -1,7 +1,8 @@
 //! Authentication (SR-001), scopes and per-token rate limits.
 //!
-//! Every route but `GET /healthz` takes an [`Authorized<S>`] extractor, which runs before the
-//! body is read:
+//! Every route but the probes (`GET /healthz`, and `GET /readyz` without an `Authorization`
+//! header, which then says only ready or not) takes an [`Authorized<S>`] extractor, which
+//! runs before the body is read:
 //!
 //! ```text
 //! Authorization: Bearer drover_...   -- missing / not Bearer ---------> 401
@@ -382,6 +383,23 @@ impl<S: RequiredScope> FromRequestParts<Arc<ApiState>> for Authorized<S> {
                 .with_message("the token lacks the scope this route requires"));
         }
         Ok(Self { principal, _scope: PhantomData })
+    }
+}
+
+/// `Option<Authorized<S>>`: `None` when the request carries no `Authorization` header at
+/// all (an anonymous probe); a header that is present must pass exactly as for
+/// [`Authorized`], so a bad token is still 401.
+impl<S: RequiredScope> axum::extract::OptionalFromRequestParts<Arc<ApiState>> for Authorized<S> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<ApiState>,
+    ) -> Result<Option<Self>, Self::Rejection> {
+        if !parts.headers.contains_key(header::AUTHORIZATION) {
+            return Ok(None);
+        }
+        <Self as FromRequestParts<Arc<ApiState>>>::from_request_parts(parts, state).await.map(Some)
     }
 }
 

@@ -180,7 +180,7 @@ pub fn document() -> Value {
                 "security": [],
                 "responses": ok("Health", "Alive."),
             }},
-            "/readyz": {"get": operation("readyz", "Whether the supervisor can take jobs.", None, ready_responses, json!({}))},
+            "/readyz": {"get": operation("readyz", "Whether the supervisor can take jobs. Without a token (a probe) the body has no checks; with one it names each.", None, ready_responses, json!({"security": [{}, {"bearer": []}]}))},
             "/v1/jobs": {
                 "post": operation("submitJob", "Submit a job. Acknowledged (201) only once it is durable.",
                     Some("jobs:write"), submit_responses,

@@ -157,7 +157,6 @@ fn job_body() -> Value {
 fn protected_routes() -> Vec<(Method, &'static str, Option<Value>)> {
     let estimate = json!({"gpu": {"count": 1}, "max_runtime_s": 3600, "budget_usd": 1.0});
     vec![
-        (Method::GET, "/readyz", None),
         (Method::POST, "/v1/jobs", Some(job_body())),
         (Method::GET, "/v1/jobs", None),
         (Method::GET, "/v1/jobs/job-1", None),
@@ -251,7 +250,7 @@ async fn a_valid_token_without_the_scope_gets_403_and_with_it_gets_through() {
     let metrics = app.tokens.metrics.expose();
     for (method, uri, body) in protected_routes() {
         let needs = match (method.as_str(), uri) {
-            ("GET", "/readyz" | "/v1/openapi.json" | "/no/such/route") => "any",
+            ("GET", "/v1/openapi.json" | "/no/such/route") => "any",
             ("GET", "/v1/drivers") => "drivers:read",
             ("GET", "/metrics") => "metrics:read",
             ("GET", _) => "jobs:read",
@@ -913,4 +912,24 @@ async fn cross_token_reads_and_cancels_are_refused_without_jobs_admin() {
     let uri = format!("/v1/jobs/{tenants_job}");
     let cancel = app.call(Method::DELETE, &uri, Some(admin), None).await;
     assert_eq!(cancel.status, StatusCode::OK);
+}
+
+/// Probes (issue 17): `/healthz` and `/readyz` answer a caller without any `Authorization`
+/// header, as the kubelet calls them, and `/readyz` then says only ready or not; a presented
+/// token must still be valid, and a valid one sees every check.
+#[tokio::test]
+async fn probes_answer_without_a_token_and_reveal_nothing_but_readiness() {
+    let app = app().await;
+    for uri in ["/healthz", "/readyz"] {
+        let reply = app.call(Method::GET, uri, None, None).await;
+        assert_eq!(reply.status, StatusCode::OK, "{uri}: {}", reply.text);
+    }
+    let anonymous = app.call(Method::GET, "/readyz", None, None).await.json();
+    assert_eq!(anonymous, json!({"ready": true, "checks": {}}));
+    for bad in ["hunter2", app.tokens.unknown.expose(), app.tokens.revoked.expose()] {
+        let reply = app.call(Method::GET, "/readyz", Some(bad), None).await;
+        assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{}", reply.text);
+    }
+    let detailed = app.call(Method::GET, "/readyz", Some(app.tokens.reader.expose()), None).await;
+    assert_eq!(detailed.json()["checks"]["store"]["ok"], true, "{}", detailed.text);
 }

@@ -2,7 +2,8 @@
 //!
 //! Every field has a default, so an empty file (or none at all) is a working configuration:
 //! API on `127.0.0.1:8080` in production mode, SQLite in `./drover-data`, the embedded Vast.ai
-//! simulator (no money can be spent), the cost gate at its 95% floor, no drivers. Unknown
+//! simulator (no money can be spent), the cost gate at its 95% floor, the bundled `container`
+//! driver and no other. Unknown
 //! keys are errors, so a typo never silently falls back to a default. Secrets are never read
 //! from this file: the Vast.ai key comes only from `VASTAI_API_KEY`, and API tokens appear
 //! only as SHA-256 digests.
@@ -61,6 +62,11 @@ pub struct SupervisorConfig {
     #[serde(default = "default_shutdown_grace_s")]
     #[schemars(range(min = 1, max = 86_400))]
     pub shutdown_grace_s: u32,
+    /// Run the bundled `container` driver (this binary, `drover driver container`, in the
+    /// default sandbox profile) next to the `[[drivers]]` entries. Default true; a
+    /// `[[drivers]]` entry named `container` replaces it.
+    #[serde(default = "default_true")]
+    pub bundled_container: bool,
 }
 
 impl Default for SupervisorConfig {
@@ -71,6 +77,7 @@ impl Default for SupervisorConfig {
             gid: 65534,
             on_shutdown: ShutdownMode::default(),
             shutdown_grace_s: default_shutdown_grace_s(),
+            bundled_container: true,
         }
     }
 }
@@ -84,6 +91,10 @@ pub enum ShutdownMode {
     Cancel,
     /// Let running jobs finish within the grace period; cancel what is left after it.
     Drain,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_shutdown_grace_s() -> u32 {

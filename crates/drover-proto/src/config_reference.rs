@@ -22,7 +22,17 @@ pub fn config_reference() -> String {
          Generated from `schemas/config.json` by `cargo run -p drover -- schemas`; do not edit.\n\
          Every key is optional unless marked *required*; unknown keys are errors. Secrets are \
          never read from this file: the Vast.ai key comes only from `VASTAI_API_KEY`, and API \
-         tokens appear only as SHA-256 digests.\n",
+         tokens appear only as SHA-256 digests.\n\n\
+         ## Environment overrides\n\n\
+         `drover serve` reads `DROVER_<TABLE>__<KEY>` variables after the file: the name after \
+         `DROVER_` is split at each double underscore and lower-cased, so \
+         `DROVER_API__LISTEN=0.0.0.0:8080` sets `api.listen` and \
+         `DROVER_API__RATE_LIMIT__PER_SECOND=50` sets `api.rate_limit.per_second`. The value \
+         is read as a TOML value (`50`, `false`, `\"text\"`, `[{ name = \"ci\", ... }]`), or as \
+         plain text when it is not one. An override replaces the file's value, and the result \
+         passes the same schema (errors name the key). `DROVER_API__TOKENS` takes the whole \
+         `[[api.tokens]]` array, so token digests can come from a secret store; variables \
+         without a double underscore (`DROVER_TOKEN`, `DROVER_URL`) are not configuration.\n",
     );
     table_section(&mut out, "", &schema, defs);
     out

@@ -55,6 +55,7 @@ use serde::Serialize;
 
 use crate::profile;
 use process::Launcher;
+pub(crate) use process::read_grants;
 
 /// Upper bound on a whole run.
 pub const TOTAL_TIME: Duration = Duration::from_secs(120);
@@ -174,7 +175,7 @@ pub fn run(mut args: Args) -> anyhow::Result<ExitCode> {
             None => profile::load_builtin("default")?,
         };
         let (mut policy, _) = profile::to_policy(&profile);
-        policy.read.extend(process::read_grants(&args.command));
+        policy.read.extend(read_grants(&args.command));
         policy.read.extend(args.read.iter().cloned());
         // Phase A, before any thread or runtime exists.
         drover_sandbox::privilege::check_requested_uid(args.uid, &LinuxSys)

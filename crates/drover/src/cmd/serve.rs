@@ -2,24 +2,29 @@
 //!
 //! Start-up, in this order (any failure stops it with exit 2):
 //!
-//! 1. The configuration: `--config FILE` (TOML, every key optional; see `schemas/config.json`
-//!    or `drover validate --kind config`), else the embedded default: API on `127.0.0.1:8080`,
-//!    SQLite in `./drover-data`, the embedded Vast.ai simulator, and the bundled `container`
-//!    driver. A configuration without drivers gets the bundled `container` driver (this same
-//!    binary, `drover driver container`, in the default sandbox profile).
+//! 1. The configuration: `--config FILE` (TOML, every key optional), else every default: API
+//!    on `127.0.0.1:8080`, SQLite in `./drover-data` (relative to the working directory), the
+//!    embedded Vast.ai simulator. Then the `DROVER_<TABLE>__<KEY>` environment overrides
+//!    ([`overrides`]), then the whole schema (`schemas/config.json`), with the errors of
+//!    `drover validate --kind config`: a value out of bounds refuses the start, naming its key.
+//!    The bundled `container` driver (this same binary, `drover driver container`, in the
+//!    default sandbox profile) runs next to the `[[drivers]]` entries unless
+//!    `supervisor.bundled_container = false` or an entry is named `container`.
 //! 2. **Phase A**, before any thread or async runtime exists: as root, the data directory is
 //!    created and given to `supervisor.uid`/`gid` (default 65534), then the process drops to
 //!    them; started non-root, it clears what it holds. Either way it verifies that all five
 //!    capability sets are empty, no-new-privs is set and it is not dumpable, or refuses to
 //!    start.
 //! 3. The store (SQLite in the data directory, or `store.url`).
-//! 4. The provider: the real Vast.ai only when the configuration says `provider.kind =
-//!    "vastai"` **and** `VASTAI_API_KEY` is set; otherwise the embedded simulator (on a
-//!    loopback port, its clock 10x faster than real time), announced loudly in the log and
-//!    in `/readyz`. The provisioner's start-up reaper reconciles the account before anything
-//!    is rented: instances a killed predecessor left are destroyed and its leases settled.
+//! 4. The provider: the real Vast.ai when the configuration says `provider.kind = "vastai"`,
+//!    which then needs `VASTAI_API_KEY` (without it, the start is refused); otherwise the
+//!    embedded simulator (on a loopback port, its clock 10x faster than real time), announced
+//!    loudly in the log and in `/readyz`. The provisioner's start-up reaper reconciles the
+//!    account before anything is rented: instances a killed predecessor left are destroyed
+//!    and its leases settled.
 //! 5. The supervisor with its drivers, each in its sandbox, renting only through the
-//!    provisioner.
+//!    provisioner. Each driver may read what its profile grants plus what `drover
+//!    driver-check` grants: its program, and the directory of every argument naming a file.
 //! 6. The service (jobs a predecessor left `queued` are resumed, `running` ones failed) and
 //!    the API. One line on stdout, `drover serve: listening on http://ADDR`, says where
 //!    (with `--listen 127.0.0.1:0` the kernel picks the port). SIGHUP reloads the API tokens.
@@ -69,12 +74,49 @@ pub struct Args {
     pub development: bool,
 }
 
-/// Reads a configuration file.
-pub fn load_config(path: &Path) -> anyhow::Result<Config> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    toml::from_str(&text)
-        .with_context(|| format!("{} is not a valid configuration", path.display()))
+pub mod overrides;
+
+/// Reads the configuration: the file at `path` (none: every default), then the `DROVER_*`
+/// environment overrides (see [`overrides`]), then the whole configuration schema, with the
+/// same errors as `drover validate --kind config`, each naming the key it is about.
+pub fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
+    load_config_with(path, std::env::vars_os())
+}
+
+/// [`load_config`] with the environment given.
+pub fn load_config_with(
+    path: Option<&Path>,
+    env: impl IntoIterator<Item = (std::ffi::OsString, std::ffi::OsString)>,
+) -> anyhow::Result<Config> {
+    let (name, text) = match path {
+        Some(path) => (
+            path.display().to_string(),
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?,
+        ),
+        None => ("the default configuration".to_owned(), String::new()),
+    };
+    let mut table: toml::Table =
+        toml::from_str(&text).with_context(|| format!("{name} is not valid TOML"))?;
+    let applied = overrides::apply(&mut table, env).context("the DROVER_* environment")?;
+    let json = serde_json::to_vec(&table).context("the configuration as JSON")?;
+    let from = if applied.is_empty() {
+        name
+    } else {
+        format!("{name} with the environment's {}", applied.join(", "))
+    };
+    if let super::validate::Verdict::Invalid { errors, .. } =
+        super::validate::validate(super::validate::Kind::Config, &json)
+    {
+        let list: Vec<String> = errors
+            .iter()
+            .map(|e| {
+                let at = if e.instance_path.is_empty() { "/" } else { &e.instance_path };
+                format!("at {at}: {}", e.message)
+            })
+            .collect();
+        anyhow::bail!("{from} is not a valid configuration: {}", list.join("; "));
+    }
+    serde_json::from_slice(&json).with_context(|| format!("{from} is not a valid configuration"))
 }
 
 /// The bundled `container` driver, as this binary runs it.
@@ -146,7 +188,8 @@ pub fn prepare(mut config: Config) -> anyhow::Result<Prepared> {
     } else {
         DropConfig { uid: nix::unistd::getuid().as_raw(), gid: nix::unistd::getgid().as_raw() }
     };
-    if config.drivers.is_empty() {
+    let container_configured = config.drivers.iter().any(|d| d.name.as_str() == "container");
+    if config.supervisor.bundled_container && !container_configured {
         config.drivers.push(bundled_container(&exe)?);
     }
     let dropped = drop_privileges(&target, &LinuxSys).context("privilege drop (phase A) failed")?;
@@ -265,12 +308,11 @@ pub async fn start(
                 .context("the Vast.ai client")?;
             (client, Clock::system(), None, ProviderKind::Vastai)
         }
-        (selected, _) => {
-            if matches!(selected, ProviderConfig::Vastai { .. }) {
-                tracing::warn!(
-                    "provider.kind is \"vastai\" but VASTAI_API_KEY is not set: using the simulator"
-                );
-            }
+        (ProviderConfig::Vastai { .. }, None) => anyhow::bail!(
+            "provider.kind is \"vastai\" but VASTAI_API_KEY is not set: refusing to start \
+             (set the key, or choose provider.kind = \"simulator\")"
+        ),
+        (ProviderConfig::Simulator, _) => {
             let clock = Clock::scaled(SIM_SPEED);
             // A fresh random key keeps other local users off the simulator's loopback port.
             let secret = drover_api::token::ApiToken::generate()
@@ -312,6 +354,10 @@ pub async fn start(
         if driver.command.first().map(Path::new) == Some(prepared.exe.as_path()) {
             policy.read.push(prepared.exe.clone());
         }
+        // The same grants `drover driver-check` makes: the program, and the directory of
+        // every argument that names a file (a script and the modules beside it).
+        let argv: Vec<std::ffi::OsString> = driver.command.iter().map(Into::into).collect();
+        policy.read.extend(super::driver_check::read_grants(&argv));
         let mut spec = DriverSpec::new(driver.clone(), policy);
         spec.work_dir = work_dir;
         specs.push(spec);
@@ -462,10 +508,7 @@ pub fn init_logging_at(level: tracing_subscriber::filter::LevelFilter) {
 
 /// Runs `drover serve`.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let config = match &args.config {
-        Some(path) => load_config(path)?,
-        None => Config::default(),
-    };
+    let config = load_config(args.config.as_deref())?;
     let config_path = args.config.clone();
     let prepared = prepare(config)?;
     init_logging();
@@ -483,7 +526,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         if let Some(path) = config_path {
             let loader: drover_api::reload::Loader = Box::new(move || {
-                load_config(&path)
+                load_config(Some(&path))
                     .map(|c| c.api)
                     .map_err(|e| Box::<dyn std::error::Error + Send + Sync>::from(e.to_string()))
             });

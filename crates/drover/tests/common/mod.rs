@@ -36,6 +36,11 @@ pub fn start_with(config: &std::path::Path, key: Option<&str>) -> Serve {
         Some(key) => command.env("VASTAI_API_KEY", key),
         None => command.env_remove("VASTAI_API_KEY"),
     };
+    start_command(command)
+}
+
+/// Starts `command` (a `drover serve` with `--listen 127.0.0.1:0`) and reads where it listens.
+pub fn start_command(mut command: Command) -> Serve {
     let mut child = command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

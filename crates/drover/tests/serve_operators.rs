@@ -1,0 +1,144 @@
+//! `drover serve` as an operator runs it (issue 17): it refuses to start on a configuration
+//! `drover validate` refuses (naming the key, from the file or from a `DROVER_*` variable)
+//! and on `provider.kind = "vastai"` without its key; it keeps the bundled `container` driver
+//! next to configured ones unless told not to; and a driver that `drover driver-check` passes
+//! (a script with a module beside it, outside every directory the profile grants) runs.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use common::*;
+use drover::client::{ApiClient, Token};
+use drover_api::token::ApiToken;
+
+/// Runs `drover serve` expecting it to refuse; returns its stderr.
+fn refused(config: &Path, env: &[(&str, &str)]) -> String {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_drover"));
+    command.args(["serve", "--listen", "127.0.0.1:0", "--config"]).arg(config);
+    command.env_remove("VASTAI_API_KEY");
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    let output = command.stdin(Stdio::null()).output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(!output.status.success(), "serve started: {stdout}\n{stderr}");
+    assert!(!stdout.contains("listening"), "serve listened: {stdout}");
+    stderr
+}
+
+/// What `drover validate --kind config FILE` says: the instance paths of its errors.
+fn validate_paths(config: &Path) -> Vec<String> {
+    let output = Command::new(env!("CARGO_BIN_EXE_drover"))
+        .args(["validate", "--kind", "config"])
+        .arg(config)
+        .output()
+        .unwrap();
+    let verdict: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(verdict["valid"], false, "{verdict}");
+    verdict["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["instance_path"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn serve_refuses_what_validate_refuses_naming_the_key() {
+    let token = ApiToken::generate().unwrap();
+    for (extra, key) in [
+        ("\n[api]\nmax_body_bytes = 1\n", "/api/max_body_bytes"),
+        ("\n[gate]\nmax_quote_age_s = 0\n", "/gate/max_quote_age_s"),
+    ] {
+        let (_dir, _data, config) = config_dir(&token, extra);
+        assert_eq!(validate_paths(&config), [key]);
+        let stderr = refused(&config, &[]);
+        assert!(stderr.contains(&format!("at {key}:")), "{key}: {stderr}");
+    }
+    // The file's own rate limit is valid; a zero from the environment is not.
+    let (_dir, _data, config) = config_dir(&token, "");
+    let stderr = refused(&config, &[("DROVER_API__RATE_LIMIT__PER_SECOND", "0")]);
+    assert!(stderr.contains("at /api/rate_limit/per_second:"), "{stderr}");
+    assert!(stderr.contains("api.rate_limit.per_second"), "names the variable's key: {stderr}");
+}
+
+#[test]
+fn vastai_without_its_key_refuses_to_start_instead_of_simulating() {
+    let token = ApiToken::generate().unwrap();
+    let (_dir, _data, config) = config_dir(&token, "\n[provider]\nkind = \"vastai\"\n");
+    let stderr = refused(&config, &[]);
+    assert!(stderr.contains("VASTAI_API_KEY is not set"), "{stderr}");
+}
+
+/// A world-readable directory outside every path the default profile grants, holding the
+/// Python example driver and the SDK package it imports, beside it.
+fn python_driver_dir() -> tempfile::TempDir {
+    let dir = tempfile::Builder::new().prefix("drover-operator-").tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../drivers/python");
+    std::fs::copy(python.join("example_driver.py"), dir.path().join("example_driver.py")).unwrap();
+    // The SDK package beside the script, where Python finds it first.
+    let package = dir.path().join("drover_driver");
+    std::fs::create_dir(&package).unwrap();
+    std::fs::set_permissions(&package, std::fs::Permissions::from_mode(0o755)).unwrap();
+    for entry in std::fs::read_dir(python.join("src/drover_driver")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "py") {
+            std::fs::copy(&path, package.join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    for file in [dir.path().join("example_driver.py")]
+        .into_iter()
+        .chain(std::fs::read_dir(&package).unwrap().map(|e| e.unwrap().path()))
+    {
+        std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    dir
+}
+
+async fn driver_names(client: &ApiClient) -> Vec<String> {
+    let list = client.drivers().await.unwrap().body;
+    let mut names: Vec<String> = list.drivers.iter().map(|d| d.name.to_string()).collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn a_driver_that_passes_driver_check_runs_under_serve_next_to_the_bundled_one() {
+    let token = ApiToken::generate().unwrap();
+    let scripts = python_driver_dir();
+    let script = scripts.path().join("example_driver.py");
+    let drivers = format!(
+        "\n[[drivers]]\nname = \"example\"\ncommand = [\"/usr/bin/python3\", {script:?}]\n"
+    );
+    let (_dir, _data, config) = config_dir(&token, &drivers);
+    let serve = start(&config);
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let client = ApiClient::new(&serve.url, Token::new(token.expose()).unwrap()).unwrap();
+        // Ready means every driver has a session: the script could be read and said hello.
+        wait_ready(&client).await;
+        assert_eq!(driver_names(&client).await, ["container", "example"]);
+    });
+    drop(serve);
+
+    // Explicitly disabled, the bundled driver is gone.
+    let (_dir, _data, config) = config_dir(&token, &drivers);
+    let mut serve = Command::new(env!("CARGO_BIN_EXE_drover"));
+    serve
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&config)
+        .env("DROVER_SUPERVISOR__BUNDLED_CONTAINER", "false");
+    let serve = start_command(serve);
+    runtime.block_on(async {
+        let client = ApiClient::new(&serve.url, Token::new(token.expose()).unwrap()).unwrap();
+        wait_ready(&client).await;
+        assert_eq!(driver_names(&client).await, ["example"]);
+    });
+}
