@@ -9,6 +9,8 @@
 //!        | well-formed (prefix, length, base64url, checksum)? -- no ---> 401 (no lookup)
 //!        | SHA-256, compared in constant time with EVERY configured digest
 //!        | match? -- none --> 401 (unknown)      revoked? -- yes --> 401 (revoked)
+//!        |   (every 401 first takes from its peer's bucket: empty --> 429, see
+//!        |    crate::anonymous; audited as counts per window, not a row each)
 //!        | token bucket of this token -- empty --> 429 + Retry-After
 //!        | scope S? -- no --> 403
 //!        v
@@ -252,12 +254,14 @@ impl TokenRegistry {
     }
 }
 
-/// Token buckets, one per token name.
+/// Token buckets, one per key: a token's name (the default), or a peer address for requests
+/// without a valid token ([`crate::anonymous`]).
 #[derive(Debug)]
-pub struct RateLimiter {
+pub struct RateLimiter<K = Arc<str>> {
     per_second: f64,
     burst: f64,
-    buckets: Mutex<HashMap<Arc<str>, Bucket>>,
+    max_keys: usize,
+    buckets: Mutex<HashMap<K, Bucket>>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -266,23 +270,41 @@ struct Bucket {
     at: Instant,
 }
 
-impl RateLimiter {
-    /// A limiter with `config`'s rate and burst.
+impl<K: std::hash::Hash + Eq + Clone> RateLimiter<K> {
+    /// A limiter with `config`'s rate and burst, for any number of keys.
     pub fn new(config: RateLimitConfig) -> Self {
+        Self::bounded(config, usize::MAX)
+    }
+
+    /// A limiter that holds at most `max_keys` buckets: past that, buckets that have refilled
+    /// (so hold nothing a fresh one would not) are dropped, and if none has, the new key is
+    /// refused as if its bucket were empty. The bound keeps an attacker with many addresses
+    /// from growing the map without end.
+    pub fn bounded(config: RateLimitConfig, max_keys: usize) -> Self {
         Self {
             per_second: f64::from(config.per_second.max(1)),
             burst: f64::from(config.burst.max(1)),
+            max_keys,
             buckets: Mutex::new(HashMap::new()),
         }
     }
 
-    /// Takes one request from `name`'s bucket, or says how many seconds until one is free.
-    pub fn check(&self, name: &Arc<str>, now: Instant) -> Result<(), u64> {
+    /// Takes one request from `key`'s bucket, or says how many seconds until one is free.
+    pub fn check(&self, key: &K, now: Instant) -> Result<(), u64> {
         let mut buckets = match self.buckets.lock() {
             Ok(guard) => guard,
             Err(poisoned) => poisoned.into_inner(),
         };
-        let bucket = buckets.entry(name.clone()).or_insert(Bucket { tokens: self.burst, at: now });
+        if buckets.len() >= self.max_keys && !buckets.contains_key(key) {
+            let (per_second, burst) = (self.per_second, self.burst);
+            buckets.retain(|_, b| {
+                b.tokens + now.saturating_duration_since(b.at).as_secs_f64() * per_second < burst
+            });
+            if buckets.len() >= self.max_keys {
+                return Err(1);
+            }
+        }
+        let bucket = buckets.entry(key.clone()).or_insert(Bucket { tokens: self.burst, at: now });
         let elapsed = now.saturating_duration_since(bucket.at).as_secs_f64();
         bucket.tokens = (bucket.tokens + elapsed * self.per_second).min(self.burst);
         bucket.at = now;
@@ -364,6 +386,11 @@ impl<S: RequiredScope> FromRequestParts<Arc<ApiState>> for Authorized<S> {
                 state.metrics.auth_failure(rejection);
                 if let Some(context) = RequestContext::current() {
                     context.set_rejection(rejection);
+                }
+                let peer = crate::anonymous::peer_of(&parts.extensions);
+                if let Err(wait) = state.anonymous.check(peer) {
+                    state.metrics.rate_limited();
+                    return Err(ApiError::rate_limited(wait));
                 }
                 return Err(ApiError::new(ApiErrorCode::Unauthorized)
                     .with_message("a valid bearer token is required"));

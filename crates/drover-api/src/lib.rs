@@ -39,6 +39,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod anonymous;
 pub mod audit;
 pub mod auth;
 pub mod backend;

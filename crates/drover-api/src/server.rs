@@ -5,7 +5,8 @@
 //! 1. [`context`]: gives the request an id (`x-request-id` on the response), runs everything
 //!    inside it with that id in a task-local, turns a panic anywhere inside into
 //!    `500 {"error": "internal", "request_id": ...}` (the panic message goes to the log under
-//!    the same id), and writes one audit event and the metrics for the request.
+//!    the same id), and writes one audit event and the metrics for the request (requests
+//!    without a valid token are counted per window instead, [`crate::anonymous`]).
 //! 2. The routes ([`crate::routes`]), whose extractors authenticate ([`crate::auth`]) and
 //!    validate ([`crate::body`]) before the handler runs.
 
@@ -20,10 +21,11 @@ use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post};
 use drover_proto::api::{ApiErrorCode, ErrorBody};
-use drover_proto::config::{ApiConfig, ApiMode};
+use drover_proto::config::{ApiConfig, ApiLimitsConfig, ApiMode};
 use futures_util::FutureExt;
 use serde_json::{Map, Value};
 
+use crate::anonymous::{AnonymousGate, peer_of};
 use crate::audit::Auditor;
 use crate::auth::{RateLimiter, TokenConfigError, TokenRegistry, TokenSet};
 use crate::backend::Backend;
@@ -40,6 +42,8 @@ pub struct ApiSettings {
     pub max_body_bytes: usize,
     /// Whether `http://` webhook URLs are accepted.
     pub allow_http_webhooks: bool,
+    /// Connection, concurrency and abuse limits.
+    pub limits: ApiLimitsConfig,
 }
 
 /// Why the API refuses to start.
@@ -68,6 +72,8 @@ pub struct ApiState {
     pub tokens: TokenRegistry,
     /// Per-token rate limits.
     pub limiter: RateLimiter,
+    /// Per-peer limits and aggregated audit for requests without a valid token.
+    pub anonymous: AnonymousGate,
     /// Settings.
     pub settings: ApiSettings,
     /// Audit sink.
@@ -115,10 +121,12 @@ impl ApiState {
             backend,
             tokens: TokenRegistry::new(tokens),
             limiter: RateLimiter::new(config.rate_limit),
+            anonymous: AnonymousGate::new(&config.limits),
             settings: ApiSettings {
                 mode,
                 max_body_bytes: config.max_body_bytes as usize,
                 allow_http_webhooks: config.allow_http_webhooks,
+                limits: config.limits,
             },
             auditor,
             metrics: ApiMetrics::default(),
@@ -180,6 +188,7 @@ fn panic_text(payload: &(dyn Any + Send)) -> String {
 pub async fn context(State(state): State<Arc<ApiState>>, request: Request, next: Next) -> Response {
     let started = Instant::now();
     let id = request_id();
+    let peer = peer_of(request.extensions());
     let method = request.method().clone();
     let route = request
         .extensions()
@@ -218,7 +227,11 @@ pub async fn context(State(state): State<Arc<ApiState>>, request: Request, next:
     state.metrics.request(&method, &route, status, started.elapsed());
     // Probes poll every few seconds; they are counted in the metrics, not audited.
     let probe = method == Method::GET && (route == "/healthz" || route == "/readyz");
-    if !probe {
+    if let Some(rejection) = context.rejection() {
+        // No valid token: counted per window, not a row each (crate::anonymous).
+        let result = if status == 429 { "unauthenticated:throttled" } else { rejection.as_str() };
+        state.anonymous.note(result, peer, &state.auditor);
+    } else if !probe {
         let actor = context.actor().map_or_else(|| "anonymous".to_owned(), |a| a.to_string());
         let result = match context.rejection() {
             Some(rejection) => rejection.as_str().to_owned(),
@@ -251,5 +264,7 @@ pub async fn serve(
     router: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, router.into_make_service_with_connect_info::<std::net::SocketAddr>())
+        .with_graceful_shutdown(shutdown)
+        .await
 }

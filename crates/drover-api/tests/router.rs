@@ -47,6 +47,16 @@ impl Write for LogBuffer {
 }
 
 async fn app_with(rate: RateLimitConfig, mode: ApiMode, development_flag: bool) -> App {
+    app_limited(rate, mode, development_flag, |_| {}).await
+}
+
+/// An app whose configuration `adjust` changes last.
+async fn app_limited(
+    rate: RateLimitConfig,
+    mode: ApiMode,
+    development_flag: bool,
+    adjust: impl FnOnce(&mut drover_proto::config::ApiConfig),
+) -> App {
     let logs = Arc::new(Mutex::new(Vec::new()));
     let writer = LogBuffer(logs.clone());
     let subscriber = tracing_subscriber::fmt().with_writer(move || writer.clone()).finish();
@@ -56,6 +66,7 @@ async fn app_with(rate: RateLimitConfig, mode: ApiMode, development_flag: bool) 
     let tokens = tokens();
     let mut config = config(&tokens, rate);
     config.mode = mode;
+    adjust(&mut config);
     let auditor = Auditor::start(backend.clone(), Some(dir.path().join("audit.jsonl")));
     let state = ApiState::new(&config, development_flag, backend.clone(), auditor).unwrap();
     App {
@@ -216,7 +227,8 @@ async fn every_protected_route_refuses_missing_malformed_unknown_and_revoked_tok
     assert_eq!(health.status, StatusCode::OK);
     assert_eq!(health.json(), json!({"status": "ok"}));
 
-    // Audit: each refusal recorded with its reason, as `anonymous`, and no token anywhere.
+    // Audit: each refusal counted with its reason, as `anonymous`, and no token anywhere.
+    app.state.anonymous.flush(&app.state.auditor).await;
     app.state.auditor.flush().await;
     let audit = app.backend.audit.lock().unwrap().clone();
     let results: Vec<&str> = audit.iter().map(|e| e.result.as_str()).collect();
@@ -932,4 +944,50 @@ async fn probes_answer_without_a_token_and_reveal_nothing_but_readiness() {
     }
     let detailed = app.call(Method::GET, "/readyz", Some(app.tokens.reader.expose()), None).await;
     assert_eq!(detailed.json()["checks"]["store"]["ok"], true, "{}", detailed.text);
+}
+
+/// Issue 21: a flood without a token gets 429 once its peer's burst is spent, leaves a
+/// bounded number of audit rows (one per kind of rejection per window, with the count), and
+/// never slows down a client with a valid token.
+#[tokio::test]
+async fn an_unauthenticated_flood_is_throttled_and_audited_in_aggregate() {
+    let app = app_limited(generous(), ApiMode::Production, false, |config| {
+        config.limits = drover_proto::config::ApiLimitsConfig::default();
+    })
+    .await;
+    let limits = app.state.settings.limits;
+    let flood = 2000;
+    let (mut unauthorized, mut throttled) = (0, 0);
+    for n in 0..flood {
+        let token = (n % 2 == 0).then_some("drover_not-a-token");
+        let reply = app.call(Method::GET, "/v1/jobs", token, None).await;
+        match reply.status {
+            StatusCode::UNAUTHORIZED => unauthorized += 1,
+            StatusCode::TOO_MANY_REQUESTS => {
+                assert!(reply.headers.contains_key(header::RETRY_AFTER));
+                throttled += 1;
+            }
+            other => panic!("unexpected {other}"),
+        }
+        if n % 500 == 0 {
+            let ok = app.call(Method::GET, "/v1/jobs", Some(app.admin()), None).await;
+            assert_eq!(ok.status, StatusCode::OK, "an authenticated client is still served");
+        }
+    }
+    // The burst, plus whatever refilled while the loop ran (a few seconds at most).
+    assert!(unauthorized >= limits.unauthenticated_burst as usize, "{unauthorized}");
+    assert!(unauthorized <= limits.unauthenticated_burst as usize + 40, "{unauthorized}");
+    assert_eq!(unauthorized + throttled, flood);
+
+    app.state.anonymous.flush(&app.state.auditor).await;
+    app.state.auditor.flush().await;
+    let audit = app.backend.audit.lock().unwrap().clone();
+    let anonymous: Vec<_> = audit.iter().filter(|e| e.actor == "anonymous").collect();
+    assert!(anonymous.len() <= 5, "{} audit rows for the flood", anonymous.len());
+    assert!(audit.len() < 20, "{} audit rows in all", audit.len());
+    let counted: u64 = anonymous.iter().map(|e| e.metadata["count"].as_u64().unwrap()).sum();
+    assert_eq!(counted, flood as u64, "every rejection is counted");
+    let results: Vec<&str> = anonymous.iter().map(|e| e.result.as_str()).collect();
+    assert!(results.contains(&"unauthenticated:throttled"), "{results:?}");
+    assert!(anonymous.iter().all(|e| e.action == "http.unauthenticated"));
 }

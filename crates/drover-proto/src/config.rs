@@ -145,6 +145,112 @@ pub struct ApiConfig {
     /// job's webhook URL cannot make the server call services on its own network.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub allow_private_webhook_targets: bool,
+    /// Connection, concurrency and abuse limits; every key has a default.
+    #[serde(default)]
+    pub limits: ApiLimitsConfig,
+}
+
+/// What one client, or many without a token, can hold of the server (issue 21). The defaults
+/// suit a server with the usual 1024 open files; `max_connections` is lowered at start to
+/// leave `fd_reserve` descriptors for the store, drivers and their restarts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApiLimitsConfig {
+    /// Time a client has to send a request's complete headers, from the connection's start
+    /// or the end of its previous request. Default 10000 ms.
+    #[serde(default = "default_header_read_timeout_ms")]
+    #[schemars(range(min = 100, max = 600_000))]
+    pub header_read_timeout_ms: u32,
+    /// A connection with no request in flight is closed after this long. Default 60 s.
+    #[serde(default = "default_idle_timeout_s")]
+    #[schemars(range(min = 1, max = 86_400))]
+    pub idle_timeout_s: u32,
+    /// Open connections at most; new ones wait in the kernel's backlog. Default 512.
+    #[serde(default = "default_max_connections")]
+    #[schemars(range(min = 1, max = 1_000_000))]
+    pub max_connections: u32,
+    /// Open connections from one peer address (IPv6: one /64) at most; more are closed at
+    /// once. Default 64.
+    #[serde(default = "default_max_connections_per_peer")]
+    #[schemars(range(min = 1, max = 1_000_000))]
+    pub max_connections_per_peer: u32,
+    /// Requests handled at once; more get 503 with `Retry-After`. Default 256.
+    #[serde(default = "default_max_concurrent_requests")]
+    #[schemars(range(min = 1, max = 1_000_000))]
+    pub max_concurrent_requests: u32,
+    /// Open event streams (`GET /v1/jobs/{id}/events`) per token at most; more get 429.
+    /// Default 8.
+    #[serde(default = "default_sse_streams_per_token")]
+    #[schemars(range(min = 1, max = 100_000))]
+    pub sse_streams_per_token: u32,
+    /// Sustained requests per second without a valid token, per peer address; past the burst
+    /// they get 429 instead of 401. Default 2.
+    #[serde(default = "default_unauthenticated_per_second")]
+    #[schemars(range(min = 1, max = 1_000_000))]
+    pub unauthenticated_per_second: u32,
+    /// Requests without a valid token one peer may make at once. Default 20.
+    #[serde(default = "default_unauthenticated_burst")]
+    #[schemars(range(min = 1, max = 1_000_000))]
+    pub unauthenticated_burst: u32,
+    /// Requests without a valid token are audited as counts per window of this length, one
+    /// row per kind of rejection, not one row each. Default 60 s.
+    #[serde(default = "default_anonymous_audit_window_s")]
+    #[schemars(range(min = 1, max = 86_400))]
+    pub anonymous_audit_window_s: u32,
+    /// File descriptors the API never uses, kept for the store, drivers and their restarts:
+    /// connections are accepted only while more than this many are free under
+    /// `RLIMIT_NOFILE`. Default 128.
+    #[serde(default = "default_fd_reserve")]
+    #[schemars(range(min = 16, max = 1_000_000))]
+    pub fd_reserve: u32,
+}
+
+impl Default for ApiLimitsConfig {
+    fn default() -> Self {
+        Self {
+            header_read_timeout_ms: default_header_read_timeout_ms(),
+            idle_timeout_s: default_idle_timeout_s(),
+            max_connections: default_max_connections(),
+            max_connections_per_peer: default_max_connections_per_peer(),
+            max_concurrent_requests: default_max_concurrent_requests(),
+            sse_streams_per_token: default_sse_streams_per_token(),
+            unauthenticated_per_second: default_unauthenticated_per_second(),
+            unauthenticated_burst: default_unauthenticated_burst(),
+            anonymous_audit_window_s: default_anonymous_audit_window_s(),
+            fd_reserve: default_fd_reserve(),
+        }
+    }
+}
+
+fn default_header_read_timeout_ms() -> u32 {
+    10_000
+}
+fn default_idle_timeout_s() -> u32 {
+    60
+}
+fn default_max_connections() -> u32 {
+    512
+}
+fn default_max_connections_per_peer() -> u32 {
+    64
+}
+fn default_max_concurrent_requests() -> u32 {
+    256
+}
+fn default_sse_streams_per_token() -> u32 {
+    8
+}
+fn default_unauthenticated_per_second() -> u32 {
+    2
+}
+fn default_unauthenticated_burst() -> u32 {
+    20
+}
+fn default_anonymous_audit_window_s() -> u32 {
+    60
+}
+fn default_fd_reserve() -> u32 {
+    128
 }
 
 impl Default for ApiConfig {
@@ -158,6 +264,7 @@ impl Default for ApiConfig {
             audit_file: None,
             allow_http_webhooks: false,
             allow_private_webhook_targets: false,
+            limits: ApiLimitsConfig::default(),
         }
     }
 }

@@ -18,7 +18,9 @@ use drover_proto::api::{
     AuditEvent, Check, DriverHealth, DriverList, DriverView, EstimateRequest, EstimateResponse,
     Job, JobEventKind, JobList, Readiness,
 };
-use drover_proto::config::{ApiConfig, RateLimitConfig, Scope, TokenEntry, TokenFormat};
+use drover_proto::config::{
+    ApiConfig, ApiLimitsConfig, RateLimitConfig, Scope, TokenEntry, TokenFormat,
+};
 use drover_proto::{ActionName, CostEstimate, DriverName, JobId, JobPhase, JobState, ParamsSchema};
 use drover_store::{Idempotency, JobFilter, NewJob, SqliteStore, Store, StoreError};
 use futures_util::StreamExt;
@@ -338,6 +340,12 @@ pub fn config(tokens: &Tokens, rate: RateLimitConfig) -> ApiConfig {
             entry("retired", &tokens.revoked, Scope::ALL, true),
         ],
         rate_limit: rate,
+        // Most tests send many requests without a token from one (absent) peer.
+        limits: ApiLimitsConfig {
+            unauthenticated_per_second: 100_000,
+            unauthenticated_burst: 100_000,
+            ..ApiLimitsConfig::default()
+        },
         ..ApiConfig::default()
     }
 }
