@@ -16,6 +16,8 @@
 //! | `limits.cpu_seconds` | 3600 |
 //! | `limits.memory_bytes` | none (no memory cgroup) |
 //! | `limits.wall_clock_seconds` | none |
+//! | `limits.work_dir_bytes` | 256 MiB (the work directory's tmpfs in the private tree) |
+//! | `limits.work_dir_inodes` | 16384 |
 //! | `network` | `false` |
 //! | `namespaces` | `true` |
 //! | `seccomp.default_action` | `kill` |
@@ -136,6 +138,15 @@ pub struct LimitsProfile {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 31_536_000))]
     pub wall_clock_seconds: Option<u32>,
+    /// Size of the work directory, a tmpfs in the driver's private mount tree, in bytes; a
+    /// write beyond it fails with `ENOSPC`. Default 256 MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 65_536))]
+    pub work_dir_bytes: Option<u64>,
+    /// Files and directories the work directory can hold. Default 16384.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 16, max = 16_777_216))]
+    pub work_dir_inodes: Option<u32>,
 }
 
 /// The system call filter.
@@ -229,4 +240,7 @@ pub enum SandboxFeature {
     Namespaces,
     /// A memory cgroup for the driver, so `limits.memory_bytes` is enforced.
     MemoryCgroup,
+    /// The private mount tree: only the granted paths, the driver's own /proc, a minimal
+    /// /dev, a tmpfs work directory (needs the namespaces).
+    PrivateTree,
 }

@@ -111,7 +111,7 @@ impl Features {
             Feature::SeccompNotify => {
                 Err("seccomp user notification unavailable (Linux 5.5+)".into())
             }
-            Feature::Namespaces => Features::namespaces().clone(),
+            Feature::Namespaces | Feature::PrivateTree => Features::namespaces().clone(),
             Feature::MemoryCgroup => match crate::cgroup::memory_hierarchy() {
                 Some(_) => Ok(()),
                 None => Err("this kernel has no memory cgroup controller".into()),

@@ -91,6 +91,21 @@ pub(crate) fn build(
     Option::<OwnedFd>::from(created).ok_or(LandlockError::NoFd)
 }
 
+/// The raw Landlock access bits of `grant` under `abi`, for a rule the child adds itself (on a
+/// filesystem that exists only in its private tree).
+pub(crate) fn access_bits(abi: u32, grant: Grant, dir: bool) -> u64 {
+    let abi = ABI::from(i32::try_from(abi).unwrap_or(i32::MAX));
+    let mut access = match grant {
+        Grant::Read => AccessFs::from_read(abi),
+        Grant::Write => AccessFs::from_all(abi),
+        Grant::Device => AccessFs::ReadFile | AccessFs::WriteFile,
+    };
+    if !dir {
+        access &= AccessFs::ReadFile | AccessFs::WriteFile | AccessFs::Execute | AccessFs::Truncate;
+    }
+    access.bits()
+}
+
 fn is_dir(path: &Path) -> bool {
     std::fs::metadata(path).map(|m| m.is_dir()).unwrap_or(false)
 }

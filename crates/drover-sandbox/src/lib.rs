@@ -48,6 +48,7 @@ pub mod seccomp;
 pub mod spawn;
 #[allow(unsafe_code)]
 mod sys;
+pub mod tree;
 
 pub use death::{Cause, Death, Logged};
 pub use features::Features;

@@ -11,7 +11,8 @@
 //! | `devices` | none |
 //! | `limits` | core 0, 1024 open files, 1 GiB file size, 3600 s CPU, no memory cgroup limit, no wall-clock deadline; never an address-space limit (CUDA reserves huge mappings) |
 //! | `network` | off: a network namespace when available, and always `socket()` restricted to `AF_UNIX` (other families: `ENOSYS`) |
-//! | `namespaces` | on: user, pid, net, mount, ipc, uts and cgroup namespaces when the kernel allows them unprivileged |
+//! | `namespaces` | on: user, pid, net, mount, ipc, uts and cgroup namespaces when the kernel allows them unprivileged, and with them the private mount tree (`crate::tree`): only the granted paths, the driver's own /proc, a minimal /dev |
+//! | `limits.work_dir_bytes`, `limits.work_dir_inodes` | 256 MiB and 16384: the work directory is a tmpfs of that size in the private tree |
 //! | `seccomp.default_action` | [`SeccompDefault::Kill`] |
 //! | `seccomp.allow` | empty (so only the calls the sandbox itself needs: a useful policy lists its own) |
 //! | `require` | nothing: a missing kernel feature is a logged degradation, not an error |
@@ -76,6 +77,10 @@ pub struct Limits {
     /// Wall-clock deadline from spawn; the supervisor kills the driver when it passes. Default
     /// none.
     pub wall_clock: Option<Duration>,
+    /// Size of the work directory's tmpfs in the private tree, bytes. Default 256 MiB.
+    pub work_dir_bytes: u64,
+    /// Inodes of the work directory's tmpfs in the private tree. Default 16384.
+    pub work_dir_inodes: u64,
 }
 
 impl Default for Limits {
@@ -86,6 +91,8 @@ impl Default for Limits {
             cpu_seconds: 3600,
             memory_bytes: None,
             wall_clock: None,
+            work_dir_bytes: 256 << 20,
+            work_dir_inodes: 16384,
         }
     }
 }
@@ -133,17 +140,20 @@ pub enum Feature {
     Namespaces,
     /// A memory cgroup for the driver (a memory limit that is enforced, OOM kills named).
     MemoryCgroup,
+    /// The private mount tree (needs the namespaces).
+    PrivateTree,
 }
 
 impl Feature {
     /// Every feature, in a fixed order.
-    pub const ALL: [Feature; 6] = [
+    pub const ALL: [Feature; 7] = [
         Feature::Landlock,
         Feature::LandlockScoping,
         Feature::LandlockIoctlDev,
         Feature::SeccompNotify,
         Feature::Namespaces,
         Feature::MemoryCgroup,
+        Feature::PrivateTree,
     ];
 
     /// The name profiles and `drover sandbox status` use.
@@ -155,6 +165,7 @@ impl Feature {
             Feature::SeccompNotify => "seccomp_notify",
             Feature::Namespaces => "namespaces",
             Feature::MemoryCgroup => "memory_cgroup",
+            Feature::PrivateTree => "private_tree",
         }
     }
 }

@@ -128,6 +128,8 @@ pub enum Degradation {
     SeccompLogToAudit,
     /// The memory limit is not enforced: no memory cgroup was given (or exists).
     NoMemoryCgroup,
+    /// No private mount tree (it needs the namespaces).
+    NoPrivateTree,
 }
 
 impl std::fmt::Display for Degradation {
@@ -152,6 +154,9 @@ impl std::fmt::Display for Degradation {
             ),
             Degradation::SeccompLogToAudit => f.write_str(
                 "no seccomp user notification: log mode writes to the kernel audit log only",
+            ),
+            Degradation::NoPrivateTree => f.write_str(
+                "no private mount tree: the driver sees the host's filesystem (within Landlock's rules), the host's /proc (every process and its command line, the kernel command line) and can connect to host UNIX sockets",
             ),
             Degradation::NoMemoryCgroup => f.write_str(
                 "no memory cgroup: the memory limit is not enforced and an OOM kill looks like any SIGKILL",
@@ -238,6 +243,7 @@ pub struct Prepared {
     landlock: Option<OwnedFd>,
     _programs: Vec<seccompiler::BpfProgram>,
     filters: Vec<FilterPlan>,
+    tree: crate::tree::Plan,
     enforcement: Enforcement,
     namespaces: bool,
     network: bool,
@@ -264,7 +270,7 @@ pub fn prepare(
     for feature in &policy.require {
         match feature {
             // Known only by trying; `spawn` fails closed if the clone is refused.
-            Feature::Namespaces => continue,
+            Feature::Namespaces | Feature::PrivateTree => continue,
             Feature::MemoryCgroup if command.memory_cgroup.is_none() => {
                 return Err(SpawnError::MissingFeature {
                     feature: *feature,
@@ -349,9 +355,21 @@ pub fn prepare(
     };
     let namespaces = policy.namespaces && !NAMESPACES_REFUSED.load(Ordering::Relaxed);
     if policy.namespaces && !namespaces {
+        if policy.require.contains(&Feature::PrivateTree) {
+            return Err(SpawnError::MissingFeature {
+                feature: Feature::PrivateTree,
+                reason: "namespaces were refused earlier in this process".into(),
+            });
+        }
         degradations
             .push(Degradation::NoNamespaces { reason: "refused earlier in this process".into() });
+        degradations.push(Degradation::NoPrivateTree);
     }
+    let tree = if namespaces {
+        crate::tree::plan(policy, &command.work_dir, features.landlock_abi())?
+    } else {
+        crate::tree::Plan { steps: Vec::new(), landlock: Vec::new() }
+    };
     Ok(Prepared {
         program,
         _argv: argv,
@@ -365,10 +383,12 @@ pub fn prepare(
         landlock,
         _programs: programs,
         filters,
+        tree,
         enforcement: compiled.enforcement,
         namespaces,
         network: policy.network,
-        require_namespaces: policy.require.contains(&Feature::Namespaces),
+        require_namespaces: policy.require.contains(&Feature::Namespaces)
+            || policy.require.contains(&Feature::PrivateTree),
         wall_clock: policy.limits.wall_clock,
         transport: command.transport,
         stdio: command.stdio,
@@ -411,6 +431,10 @@ pub fn expected_degradations(policy: &Policy) -> Vec<Degradation> {
         && let Err(reason) = Features::namespaces()
     {
         out.insert(0, Degradation::NoNamespaces { reason: reason.clone() });
+        out.insert(1, Degradation::NoPrivateTree);
+    }
+    if !policy.namespaces {
+        out.push(Degradation::NoPrivateTree);
     }
     out
 }
@@ -541,6 +565,8 @@ impl Prepared {
                 rlimits: &self.rlimits,
                 landlock_fd: self.landlock.as_ref().map(AsRawFd::as_raw_fd),
                 filters: &self.filters,
+                mounts: if namespaces != 0 { &self.tree.steps } else { &[] },
+                landlock_adds: if namespaces != 0 { &self.tree.landlock } else { &[] },
             };
             match sys::spawn(&plan) {
                 Ok(spawned) => break spawned,
@@ -567,6 +593,7 @@ impl Prepared {
                     self.degradations.push(Degradation::NoNamespaces {
                         reason: format!("cloning into new namespaces failed: {e}"),
                     });
+                    self.degradations.push(Degradation::NoPrivateTree);
                     namespaces = 0;
                 }
                 Err(e) => return Err(os("clone3")(e)),

@@ -12,7 +12,7 @@
 // and ABI structs take `u32` lengths of tiny types: the narrowing casts here cannot truncate.
 #![allow(clippy::cast_possible_truncation)]
 
-use std::ffi::CStr;
+use std::ffi::{CStr, CString};
 use std::io;
 use std::mem::{size_of, size_of_val};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
@@ -47,6 +47,12 @@ const SYS_LANDLOCK_RESTRICT_SELF: c_long = 446;
 const SYS_CLOSE_RANGE: c_long = 436;
 const SYS_CLONE3: c_long = 435;
 const SYS_PIDFD_SEND_SIGNAL: c_long = 424;
+const SYS_LANDLOCK_ADD_RULE: c_long = 445;
+const SYS_MOUNT_SETATTR: c_long = 442;
+/// `landlock_add_rule` rule type.
+const LANDLOCK_RULE_PATH_BENEATH: c_int = 1;
+/// `mount_setattr` flag: the whole subtree.
+const AT_RECURSIVE: c_uint = 0x8000;
 /// Securebits (`linux/securebits.h`).
 const SECBIT_NOROOT: c_ulong = 1 << 0;
 const SECBIT_NOROOT_LOCKED: c_ulong = 1 << 1;
@@ -533,6 +539,8 @@ pub enum ChildStep {
     Seccomp = 10,
     /// `execve`.
     Exec = 11,
+    /// Building the private mount tree (`crate::tree`).
+    MountTree = 13,
 }
 
 impl ChildStep {
@@ -552,6 +560,7 @@ impl ChildStep {
             Landlock,
             Seccomp,
             Exec,
+            MountTree,
         ]
         .into_iter()
         .find(|s| *s as u32 == n)
@@ -581,6 +590,56 @@ pub(crate) struct FilterPlan {
     pub prog: SockFprog,
     /// `SECCOMP_FILTER_FLAG_*`.
     pub flags: c_uint,
+}
+
+/// One step of building the private mount tree, its paths prepared by `crate::tree`.
+#[derive(Debug)]
+pub(crate) enum MountStep {
+    /// `mkdir(path, 0755)`; an existing directory is fine.
+    Mkdir { path: CString },
+    /// An empty file to bind a file onto.
+    Touch { path: CString },
+    /// `symlink(target, path)`.
+    Symlink { target: CString, path: CString },
+    /// `mount(2)`; `optional`: a missing target (`ENOENT`) is skipped.
+    Mount {
+        source: Option<CString>,
+        target: CString,
+        fstype: Option<CString>,
+        flags: c_ulong,
+        data: Option<CString>,
+        optional: bool,
+    },
+    /// `mount_setattr(path, attr)` (`MOUNT_ATTR_*` set), recursively or not; kernels before
+    /// 5.12 get a bind remount of the top mount instead.
+    Harden { path: CString, attr: u64, recursive: bool },
+    /// `pivot_root(new_root, put_old)`, then `chdir("/")`.
+    PivotRoot { new_root: CString, put_old: CString },
+    /// `chdir(new_root)`, `pivot_root(".", ".")`, the old root detached, `chdir("/")`.
+    EnterRoot { new_root: CString },
+}
+
+/// A Landlock rule the child adds for a filesystem of its private tree.
+#[derive(Debug)]
+pub(crate) struct LandlockAdd {
+    /// The directory, as the child sees it.
+    pub path: CString,
+    /// `LANDLOCK_ACCESS_FS_*` bits.
+    pub access: u64,
+}
+
+#[repr(C, packed)]
+struct PathBeneathAttr {
+    allowed_access: u64,
+    parent_fd: i32,
+}
+
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
 }
 
 /// The uid and gid maps a child writes for its new user namespace.
@@ -626,6 +685,10 @@ pub(crate) struct ChildPlan<'a> {
     pub landlock_fd: Option<RawFd>,
     /// Filters, installed in order; the last one may hand back a listener.
     pub filters: &'a [FilterPlan],
+    /// The private mount tree (empty: none).
+    pub mounts: &'a [MountStep],
+    /// Landlock rules for the tree's own filesystems.
+    pub landlock_adds: &'a [LandlockAdd],
 }
 
 /// Clones a child that sets itself up by `plan` and executes the program. Returns its pid and
@@ -740,6 +803,135 @@ unsafe fn write_file(path: &CStr, data: &[u8]) -> bool {
     }
 }
 
+fn c_opt(s: &Option<CString>) -> *const c_char {
+    s.as_ref().map_or(std::ptr::null(), |s| s.as_ptr())
+}
+
+/// Builds the private mount tree; `Err(())` leaves errno set.
+///
+/// # Safety
+/// Only from the child, in its own mount namespace with `CAP_SYS_ADMIN` there.
+unsafe fn build_tree(steps: &[MountStep]) -> Result<(), ()> {
+    let ok = |ret: c_int| if ret == 0 { Ok(()) } else { Err(()) };
+    let errno = || io::Error::last_os_error().raw_os_error();
+    // SAFETY: every pointer is a NUL-terminated string the plan owns, or null where the call
+    // accepts null; the structs passed are live locals of the kernel's layout.
+    unsafe {
+        for step in steps {
+            match step {
+                MountStep::Mkdir { path } => {
+                    if libc::mkdir(path.as_ptr(), 0o755) != 0 && errno() != Some(libc::EEXIST) {
+                        return Err(());
+                    }
+                }
+                MountStep::Touch { path } => {
+                    let fd = libc::open(
+                        path.as_ptr(),
+                        libc::O_WRONLY | libc::O_CREAT | libc::O_CLOEXEC,
+                        0o644 as c_uint,
+                    );
+                    if fd < 0 {
+                        return Err(());
+                    }
+                    libc::close(fd);
+                }
+                MountStep::Symlink { target, path } => {
+                    ok(libc::symlink(target.as_ptr(), path.as_ptr()))?;
+                }
+                MountStep::Mount { source, target, fstype, flags, data, optional } => {
+                    let ret = libc::mount(
+                        c_opt(source),
+                        target.as_ptr(),
+                        c_opt(fstype),
+                        *flags,
+                        c_opt(data).cast(),
+                    );
+                    if ret != 0 && !(*optional && errno() == Some(libc::ENOENT)) {
+                        return Err(());
+                    }
+                }
+                MountStep::Harden { path, attr, recursive } => {
+                    let attr =
+                        MountAttr { attr_set: *attr, attr_clr: 0, propagation: 0, userns_fd: 0 };
+                    let ret = libc::syscall(
+                        SYS_MOUNT_SETATTR,
+                        libc::AT_FDCWD,
+                        path.as_ptr(),
+                        if *recursive { AT_RECURSIVE } else { 0 },
+                        &attr as *const MountAttr,
+                        size_of::<MountAttr>(),
+                    );
+                    if ret != 0 {
+                        if errno() != Some(libc::ENOSYS) {
+                            return Err(());
+                        }
+                        let mut flags = libc::MS_BIND | libc::MS_REMOUNT;
+                        for (bit, flag) in [
+                            (1, libc::MS_RDONLY),
+                            (2, libc::MS_NOSUID),
+                            (4, libc::MS_NODEV),
+                            (8, libc::MS_NOEXEC),
+                        ] {
+                            if attr.attr_set & bit != 0 {
+                                flags |= flag;
+                            }
+                        }
+                        ok(libc::mount(
+                            std::ptr::null(),
+                            path.as_ptr(),
+                            std::ptr::null(),
+                            flags,
+                            std::ptr::null(),
+                        ))?;
+                    }
+                }
+                MountStep::PivotRoot { new_root, put_old } => {
+                    ok(libc::syscall(libc::SYS_pivot_root, new_root.as_ptr(), put_old.as_ptr())
+                        as c_int)?;
+                    ok(libc::chdir(c"/".as_ptr()))?;
+                }
+                MountStep::EnterRoot { new_root } => {
+                    ok(libc::chdir(new_root.as_ptr()))?;
+                    ok(libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) as c_int)?;
+                    ok(libc::umount2(c".".as_ptr(), libc::MNT_DETACH))?;
+                    ok(libc::chdir(c"/".as_ptr()))?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Adds `rules` to the Landlock ruleset `ruleset`; `Err(())` leaves errno set.
+///
+/// # Safety
+/// Only from the child, before `landlock_restrict_self`.
+unsafe fn add_landlock_rules(ruleset: c_int, rules: &[LandlockAdd]) -> Result<(), ()> {
+    // SAFETY: each path is NUL-terminated and owned by the plan; the attribute is a live local
+    // of the kernel's packed layout; the fd opened here is closed here.
+    unsafe {
+        for rule in rules {
+            let fd = libc::open(rule.path.as_ptr(), libc::O_PATH | libc::O_CLOEXEC);
+            if fd < 0 {
+                return Err(());
+            }
+            let attr = PathBeneathAttr { allowed_access: rule.access, parent_fd: fd };
+            let ret = libc::syscall(
+                SYS_LANDLOCK_ADD_RULE,
+                ruleset,
+                LANDLOCK_RULE_PATH_BENEATH,
+                &attr as *const PathBeneathAttr,
+                0 as c_uint,
+            );
+            libc::close(fd);
+            if ret != 0 {
+                return Err(());
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The child: one pass through [`ChildStep`], then `execve`.
 fn child_main(plan: &ChildPlan<'_>) -> ! {
     let mut report = plan.report_fd;
@@ -762,6 +954,10 @@ fn child_main(plan: &ChildPlan<'_>) -> ! {
                 || !write_file(c"/proc/self/gid_map", &maps.gid_map)
             {
                 fail(report, ChildStep::IdMaps);
+            }
+            // The private mount tree, while this process holds CAP_SYS_ADMIN in its namespace.
+            if build_tree(plan.mounts).is_err() {
+                fail(report, ChildStep::MountTree);
             }
             for cap in 0..=plan.last_cap {
                 if libc::prctl(libc::PR_CAPBSET_DROP, c_ulong::from(cap), 0, 0, 0) != 0 {
@@ -894,6 +1090,9 @@ fn child_main(plan: &ChildPlan<'_>) -> ! {
             fail(report, ChildStep::Landlock);
         }
         if landlock >= 0 {
+            if add_landlock_rules(landlock, plan.landlock_adds).is_err() {
+                fail(report, ChildStep::Landlock);
+            }
             if libc::syscall(SYS_LANDLOCK_RESTRICT_SELF, landlock, 0 as c_uint) != 0 {
                 fail(report, ChildStep::Landlock);
             }

@@ -232,6 +232,8 @@ pub fn merge(base: Profile, over: Profile) -> Profile {
             cpu_seconds: b.cpu_seconds.or(a.cpu_seconds),
             memory_bytes: b.memory_bytes.or(a.memory_bytes),
             wall_clock_seconds: b.wall_clock_seconds.or(a.wall_clock_seconds),
+            work_dir_bytes: b.work_dir_bytes.or(a.work_dir_bytes),
+            work_dir_inodes: b.work_dir_inodes.or(a.work_dir_inodes),
         }),
         (a, b) => b.or(a),
     };
@@ -275,6 +277,10 @@ pub fn to_policy(profile: &Profile) -> (Policy, Option<PathBuf>) {
             cpu_seconds: limits.cpu_seconds.map_or(defaults.limits.cpu_seconds, u64::from),
             memory_bytes: limits.memory_bytes,
             wall_clock: limits.wall_clock_seconds.map(|s| Duration::from_secs(u64::from(s))),
+            work_dir_bytes: limits.work_dir_bytes.unwrap_or(defaults.limits.work_dir_bytes),
+            work_dir_inodes: limits
+                .work_dir_inodes
+                .map_or(defaults.limits.work_dir_inodes, u64::from),
         },
         network: profile.network.unwrap_or(defaults.network),
         namespaces: profile.namespaces.unwrap_or(defaults.namespaces),
@@ -297,6 +303,7 @@ pub fn to_policy(profile: &Profile) -> (Policy, Option<PathBuf>) {
                 SandboxFeature::SeccompNotify => Feature::SeccompNotify,
                 SandboxFeature::Namespaces => Feature::Namespaces,
                 SandboxFeature::MemoryCgroup => Feature::MemoryCgroup,
+                SandboxFeature::PrivateTree => Feature::PrivateTree,
             })
             .collect(),
     };

@@ -9,6 +9,8 @@ mod sandbox_harness;
 
 use std::process::{Command, Stdio};
 
+use sandbox_harness::Profile;
+
 use sandbox_harness::*;
 use serde_json::Value;
 
@@ -107,4 +109,125 @@ fn the_operators_terminal_cannot_be_reconfigured() {
     assert_denied(&lines, "tty-winsize:2", &["EPERM"]);
     assert_eq!(verdict["termios"], true, "echo or another termios flag changed");
     assert_eq!(verdict["winsize"], true, "the window size changed");
+}
+
+/// Runs `script` with `/bin/sh -c` in the sandbox; its stdout.
+fn shell(profile: &Profile, script: &str) -> String {
+    let output = run(As::Root, profile, &["/bin/sh", "-c", script]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// `key=value` lines of a script's output.
+fn field<'a>(out: &'a str, key: &str) -> &'a str {
+    out.lines()
+        .find_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
+        .unwrap_or_else(|| panic!("no {key} in {out}"))
+}
+
+#[test]
+fn the_hosts_proc_is_invisible() {
+    require_privilege!();
+    let out = shell(
+        &profile(""),
+        "echo pids=$(ls /proc | grep -c '^[0-9]*$'); \
+         echo maxpid=$(ls /proc | grep '^[0-9]*$' | sort -n | tail -1); \
+         for f in cmdline keys kallsyms; do echo $f=$(wc -c < /proc/$f); done; \
+         echo tcp=$(wc -l < /proc/net/tcp); \
+         echo mounts=$(cut -d' ' -f5 /proc/self/mountinfo | tr '\\n' ' ')",
+    );
+    // Only the sandbox's processes: the shell, and the commands it runs.
+    let pids: usize = field(&out, "pids").parse().unwrap();
+    assert!(pids <= 4, "{out}");
+    let max: u32 = field(&out, "maxpid").parse().unwrap();
+    assert!(max < 16, "pids are the sandbox's own: {out}");
+    // The kernel command line, keys and kernel symbols read as empty.
+    for masked in ["cmdline", "keys", "kallsyms"] {
+        assert_eq!(field(&out, masked), "0", "{masked}: {out}");
+    }
+    // The network namespace's own table: its header only, no host listener.
+    assert_eq!(field(&out, "tcp"), "1", "{out}");
+    // Only the tree's own mount points, nothing else of the host's.
+    let allowed =
+        ["/usr", "/bin", "/sbin", "/lib", "/etc", "/opt", "/sys", "/dev", "/proc", "/tmp"];
+    for mount in field(&out, "mounts").split_whitespace() {
+        assert!(
+            mount == "/" || allowed.iter().any(|a| mount.starts_with(a)),
+            "{mount} is not part of the private tree: {out}"
+        );
+    }
+}
+
+#[test]
+fn a_host_unix_socket_cannot_be_reached() {
+    require_privilege!();
+    let path = std::env::temp_dir().join(format!("drover-jail-{}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let target = format!("unix:{}", path.display());
+    for who in both() {
+        let (output, lines) = probe(who, &profile(""), &[&target]);
+        assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+        // Not in the tree at all.
+        assert_denied(&lines, "unix:", &["ENOENT"]);
+    }
+    drop(listener);
+    std::fs::remove_file(&path).unwrap();
+}
+
+#[test]
+fn the_work_directory_leaves_nothing_and_plants_nothing_on_the_host() {
+    require_privilege!();
+    let profile = profile("");
+    let mut child = exec_command(
+        As::Root,
+        &profile,
+        &[
+            "/bin/sh",
+            "-c",
+            "mkdir sub && echo x > sub/f && chmod 000 sub && cp /bin/true planted && \
+             chmod 4755 planted && echo cwd=$(pwd) && \
+             echo options=$(grep \" $(pwd) \" /proc/self/mountinfo) && sleep 30",
+        ],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
+    let mut reader = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut out = String::new();
+    for _ in 0..2 {
+        std::io::BufRead::read_line(&mut reader, &mut out).unwrap();
+    }
+    let cwd = std::path::PathBuf::from(field(&out, "cwd"));
+    // The driver's files live in its own tmpfs, nosuid and nodev: on the host, the work
+    // directory is empty, so no other user can reach the planted setuid binary.
+    let options = field(&out, "options");
+    assert!(options.contains(" - tmpfs ") && options.contains("nosuid"), "{options}");
+    assert!(options.contains("nodev"), "{options}");
+    assert_eq!(std::fs::read_dir(&cwd).unwrap().count(), 0, "{out}");
+    assert!(!cwd.join("planted").exists());
+    signal(child.id(), nix::sys::signal::SIGTERM);
+    child.wait().unwrap();
+    // The chmod 000 directory went with the namespace; the host-side directory is removed.
+    assert!(!cwd.exists(), "{} left behind", cwd.display());
+}
+
+#[test]
+fn the_work_directory_is_bounded_in_bytes_and_inodes() {
+    require_privilege!();
+    // The defaults, as the kernel reports them (statfs of the work directory).
+    let out = shell(&profile(""), "echo fs=$(stat -f -c '%b*%S %c' .)");
+    assert_eq!(field(&out, "fs"), format!("{}*4096 16384", (256 << 20) / 4096), "{out}");
+    // A profile's smaller limits, filled: ENOSPC, not the host's disk.
+    let small = profile("[limits]\nwork_dir_bytes = 1048576\nwork_dir_inodes = 64\n");
+    let out = shell(
+        &small,
+        "head -c 3000000 /dev/zero > big 2>/dev/null; echo bytes=$(wc -c < big); rm big; \
+         i=0; while true 2>/dev/null > f$i; do i=$((i+1)); done; echo files=$i",
+    );
+    assert_eq!(field(&out, "bytes"), "1048576", "{out}");
+    let files: u32 = field(&out, "files").parse().unwrap();
+    assert!((60..64).contains(&files), "{out}");
 }
