@@ -113,9 +113,18 @@ pub(crate) fn plan(
     read.sort();
     let mut write: Vec<&PathBuf> = policy.write.iter().filter(|p| !under(p, "/dev")).collect();
     write.sort();
+    let mut bound: Vec<&Path> = Vec::new();
     for path in read.iter().chain(&write) {
         let Ok(meta) = std::fs::symlink_metadata(path) else { continue };
         let target = new(path);
+        // Inside a tree already bound: a read grant is there already (Landlock still has its
+        // rule); a write grant is bound over the existing node.
+        let covered = bound.iter().any(|b| path.starts_with(b));
+        let read_only = !write.contains(path);
+        if covered && read_only {
+            continue;
+        }
+        bound.push(path);
         if meta.file_type().is_symlink() {
             let link = std::fs::read_link(path).map_err(|source| SpawnError::Os {
                 what: "reading a symbolic link for the private tree",
@@ -128,7 +137,9 @@ pub(crate) fn plan(
             });
             continue;
         }
-        b.node(&target, meta.is_dir())?;
+        if !covered {
+            b.node(&target, meta.is_dir())?;
+        }
         b.mount(
             Some(old(path).as_os_str()),
             &target,
@@ -137,7 +148,6 @@ pub(crate) fn plan(
             None,
             false,
         )?;
-        let read_only = !write.contains(path);
         let attr =
             MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | if read_only { MOUNT_ATTR_RDONLY } else { 0 };
         b.steps.push(MountStep::Harden { path: c(target.as_os_str())?, attr, recursive: true });
