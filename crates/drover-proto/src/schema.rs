@@ -9,9 +9,16 @@
 //! | `transport/frame.json` | any frame: the envelope with `msg` one of every message |
 //! | `transport/<type>.json` | a frame carrying that message type, its role encoded (a request requires `id`, a reply `re`) |
 //! | `transport/SHA256SUMS` | `sha256sum` manifest of the files above; its own SHA-256 is the schema-set digest drivers send in `hello` |
+//! | `CHANGELOG.md` | the protocol versions and, for each, the schema-set digests it has had ([`CHANGELOG`]) |
 //! | `api/<name>.json` | every HTTP API body ([`crate::api::API_SCHEMAS`]), each with `$id` `urn:drover:api:<Name>` |
 //! | `config.json` | `drover.toml` |
 //! | `sandbox-profile.json` | a sandbox profile, `sandbox/*.toml` |
+//!
+//! Every transport schema carries an `$id` naming the protocol version it belongs to:
+//! `urn:drover:transport:v<version>:<type>` ([`transport_id`]; `frame` for `frame.json`), so a
+//! code generator or a registry can pin it; API bodies carry `urn:drover:api:<Name>`. The
+//! schema-set digest stays the source of truth for "which exact schemas": a test fails when
+//! [`CHANGELOG`] does not list the current digest under the current protocol version.
 //!
 //! Two transforms run over every generated schema:
 //! - integers get explicit `minimum`/`maximum` from their Rust width (`u64` capped at 2^53 - 1),
@@ -42,6 +49,17 @@ pub const TRANSPORT_DIR: &str = "transport";
 
 /// The manifest file whose digest is the schema-set SHA-256.
 pub const MANIFEST: &str = "transport/SHA256SUMS";
+
+/// The protocol changelog, published as `schemas/CHANGELOG.md`: every protocol version, what it
+/// changed, and every schema-set digest ([`schema_set_sha256`]) it has had. Written by hand in
+/// the crate (`src/CHANGELOG.md`), generated into `schemas/` like everything there.
+pub const CHANGELOG: &str = include_str!("CHANGELOG.md");
+
+/// The `$id` of a transport schema of protocol [`crate::PROTOCOL_VERSION`]: `name` is a message
+/// type, or `frame` for the schema of any frame.
+pub fn transport_id(name: &str) -> String {
+    format!("urn:drover:transport:v{}:{name}", crate::PROTOCOL_VERSION)
+}
 
 /// One generated file: its path under `schemas/` (always `/`-separated) and its contents.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -77,7 +95,11 @@ pub fn api_schema<T: JsonSchema>(name: &str) -> Value {
 
 /// The schema of any frame.
 pub fn frame_schema() -> Value {
-    schema_for::<Frame>()
+    let mut schema = schema_for::<Frame>();
+    if let Value::Object(map) = &mut schema {
+        map.insert("$id".to_owned(), Value::String(transport_id("frame")));
+    }
+    schema
 }
 
 /// The schema of a frame carrying a message of type `message_type`, with the envelope fixed by
@@ -134,6 +156,7 @@ pub fn message_schema_from(frame: &Value, message_type: MessageType) -> Value {
     };
     let mut schema = serde_json::json!({
         "$schema": DIALECT,
+        "$id": transport_id(message_type.as_str()),
         "title": format!("{message_type} frame"),
         "description": description,
         "type": "object",
@@ -203,6 +226,7 @@ pub fn schema_files() -> Vec<SchemaFile> {
             contents: to_canonical_json(&(api.generate)()),
         });
     }
+    files.push(SchemaFile { path: "CHANGELOG.md".to_owned(), contents: CHANGELOG.to_owned() });
     files.push(SchemaFile {
         path: "config.json".to_owned(),
         contents: to_canonical_json(&schema_for::<Config>()),
@@ -368,5 +392,41 @@ fn drop_null_from_optional(schema: &mut Schema) {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_transport_schema_names_its_protocol_version() {
+        for file in schema_files().iter().filter(|f| f.path.starts_with("transport/")) {
+            let Some(name) =
+                file.path.strip_prefix("transport/").and_then(|n| n.strip_suffix(".json"))
+            else {
+                continue;
+            };
+            let schema: Value = serde_json::from_str(&file.contents).unwrap_or_default();
+            assert_eq!(
+                schema["$id"],
+                Value::String(format!("urn:drover:transport:v{}:{name}", crate::PROTOCOL_VERSION)),
+                "{}",
+                file.path
+            );
+        }
+    }
+
+    #[test]
+    fn the_changelog_lists_the_current_schema_set_under_the_current_version() {
+        let heading = format!("## Protocol version {}", crate::PROTOCOL_VERSION);
+        let section = CHANGELOG.split_once(&heading).map(|(_, rest)| rest).unwrap_or_default();
+        let section = section.split("\n## ").next().unwrap_or_default();
+        let digest = schema_set_sha256();
+        assert!(
+            section.contains(&format!("`{digest}`")),
+            "the transport schemas changed: add their digest `{digest}` (and what changed) under \
+             `{heading}` in crates/drover-proto/src/CHANGELOG.md, or start a new protocol version"
+        );
     }
 }

@@ -127,7 +127,7 @@ __version__ = "0.1.0"
 PROTOCOL_VERSIONS = (1,)
 #: SHA-256 of ``schemas/transport/SHA256SUMS`` (``sha256sum schemas/transport/SHA256SUMS``),
 #: the schema set this module was written against. A test checks it against the repository.
-SCHEMA_SHA256 = "0ee4245a996b17f03c9d0664a9db8b25d5f63d4c9849e2816b90a41b96e3ddb0"
+SCHEMA_SHA256 = "815d7a21a7b58071c448121e4cbf82d4644385a296bcc814c625cfed6b2e7078"
 
 
 class _Pending:
