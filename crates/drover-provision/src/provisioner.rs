@@ -546,6 +546,21 @@ impl<P: Provider, S: Store> Provisioner<P, S> {
         Ok(DryRun { decision, offer, floor: inner.gate.floor() })
     }
 
+    /// Audits a lease request refused before it reached the provisioner (by the supervisor:
+    /// a driver asking outside its job's GPU request), as `lease.refused`.
+    pub async fn audit_refusal(
+        &self,
+        actor: &str,
+        job: &drover_proto::JobId,
+        code: &str,
+        field: Value,
+        message: &str,
+    ) {
+        let metadata =
+            json!({"job": job.as_str(), "field": field, "message": bounded(message, 500)});
+        self.inner.audit("lease.refused", actor, format!("job:{job}"), code, metadata).await;
+    }
+
     /// One reaper pass, now.
     pub async fn reap_once(&self) -> Result<ReapReport, LeaseError> {
         Inner::reap_once(&self.inner).await

@@ -10,16 +10,26 @@
 //! error at once.
 //!
 //! Ownership is checked twice: the supervisor only forwards a lease request for a lease that
-//! the same driver acquired, and a broker must still refuse (`unknown_lease`, so it does not
-//! even confirm that the lease exists) any lease whose recorded owner is another driver.
-//! [`ProvisionerBroker`] records the owner of every lease it hands out.
+//! was acquired for a job still running on the same session (leases are scoped to (session,
+//! job), and forgotten when they are released or their job ends), and a broker must still
+//! refuse (`unknown_lease`, so it does not even confirm that the lease exists) any lease of
+//! another job. [`ProvisionerBroker`] reads the job from the lease's own record.
+//!
+//! Authority comes from the job: before anything reaches a broker, the session checks the
+//! driver's `acquire_gpu` against the GPU request of the job it names ([`authorize`]): GPU
+//! count, models, `max_usd_per_hour`, `min_gpu_ram_gib` and `min_reliability` may only narrow
+//! what the job asked for (a field the driver leaves out takes the job's value). A request
+//! outside the job's is refused with `forbidden`, `details.field` naming the field, and
+//! reported to [`GpuBroker::refused`] so the refusal is audited; the job's remaining budget is
+//! the provisioner's gate's business.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 
-use drover_proto::{AcquireGpu, DriverName, ErrorCode, JobId, Lease, LeaseId, LeaseLog, WireError};
+use drover_proto::{
+    AcquireGpu, DriverName, ErrorCode, GpuRequest, JobId, Lease, LeaseId, LeaseLog, WireError,
+};
 use drover_provision::{JobContext, LeaseError, Provider, Provisioner};
 use drover_store::Store;
 
@@ -36,7 +46,7 @@ pub struct LeaseOwner {
 }
 
 /// Rents and manages GPUs on behalf of drivers. Implementations must refuse (with
-/// [`ErrorCode::UnknownLease`]) every operation on a lease whose owner is another driver.
+/// [`ErrorCode::UnknownLease`]) every operation on a lease of another job than `owner.job_id`.
 pub trait GpuBroker: Send + Sync + 'static {
     /// Rents GPUs for `owner.job_id`, gated against `budget_usd` (the job's whole budget).
     fn acquire<'a>(
@@ -60,14 +70,79 @@ pub trait GpuBroker: Send + Sync + 'static {
     /// Releases one of `owner`'s leases (destroy, confirm, settle). Releasing twice is
     /// harmless.
     fn release<'a>(&'a self, owner: &'a LeaseOwner, lease_id: LeaseId) -> BrokerFuture<'a, Lease>;
+
+    /// Records (audits) a request the session refused before it reached the broker: an
+    /// `acquire_gpu` outside its job's GPU request, or one for a job that may not rent.
+    fn refused<'a>(
+        &'a self,
+        owner: &'a LeaseOwner,
+        error: &'a WireError,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
+}
+
+/// Checks `asked` (a driver's `acquire_gpu.gpu`) against `job` (the GPU request of the job it
+/// runs) and returns the request to rent: the driver's, with every field it left out taken
+/// from the job. A field outside the job's request is refused with `forbidden` naming it.
+pub fn authorize(job: &GpuRequest, asked: &GpuRequest) -> Result<GpuRequest, WireError> {
+    let refuse = |field: &str, why: String| {
+        let mut details = serde_json::Map::new();
+        details.insert("field".into(), field.into());
+        WireError {
+            code: ErrorCode::Forbidden,
+            message: format!("{field} is outside the job's GPU request: {why}"),
+            violations: Vec::new(),
+            details: Some(details),
+        }
+    };
+    let mut granted = asked.clone();
+    if asked.count > job.count {
+        return Err(refuse("gpu.count", format!("the job allows at most {}", job.count)));
+    }
+    if !job.models.is_empty() {
+        if asked.models.is_empty() {
+            granted.models.clone_from(&job.models);
+        } else if let Some(bad) = asked.models.iter().position(|m| !job.models.contains(m)) {
+            return Err(refuse(
+                "gpu.models",
+                format!("model {} of the request is not one the job allows", bad + 1),
+            ));
+        }
+    }
+    if let Some(cap) = job.max_usd_per_hour {
+        match asked.max_usd_per_hour {
+            None => granted.max_usd_per_hour = Some(cap),
+            Some(p) if p <= cap => {}
+            Some(_) => {
+                return Err(refuse("gpu.max_usd_per_hour", format!("the job allows {cap} USD/h")));
+            }
+        }
+    }
+    if let Some(floor) = job.min_gpu_ram_gib {
+        match asked.min_gpu_ram_gib {
+            None => granted.min_gpu_ram_gib = Some(floor),
+            Some(g) if g >= floor => {}
+            Some(_) => {
+                return Err(refuse("gpu.min_gpu_ram_gib", format!("the job needs {floor} GiB")));
+            }
+        }
+    }
+    if let Some(floor) = job.min_reliability {
+        match asked.min_reliability {
+            None => granted.min_reliability = Some(floor),
+            Some(r) if r >= floor => {}
+            Some(_) => {
+                return Err(refuse("gpu.min_reliability", format!("the job needs {floor}")));
+            }
+        }
+    }
+    Ok(granted)
 }
 
 /// A [`GpuBroker`] over the gated provisioner: every rental is estimated, gated, reserved and
-/// bounded by `drover-provision`. It remembers which driver owns each lease it handed out
-/// (in memory: leases of a previous supervisor run are the provisioner's reaper's business).
+/// bounded by `drover-provision`. Ownership is read from the lease's own record (the job it
+/// was rented for), so nothing here grows with the number of leases ever handed out.
 pub struct ProvisionerBroker<P: Provider, S: Store> {
     provisioner: Arc<Provisioner<P, S>>,
-    owners: Mutex<HashMap<LeaseId, LeaseOwner>>,
 }
 
 impl<P: Provider, S: Store> std::fmt::Debug for ProvisionerBroker<P, S> {
@@ -79,7 +154,7 @@ impl<P: Provider, S: Store> std::fmt::Debug for ProvisionerBroker<P, S> {
 impl<P: Provider, S: Store> ProvisionerBroker<P, S> {
     /// A broker that rents through `provisioner`.
     pub fn new(provisioner: Arc<Provisioner<P, S>>) -> Self {
-        Self { provisioner, owners: Mutex::new(HashMap::new()) }
+        Self { provisioner }
     }
 
     /// The provisioner behind this broker.
@@ -87,11 +162,13 @@ impl<P: Provider, S: Store> ProvisionerBroker<P, S> {
         &self.provisioner
     }
 
-    fn check_owner(&self, owner: &LeaseOwner, lease_id: &LeaseId) -> Result<(), WireError> {
-        let owners = self.owners.lock().unwrap_or_else(PoisonError::into_inner);
-        match owners.get(lease_id) {
-            Some(recorded) if recorded.driver == owner.driver => Ok(()),
-            _ => Err(unknown_lease(lease_id)),
+    /// The lease, if it was rented for `owner`'s job; `unknown_lease` alike for a lease that
+    /// does not exist and for one of another job.
+    async fn owned(&self, owner: &LeaseOwner, lease_id: &LeaseId) -> Result<Lease, WireError> {
+        match self.provisioner.status(lease_id).await {
+            Ok(lease) if lease.job_id == owner.job_id => Ok(lease),
+            Ok(_) | Err(LeaseError::Unknown(_)) => Err(unknown_lease(lease_id)),
+            Err(e) => Err(lease_error(&e)),
         }
     }
 }
@@ -130,23 +207,18 @@ impl<P: Provider, S: Store> GpuBroker for ProvisionerBroker<P, S> {
     ) -> BrokerFuture<'a, Lease> {
         Box::pin(async move {
             let ctx = JobContext { budget_usd, actor: format!("driver:{}", owner.driver) };
-            let lease = self.provisioner.acquire(&req, &ctx).await.map_err(|error| {
+            if req.job_id != owner.job_id {
+                return Err(wire(ErrorCode::Forbidden, "the lease must be for the asking job"));
+            }
+            self.provisioner.acquire(&req, &ctx).await.map_err(|error| {
                 tracing::info!(driver = %owner.driver, job = %owner.job_id, %error, "acquire_gpu refused");
                 error.to_wire()
-            })?;
-            self.owners
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .insert(lease.lease_id.clone(), owner.clone());
-            Ok(lease)
+            })
         })
     }
 
     fn status<'a>(&'a self, owner: &'a LeaseOwner, lease_id: LeaseId) -> BrokerFuture<'a, Lease> {
-        Box::pin(async move {
-            self.check_owner(owner, &lease_id)?;
-            self.provisioner.status(&lease_id).await.map_err(|e| lease_error(&e))
-        })
+        Box::pin(async move { self.owned(owner, &lease_id).await })
     }
 
     fn logs<'a>(
@@ -156,16 +228,40 @@ impl<P: Provider, S: Store> GpuBroker for ProvisionerBroker<P, S> {
         tail: u32,
     ) -> BrokerFuture<'a, LeaseLog> {
         Box::pin(async move {
-            self.check_owner(owner, &lease_id)?;
+            self.owned(owner, &lease_id).await?;
             self.provisioner.logs(&lease_id, tail).await.map_err(|e| lease_error(&e))
         })
     }
 
     fn release<'a>(&'a self, owner: &'a LeaseOwner, lease_id: LeaseId) -> BrokerFuture<'a, Lease> {
         Box::pin(async move {
-            self.check_owner(owner, &lease_id)?;
+            self.owned(owner, &lease_id).await?;
             let actor = format!("driver:{}", owner.driver);
             self.provisioner.release(&lease_id, &actor).await.map_err(|e| lease_error(&e))
+        })
+    }
+
+    fn refused<'a>(
+        &'a self,
+        owner: &'a LeaseOwner,
+        error: &'a WireError,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
+        Box::pin(async move {
+            let field = error
+                .details
+                .as_ref()
+                .and_then(|d| d.get("field"))
+                .cloned()
+                .unwrap_or(serde_json::Value::Null);
+            self.provisioner
+                .audit_refusal(
+                    &format!("driver:{}", owner.driver),
+                    &owner.job_id,
+                    error.code.as_str(),
+                    field,
+                    &error.message,
+                )
+                .await;
         })
     }
 }

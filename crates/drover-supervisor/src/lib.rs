@@ -33,7 +33,7 @@
 //! |---|---|
 //! | events a job's receiver holds | [`job::JOB_CHANNEL_CAPACITY`] (64) |
 //! | broker calls in flight per session | [`session::MAX_BROKER_REQUESTS`] (16) |
-//! | leases remembered per driver | [`session::MAX_LEASES_PER_DRIVER`] (4096) |
+//! | leases held at once per driver | [`session::MAX_LEASES_PER_DRIVER`] (4096) |
 //! | unanswered requests remembered per session | [`session::MAX_PENDING`] (1024) |
 //! | driver `log`/`error` events logged per second | [`session::LOGGED_EVENTS_PER_SECOND`] (50) |
 //! | stdout/stderr lines logged per second and stream | [`output::LOGGED_LINES_PER_SECOND`] (50) |

@@ -29,7 +29,10 @@
 //!   see the `metered` module), so a driver that floods blocks in its own `write` and is slowed
 //!   to that rate; what it sends is handled within fixed bounds, so the supervisor's memory
 //!   stays bounded.
-//! - **Leases.** At most [`MAX_BROKER_REQUESTS`] broker calls run at once per session.
+//! - **Leases.** At most [`MAX_BROKER_REQUESTS`] broker calls run at once per session. An
+//!   `acquire_gpu` is checked against its job's GPU request ([`crate::broker::authorize`]);
+//!   a lease is scoped to (session, job): only requests while its job runs on the session that
+//!   acquired it reach the broker, and it is forgotten when released or when its job ends.
 //!
 //! The stop ladder (shutdown, and a driver that must go but may still be polite): `shutdown
 //! {grace_ms}` and the grace period (shutdown only), then close the transport and wait
@@ -64,8 +67,8 @@ use crate::supervisor::{Driver, Inner, SessionHandle, lock};
 /// Broker calls (`acquire_gpu`, `lease_*`) one session may have in flight.
 pub const MAX_BROKER_REQUESTS: usize = 16;
 
-/// Leases one driver may have acquired (released ones included: a driver may still ask
-/// about them); `acquire_gpu` beyond it is refused with `forbidden`.
+/// Leases one driver may hold at once (a lease is forgotten when it is released or its job
+/// ends); `acquire_gpu` beyond it is refused with `forbidden`.
 pub const MAX_LEASES_PER_DRIVER: usize = 4096;
 
 /// This side's requests (`run_job`, `cancel_job`, `shutdown`) remembered while their replies
@@ -132,7 +135,13 @@ enum Pending {
     Other,
 }
 
-type BrokerResult = (MsgId, Result<Message, WireError>, Option<(drover_proto::LeaseId, JobId)>);
+type BrokerResult = (MsgId, Result<Message, WireError>, Option<LeaseRecord>);
+
+/// What a broker answer changes in the driver's lease map.
+enum LeaseRecord {
+    Acquired(drover_proto::LeaseId, JobId),
+    Released(drover_proto::LeaseId),
+}
 
 static SESSIONS: AtomicU64 = AtomicU64::new(1);
 
@@ -731,6 +740,8 @@ impl Session {
 
     fn forget_job(&mut self, job_id: &JobId) {
         self.jobs.remove(job_id);
+        // The job's leases end with it (the service releases any still open).
+        lock(&self.driver.leases).retain(|_, job| job != job_id);
         lock(&self.inner.jobs).remove(job_id);
         if let Some(handle) = &self.handle {
             handle.jobs.fetch_sub(1, Ordering::Relaxed);
@@ -800,35 +811,42 @@ impl Session {
     async fn on_request(&mut self, id: MsgId, msg: Message) -> Result<(), End> {
         match msg {
             Message::Ping(_) => self.reply(id, drover_proto::Pong {}).await,
-            Message::AcquireGpu(req) => {
+            Message::AcquireGpu(mut req) => {
+                let owner = LeaseOwner { driver: self.name().clone(), job_id: req.job_id.clone() };
                 let refusal = match self.jobs.get(&req.job_id) {
-                    None => Some(wire(
-                        ErrorCode::UnknownJob,
-                        format!("no job {} runs on this session", req.job_id),
-                    )),
+                    None => {
+                        let message = format!("no job {} runs on this session", req.job_id);
+                        return self.reply(id, wire(ErrorCode::UnknownJob, message)).await;
+                    }
                     Some(JobEntry { gpu: None, .. }) => Some(wire(
                         ErrorCode::Forbidden,
                         format!("job {} may not rent GPUs", req.job_id),
                     )),
-                    Some(JobEntry { gpu: Some(allowed), .. }) if req.gpu.count > allowed.count => {
-                        Some(wire(
-                            ErrorCode::Forbidden,
-                            format!("job {} may rent at most {} GPUs", req.job_id, allowed.count),
-                        ))
+                    Some(JobEntry { gpu: Some(allowed), .. }) => {
+                        match crate::broker::authorize(allowed, &req.gpu) {
+                            Ok(granted) => {
+                                req.gpu = granted;
+                                None
+                            }
+                            Err(error) => Some(error),
+                        }
                     }
-                    Some(_) if lock(&self.driver.leases).len() >= MAX_LEASES_PER_DRIVER => {
-                        Some(wire(
+                };
+                let refusal = refusal.or_else(|| {
+                    (lock(&self.driver.leases).len() >= MAX_LEASES_PER_DRIVER).then(|| {
+                        wire(
                             ErrorCode::Forbidden,
                             format!("this driver already holds {MAX_LEASES_PER_DRIVER} leases"),
-                        ))
-                    }
-                    Some(_) => None,
-                };
+                        )
+                    })
+                });
                 if let Some(error) = refusal {
+                    tracing::info!(driver = %owner.driver, job = %owner.job_id, message = %error.message, "acquire_gpu refused");
+                    let (broker, audited) = (Arc::clone(&self.inner.broker), error.clone());
+                    tokio::spawn(async move { broker.refused(&owner, &audited).await });
                     return self.reply(id, error).await;
                 }
                 let budget_usd = self.jobs.get(&req.job_id).map_or(0.0, |e| e.budget_usd);
-                let owner = LeaseOwner { driver: self.name().clone(), job_id: req.job_id.clone() };
                 self.call_broker(id, owner, BrokerCall::Acquire { budget_usd, req }).await
             }
             Message::LeaseStatus(req) => {
@@ -852,7 +870,9 @@ impl Session {
         }
     }
 
-    /// Forwards a call about an existing lease, if this driver acquired it.
+    /// Forwards a call about an existing lease, if it was acquired for a job that still runs
+    /// on this session: a lease is scoped to (session, job), so another session of the same
+    /// driver, or a later job, cannot see or touch it.
     async fn lease_call(
         &mut self,
         id: MsgId,
@@ -861,11 +881,11 @@ impl Session {
     ) -> Result<(), End> {
         let job_id = lock(&self.driver.leases).get(&lease_id).cloned();
         match job_id {
-            None => self.reply(id, unknown_lease(&lease_id)).await,
-            Some(job_id) => {
+            Some(job_id) if self.jobs.contains_key(&job_id) => {
                 let owner = LeaseOwner { driver: self.name().clone(), job_id };
                 self.call_broker(id, owner, call).await
             }
+            _ => self.reply(id, unknown_lease(&lease_id)).await,
         }
     }
 
@@ -899,8 +919,15 @@ impl Session {
     async fn on_broker(&mut self, result: Box<BrokerResult>) -> Option<End> {
         let (id, result, record) = *result;
         self.broker_inflight = self.broker_inflight.saturating_sub(1);
-        if let Some((lease_id, job_id)) = record {
-            lock(&self.driver.leases).insert(lease_id, job_id);
+        match record {
+            // Remembered only while its job runs here; one that ended meanwhile is forgotten.
+            Some(LeaseRecord::Acquired(lease_id, job_id)) if self.jobs.contains_key(&job_id) => {
+                lock(&self.driver.leases).insert(lease_id, job_id);
+            }
+            Some(LeaseRecord::Released(lease_id)) => {
+                lock(&self.driver.leases).remove(&lease_id);
+            }
+            _ => {}
         }
         let msg = match result {
             Ok(msg) => msg,
@@ -1055,11 +1082,11 @@ impl BrokerCall {
         self,
         broker: &dyn crate::broker::GpuBroker,
         owner: &LeaseOwner,
-    ) -> Result<(Message, Option<(drover_proto::LeaseId, JobId)>), WireError> {
+    ) -> Result<(Message, Option<LeaseRecord>), WireError> {
         match self {
             BrokerCall::Acquire { budget_usd, req } => {
                 let lease = broker.acquire(owner, budget_usd, req).await?;
-                let record = (lease.lease_id.clone(), owner.job_id.clone());
+                let record = LeaseRecord::Acquired(lease.lease_id.clone(), owner.job_id.clone());
                 Ok((Message::Lease(lease), Some(record)))
             }
             BrokerCall::Status(lease_id) => {
@@ -1069,7 +1096,10 @@ impl BrokerCall {
                 Ok((Message::LeaseLog(broker.logs(owner, lease_id, tail).await?), None))
             }
             BrokerCall::Release(lease_id) => {
-                Ok((Message::Lease(broker.release(owner, lease_id).await?), None))
+                let lease = broker.release(owner, lease_id).await?;
+                let record = (lease.state == drover_proto::LeasePhase::Released)
+                    .then(|| LeaseRecord::Released(lease.lease_id.clone()));
+                Ok((Message::Lease(lease), record))
             }
         }
     }

@@ -173,6 +173,20 @@ impl GpuBroker for DoubleBroker {
             Ok(self.lease(lease_id, owner, LeasePhase::Released))
         })
     }
+
+    fn refused<'a>(
+        &'a self,
+        owner: &'a LeaseOwner,
+        error: &'a WireError,
+    ) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
+        Box::pin(async move {
+            let field = error.details.as_ref().and_then(|d| d.get("field")).cloned();
+            self.record(format!(
+                "refused {} {} {} {field:?}",
+                owner.driver, owner.job_id, error.code
+            ));
+        })
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -478,6 +492,85 @@ async fn lease_requests_reach_the_broker_and_stay_with_their_driver(world: &Worl
     let mut run = world.supervisor.dispatch(job("good", "gpu", json!({}))).await.unwrap();
     let out = output(&all_events(&mut run).await);
     assert_eq!(out["acquire"]["code"], "forbidden", "{out}");
+}
+
+fn gpu_grant(models: &[&str], max_usd_per_hour: Option<f64>) -> GpuRequest {
+    GpuRequest {
+        count: 1,
+        models: models.iter().map(|m| m.to_string()).collect(),
+        min_gpu_ram_gib: None,
+        max_usd_per_hour,
+        min_reliability: None,
+        pricing: Default::default(),
+    }
+}
+
+/// Issue 15: a job asking for one RTX 3060 at $0.20/h ran a driver that rented an H100 SXM.
+async fn a_driver_asking_outside_its_jobs_gpu_request_is_refused_and_audited(world: &World) {
+    let cases = [
+        (json!({"count": 1, "models": ["H100 SXM"]}), "gpu.models"),
+        (json!({"count": 1, "max_usd_per_hour": 2.5}), "gpu.max_usd_per_hour"),
+        (json!({"count": 2}), "gpu.count"),
+    ];
+    for (asked, field) in cases {
+        let mut dispatch = job("good", "gpu", json!({"gpu": asked}));
+        dispatch.gpu = Some(gpu_grant(&["RTX 3060"], Some(0.2)));
+        let job_id = dispatch.job_id.clone();
+        let mut run = world.supervisor.dispatch(dispatch).await.unwrap();
+        let out = output(&all_events(&mut run).await);
+        assert_eq!(out["acquire"]["code"], "forbidden", "{out}");
+        assert_eq!(out["acquire"]["details"]["field"], field, "{out}");
+        let calls = world.broker.calls.lock().unwrap().clone();
+        assert!(!calls.contains(&format!("acquire good {job_id} 5")), "{calls:?}");
+        eventually(world, "good", |_| {
+            world
+                .broker
+                .calls
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|c| c == &format!("refused good {job_id} forbidden Some(String(\"{field}\"))"))
+        })
+        .await;
+    }
+    // Within the grant, with the fields left out taken from the job: rented.
+    let mut dispatch = job("good", "gpu", json!({}));
+    dispatch.gpu = Some(gpu_grant(&["RTX 3060"], Some(0.2)));
+    let mut run = world.supervisor.dispatch(dispatch).await.unwrap();
+    let out = output(&all_events(&mut run).await);
+    assert_eq!(out["acquire"]["type"], "lease", "{out}");
+}
+
+/// Issue 15: a driver could read and release a lease that belongs to another of its jobs.
+/// Leases are scoped to (session, job): once the job that rented it is not running on the
+/// asking session, the lease is unknown to the driver.
+async fn a_lease_of_another_job_of_the_same_driver_is_refused(world: &World) {
+    let mut dispatch = job("good", "gpu_keep", json!({}));
+    dispatch.gpu = Some(gpu_grant(&[], None));
+    let mut run = world.supervisor.dispatch(dispatch).await.unwrap();
+    let out = output(&all_events(&mut run).await);
+    let lease_id = out["acquire"]["lease_id"].as_str().expect("a lease").to_owned();
+    // Other jobs of the same driver (on either of its processes) cannot touch it.
+    for _ in 0..4 {
+        let steal = job("good", "steal", json!({"lease_id": lease_id}));
+        let mut run = world.supervisor.dispatch(steal).await.unwrap();
+        let out = output(&all_events(&mut run).await);
+        assert_eq!(out["code"], ErrorCode::UnknownLease.as_str(), "{out}");
+    }
+    let calls = world.broker.calls.lock().unwrap().clone();
+    assert!(!calls.contains(&format!("release good {lease_id}")), "{calls:?}");
+}
+
+/// Issue 17: lease maps were never pruned, so the 4,097th rental of a supervisor's life was
+/// refused as `forbidden`.
+async fn more_rentals_than_the_lease_cap_still_get_leases(world: &World) {
+    let n = drover_supervisor::session::MAX_LEASES_PER_DRIVER + 10;
+    let mut dispatch = job("good", "gpu_many", json!({"n": n}));
+    dispatch.gpu = Some(gpu_grant(&[], None));
+    let mut run = world.supervisor.dispatch(dispatch).await.unwrap();
+    let out = output(&all_events(&mut run).await);
+    assert_eq!(out["leases"], n, "{out}");
+    assert_eq!(out["last"]["type"], "lease", "{out}");
 }
 
 async fn a_crash_mid_job_fails_the_job_with_the_cause_and_restarts(world: &World) {
@@ -822,6 +915,15 @@ fn main() -> ExitCode {
         ("the_deadline_cancels_a_job", |w| Box::pin(the_deadline_cancels_a_job(w))),
         ("lease_requests_reach_the_broker_and_stay_with_their_driver", |w| {
             Box::pin(lease_requests_reach_the_broker_and_stay_with_their_driver(w))
+        }),
+        ("a_driver_asking_outside_its_jobs_gpu_request_is_refused_and_audited", |w| {
+            Box::pin(a_driver_asking_outside_its_jobs_gpu_request_is_refused_and_audited(w))
+        }),
+        ("a_lease_of_another_job_of_the_same_driver_is_refused", |w| {
+            Box::pin(a_lease_of_another_job_of_the_same_driver_is_refused(w))
+        }),
+        ("more_rentals_than_the_lease_cap_still_get_leases", |w| {
+            Box::pin(more_rentals_than_the_lease_cap_still_get_leases(w))
         }),
         ("a_crash_mid_job_fails_the_job_with_the_cause_and_restarts", |w| {
             Box::pin(a_crash_mid_job_fails_the_job_with_the_cause_and_restarts(w))

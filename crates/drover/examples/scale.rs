@@ -67,6 +67,13 @@ impl GpuBroker for NoGpus {
     fn release<'a>(&'a self, _: &'a LeaseOwner, _: LeaseId) -> BrokerFuture<'a, Lease> {
         refused()
     }
+    fn refused<'a>(
+        &'a self,
+        _: &'a LeaseOwner,
+        _: &'a WireError,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>> {
+        Box::pin(async {})
+    }
 }
 
 fn rss_kib() -> u64 {

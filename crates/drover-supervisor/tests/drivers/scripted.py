@@ -24,8 +24,10 @@
 #                              with "ignore_cancel": true it ignores cancel_job
 #   crash  {}                  running, then the process exits with status 3
 #   flood  {"frames": n}       n job_log frames of 100 lines each, then succeeded
-#   gpu    {}                  acquire_gpu, lease_status, release_gpu; the replies are the output
+#   gpu    {"gpu"?: request}   acquire_gpu, lease_status, release_gpu; the replies are the output
 #   steal  {"lease_id": id}    release_gpu on someone else's lease; the reply is the output
+#   gpu_keep {}                acquire_gpu and end without releasing; the lease is the output
+#   gpu_many {"n": N}          N rounds of acquire_gpu + release_gpu; output {leases, last}
 #   errors {"wait_for": n}     the codes of the `error` events received so far are the output
 #                              (after waiting up to 10 s until there are n)
 #   disorder {}                running, then starting (out of order), a state for a job that
@@ -108,7 +110,10 @@ ACTIONS = {
               "required": ["seconds"]},
     "crash": {"type": "object"},
     "flood": {"type": "object", "properties": {"frames": {"type": "integer", "minimum": 1}}},
-    "gpu": {"type": "object"},
+    "gpu": {"type": "object", "properties": {"gpu": {"type": "object"}}},
+    "gpu_keep": {"type": "object"},
+    "gpu_many": {"type": "object", "properties": {"n": {"type": "integer", "minimum": 1}},
+                 "required": ["n"]},
     "steal": {"type": "object", "properties": {"lease_id": {"type": "string"}},
               "required": ["lease_id"]},
     "errors": {"type": "object"},
@@ -152,7 +157,7 @@ def run_job(job, action, params):
         state(job, "succeeded")
     elif action == "gpu":
         state(job, "running")
-        lease = request({"type": "acquire_gpu", "job_id": job, "gpu": {"count": 1},
+        lease = request({"type": "acquire_gpu", "job_id": job, "gpu": params.get("gpu", {"count": 1}),
                          "image": "example/image:1", "disk_gib": 16, "max_runtime_s": 600})
         out = {"acquire": lease}
         if lease["type"] == "lease":
@@ -160,6 +165,25 @@ def run_job(job, action, params):
             out["status"] = request({"type": "lease_status", "lease_id": lid})
             out["release"] = request({"type": "release_gpu", "lease_id": lid})
         event({"type": "job_result", "job_id": job, "outcome": "succeeded", "output": out})
+        state(job, "succeeded")
+    elif action == "gpu_keep":
+        state(job, "running")
+        lease = request({"type": "acquire_gpu", "job_id": job, "gpu": {"count": 1},
+                         "image": "example/image:1", "disk_gib": 16, "max_runtime_s": 600})
+        event({"type": "job_result", "job_id": job, "outcome": "succeeded", "output": {"acquire": lease}})
+        state(job, "succeeded")
+    elif action == "gpu_many":
+        state(job, "running")
+        leases, last = 0, None
+        for _ in range(params["n"]):
+            last = request({"type": "acquire_gpu", "job_id": job, "gpu": {"count": 1},
+                            "image": "example/image:1", "disk_gib": 16, "max_runtime_s": 600})
+            if last["type"] != "lease":
+                break
+            leases += 1
+            request({"type": "release_gpu", "lease_id": last["lease_id"]})
+        event({"type": "job_result", "job_id": job, "outcome": "succeeded",
+               "output": {"leases": leases, "last": last}})
         state(job, "succeeded")
     elif action == "errors":
         until = time.time() + 10
