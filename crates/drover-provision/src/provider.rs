@@ -5,6 +5,7 @@
 //! that runs in production. The trait exists so the lifecycle does not depend on HTTP and so
 //! another provider could be added behind the same rules.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 
 use crate::vast::{
@@ -56,6 +57,13 @@ pub trait Provider: Send + Sync + 'static {
         id: u64,
         accept: bool,
     ) -> impl Future<Output = Result<(), VastError>> + Send;
+    /// What each instance that billed between `from_s` and `to_s` (Unix seconds) was billed
+    /// so far, USD, by instance id. A failure is an error, never an empty bill.
+    fn instance_charges(
+        &self,
+        from_s: f64,
+        to_s: f64,
+    ) -> impl Future<Output = Result<BTreeMap<u64, f64>, VastError>> + Send;
 }
 
 impl Provider for VastClient {
@@ -108,5 +116,12 @@ impl Provider for VastClient {
         accept: bool,
     ) -> impl Future<Output = Result<(), VastError>> + Send {
         VastClient::answer_price_increase(self, id, accept)
+    }
+    fn instance_charges(
+        &self,
+        from_s: f64,
+        to_s: f64,
+    ) -> impl Future<Output = Result<BTreeMap<u64, f64>, VastError>> + Send {
+        VastClient::instance_charges(self, from_s, to_s)
     }
 }

@@ -18,17 +18,24 @@
 //!        └── destroy, confirmed gone (else: stop, never a 2nd instance) <┘
 //!                                    │running
 //!                                    v
-//!               lease (running) ─> watchdog: deadline, state, price increases
+//!               lease (running) ─> watchdog: deadline, state, price increases, ceiling
 //!                                    v
-//!         release / deadline ─> destroy, confirmed ─> label sweep ─> settle
+//!         release / deadline ─> destroy, confirmed ─> label sweep ─> settle from the bill
 //! ```
+//!
+//! An "unknown" create is confirmed by label for up to `create_confirm_s` (a create can be
+//! applied upstream after its answer was lost): an instance found is the lease's; nothing
+//! found means nothing was created, and the create is tried again (at most twice per lease).
+//! The money rules (ceiling, settlement from the bill, dead-man's switch) are in [`money`].
 //!
 //! Invariants: at most one live instance per lease (a create waits until the previous
 //! instance is confirmed gone, and stops if it cannot be); a lease is settled only after
 //! every instance it had is confirmed gone; every instance of this deployment that no live
 //! lease owns is destroyed by the reaper, at start-up and every `reap_interval_s`.
 
-use std::collections::HashMap;
+pub mod money;
+
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -66,7 +73,8 @@ pub struct ProvisionerConfig {
     pub model: CostModel,
     /// Polls while waiting for an instance to run. Default 5.
     pub poll_interval_s: f64,
-    /// Watchdog checks of a running lease (state, price increases). Default 30.
+    /// Watchdog checks of a running lease (state, price changes, the ceiling). Default 10, so
+    /// that a host's price increase with a 30-second notice is answered within it.
     pub monitor_interval_s: f64,
     /// Periodic reaper. Default 60.
     pub reap_interval_s: f64,
@@ -78,6 +86,12 @@ pub struct ProvisionerConfig {
     pub bid_headroom: f64,
     /// Offers asked for per search. Default 16.
     pub search_limit: u32,
+    /// How long an ambiguous create is confirmed by label before it counts as not applied.
+    /// Default 60.
+    pub create_confirm_s: f64,
+    /// How long past its lease's hard deadline an instance's own dead-man's switch waits
+    /// before ending it. Default 60.
+    pub deadman_grace_s: f64,
 }
 
 impl ProvisionerConfig {
@@ -88,12 +102,14 @@ impl ProvisionerConfig {
             gate: GateConfig::default(),
             model: CostModel::default(),
             poll_interval_s: 5.0,
-            monitor_interval_s: 30.0,
+            monitor_interval_s: 10.0,
             reap_interval_s: 60.0,
             destroy_confirm_interval_s: 2.0,
             failover_price_slack: 0.10,
             bid_headroom: 0.05,
             search_limit: 16,
+            create_confirm_s: 60.0,
+            deadman_grace_s: 60.0,
         }
     }
 }
@@ -144,6 +160,12 @@ pub enum AcquireError {
         /// The last attempt's failure.
         reason: String,
     },
+    /// The instance was destroyed before the job's budget would be exceeded.
+    #[error("the job's budget would be exceeded: {reason}")]
+    BudgetCeiling {
+        /// What was accrued against which ceiling.
+        reason: String,
+    },
     /// The store failed.
     #[error("store: {0}")]
     Store(#[from] StoreError),
@@ -154,7 +176,7 @@ impl AcquireError {
     pub fn code(&self) -> ErrorCode {
         match self {
             Self::Invalid(_) => ErrorCode::SchemaViolation,
-            Self::Gate(_) => ErrorCode::CostGateRejected,
+            Self::Gate(_) | Self::BudgetCeiling { .. } => ErrorCode::CostGateRejected,
             Self::NoOffers | Self::Provider(_) | Self::NotProvisioned { .. } => {
                 ErrorCode::ProviderUnavailable
             }
@@ -381,7 +403,12 @@ enum Attempt {
     Next(String),
     /// Failed in a way that forbids another create for this lease.
     Stop(String),
+    /// Destroyed (confirmed) before the job's budget would be exceeded.
+    Budget(String),
 }
+
+/// Creates tried again after an ambiguous create was confirmed not applied, per lease.
+const MAX_AMBIGUOUS_RETRIES: u32 = 2;
 
 impl<P: Provider, S: Store> Provisioner<P, S> {
     /// Validates the configuration, reconciles the account (the start-up reaper: every
@@ -720,11 +747,11 @@ impl<P: Provider, S: Store> Inner<P, S> {
             OwnerGuard { owners: &this.owners, lease_id: lease_id.clone(), armed: true };
 
         let disk_gb = f64::from(req.disk_gib) * GB_PER_GIB;
-        let (record, candidates) = {
+        let (record, candidates, ceiling) = {
             let _decide = this.decide.lock().await;
             this.decide_and_reserve(req, ctx, &lease_id, &label, disk_gb).await?
         };
-        let result = this.rent(record, &candidates, req, disk_gb, ctx).await;
+        let result = this.rent(record, &candidates, req, disk_gb, ctx, ceiling).await;
         match result {
             Ok(rec) => {
                 let release = Arc::new(Notify::new());
@@ -732,6 +759,7 @@ impl<P: Provider, S: Store> Inner<P, S> {
                     Arc::clone(this),
                     lease_id.clone(),
                     Arc::clone(&release),
+                    ceiling,
                 ));
                 lock(&this.owners).insert(
                     lease_id.clone(),
@@ -758,7 +786,7 @@ impl<P: Provider, S: Store> Inner<P, S> {
         lease_id: &LeaseId,
         label: &str,
         disk_gb: f64,
-    ) -> Result<(LeaseRecord, Vec<Candidate>), AcquireError> {
+    ) -> Result<(LeaseRecord, Vec<Candidate>, f64), AcquireError> {
         let gpu = &req.gpu;
         let query = self.offer_query(gpu, disk_gb);
         for _ in 0..3 {
@@ -831,7 +859,10 @@ impl<P: Provider, S: Store> Inner<P, S> {
                     self.audit("ledger.reserve", &ctx.actor, format!("lease:{lease_id}"), "ok", json!({
                         "job": req.job_id.as_str(), "reserved_usd": record.reserved_usd, "day": day,
                     })).await;
-                    return Ok((record, candidates));
+                    // The ceiling the lease may accrue: its reservation, or the job's
+                    // remaining budget if that is less.
+                    let ceiling = record.reserved_usd.min(inputs.remaining_budget_usd);
+                    return Ok((record, candidates, ceiling));
                 }
                 Err(StoreError::Conflict) => continue,
                 Err(StoreError::DailyCap { committed_usd, cap_usd }) => {
@@ -861,11 +892,24 @@ impl<P: Provider, S: Store> Inner<P, S> {
         req: &AcquireGpu,
         disk_gb: f64,
         ctx: &JobContext,
+        ceiling: f64,
     ) -> Result<LeaseRecord, AcquireError> {
         let window_end = ms_to_s(rec.granted_unix_ms) + self.cfg.model.provision_max_s;
         let resource = format!("lease:{}", rec.lease_id);
         let mut last = String::from("no offer was tried");
-        for cand in candidates {
+        // Every instance carries its own end: the lease's runtime after it starts, never past
+        // the lease's latest possible deadline, plus the grace.
+        let grace = self.cfg.deadman_grace_s.max(0.0);
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let (after_s, at_s) = (
+            (f64::from(req.max_runtime_s) + grace).ceil() as u64,
+            (ms_to_s(rec.deadline_unix_ms) + grace).ceil() as u64,
+        );
+        let onstart = money::onstart_with_deadman(after_s, at_s, req.onstart.as_deref())
+            .ok_or(AcquireError::Invalid("onstart leaves no room for the dead-man's switch"))?;
+        let mut queue: VecDeque<&Candidate> = candidates.iter().collect();
+        let mut ambiguous_retries = 0u32;
+        while let Some(cand) = queue.pop_front() {
             if self.clock.now_s() >= window_end {
                 last = "the provisioning window closed".into();
                 break;
@@ -877,7 +921,7 @@ impl<P: Provider, S: Store> Inner<P, S> {
                 image: req.image.clone(),
                 disk: disk_gb,
                 label: rec.label.clone(),
-                onstart: req.onstart.clone(),
+                onstart: Some(onstart.clone()),
                 env: req.env.clone(),
                 price: cand.bid,
                 runtype: "ssh_direc ssh_proxy",
@@ -944,9 +988,30 @@ impl<P: Provider, S: Store> Inner<P, S> {
                         }),
                     )
                     .await;
-                    // Did it happen? Look for the lease's label; never create blindly again.
-                    match self.find_by_label(&rec.label).await {
+                    // Did it happen? Look for the lease's label, for a while (a create can be
+                    // applied after its answer was lost); never create blindly again.
+                    match self.confirm_create(&rec.label, window_end).await {
                         Ok(found) if found.len() == 1 => found[0].id,
+                        Ok(found) if found.is_empty() => {
+                            self.audit(
+                                "vast.create",
+                                &ctx.actor,
+                                resource.clone(),
+                                "confirmed_absent",
+                                json!({
+                                    "offer": cand.offer.id, "confirm_s": self.cfg.create_confirm_s,
+                                }),
+                            )
+                            .await;
+                            last = format!(
+                                "the create's outcome was unknown ({error}) and nothing carries the label"
+                            );
+                            if ambiguous_retries < MAX_AMBIGUOUS_RETRIES {
+                                ambiguous_retries += 1;
+                                queue.push_front(cand);
+                            }
+                            continue;
+                        }
                         Ok(found) => {
                             for inst in &found {
                                 self.record_contract(&mut rec, inst.id, 0, cand.rate, sent_ms)
@@ -964,7 +1029,7 @@ impl<P: Provider, S: Store> Inner<P, S> {
                 }
             };
             self.record_contract(&mut rec, contract, cand.offer.id, cand.rate, sent_ms).await?;
-            match self.wait_running(&mut rec, contract, cand, window_end).await {
+            match self.wait_running(&mut rec, contract, cand, window_end, ceiling).await {
                 Attempt::Running(inst) => {
                     let now_ms = self.clock.now_ms();
                     let runtime_ms = u64::from(req.max_runtime_s) * 1000;
@@ -992,6 +1057,7 @@ impl<P: Provider, S: Store> Inner<P, S> {
                     last = reason;
                 }
                 Attempt::Stop(reason) => return Err(AcquireError::NotProvisioned { reason }),
+                Attempt::Budget(reason) => return Err(AcquireError::BudgetCeiling { reason }),
             }
         }
         Err(AcquireError::NotProvisioned { reason: last })
@@ -1022,6 +1088,23 @@ impl<P: Provider, S: Store> Inner<P, S> {
         self.provider.list_instances(Some(label)).await
     }
 
+    /// After an ambiguous create: the instances carrying `label`, looked for every poll until
+    /// one shows or `create_confirm_s` (or the provisioning window) has passed.
+    async fn confirm_create(
+        &self,
+        label: &str,
+        window_end: f64,
+    ) -> Result<Vec<Instance>, VastError> {
+        let until = (self.clock.now_s() + self.cfg.create_confirm_s).min(window_end);
+        loop {
+            let found = self.find_by_label(label).await?;
+            if !found.is_empty() || self.clock.now_s() + self.cfg.poll_interval_s > until {
+                return Ok(found);
+            }
+            self.clock.sleep(self.cfg.poll_interval_s).await;
+        }
+    }
+
     /// Destroys a failed attempt's instance and confirms it gone.
     async fn end_attempt(
         &self,
@@ -1047,14 +1130,24 @@ impl<P: Provider, S: Store> Inner<P, S> {
         contract: u64,
         cand: &Candidate,
         window_end: f64,
+        ceiling: f64,
     ) -> Attempt {
         let mut nulls = 0u32;
         let mut errors = 0u32;
+        let mut over_budget = false;
         let failure = loop {
             match self.provider.show_instance(contract).await {
                 Ok(Some(inst)) => {
                     nulls = 0;
                     errors = 0;
+                    // Whatever the instance says it costs is what it is taken to cost, from
+                    // its creation on (loading included).
+                    if let Some(p) = inst.dph_total.filter(|p| p.is_finite() && *p >= 0.0)
+                        && let Some(c) =
+                            rec.contracts.iter_mut().find(|c| c.contract_id == contract)
+                    {
+                        c.usd_per_hour = c.usd_per_hour.max(p);
+                    }
                     match inst.state() {
                         InstanceState::Running => {
                             let limit = cand.rate * (1.0 + self.cfg.model.rate_tolerance) + 1e-9;
@@ -1106,6 +1199,19 @@ impl<P: Provider, S: Store> Inner<P, S> {
                     }
                 }
             }
+            let rate = rec
+                .contracts
+                .iter()
+                .find(|c| c.contract_id == contract)
+                .map_or(cand.rate, |c| c.usd_per_hour);
+            let accrued = settle_cost(rec, self.clock.now_ms());
+            let lookahead = self.cfg.poll_interval_s + self.cfg.model.teardown_expected_s;
+            if money::over_ceiling(accrued, rate, lookahead, ceiling) {
+                over_budget = true;
+                break format!(
+                    "instance {contract} had accrued {accrued:.6} USD of a {ceiling:.6} USD ceiling without running"
+                );
+            }
             if self.clock.now_s() + self.cfg.poll_interval_s > window_end {
                 break format!(
                     "instance {contract} did not reach running within the provisioning window"
@@ -1115,6 +1221,7 @@ impl<P: Provider, S: Store> Inner<P, S> {
         };
         warn!(lease = %rec.lease_id, contract, reason = %failure, "attempt failed");
         match self.end_attempt(rec, contract, &rec.actor.clone()).await {
+            Ok(()) if over_budget => Attempt::Budget(failure),
             Ok(()) => Attempt::Next(failure),
             Err(e) => Attempt::Stop(format!("{failure}; and its destroy is unconfirmed: {e}")),
         }
@@ -1226,17 +1333,49 @@ impl<P: Provider, S: Store> Inner<P, S> {
             self.record_contract(&mut rec, inst.id, 0, rate, granted).await?;
             self.end_attempt(&mut rec, inst.id, actor).await?;
         }
-        let settled = settle_cost(&rec, self.clock.now_ms());
-        let rec = self.store.settle_lease(lease_id, settled, message, self.clock.now_ms()).await?;
+        let accrued = settle_cost(&rec, self.clock.now_ms());
+        let (settled, billed) = self.settlement(&rec, accrued).await;
+        let message = match billed {
+            Some(_) => message.to_owned(),
+            None => format!(
+                "{message}; the provider's bill could not be read, so it is settled at the reserved bound"
+            ),
+        };
+        let rec = self.store.settle_lease(lease_id, settled, &message, self.clock.now_ms()).await?;
         self.audit("ledger.settle", actor, format!("lease:{lease_id}"), "ok", json!({
             "job": rec.job_id.as_str(), "settled_usd": settled, "reserved_usd": rec.reserved_usd,
+            "billed_usd": billed, "accrued_usd": accrued,
+            "basis": if billed.is_some() { "bill" } else { "reserved_bound" },
             "contracts": rec.contracts.iter().map(|c| c.contract_id).collect::<Vec<_>>(), "message": message,
         })).await;
         lock(&self.teardown_locks).remove(lease_id);
         Ok(rec)
     }
 
-    async fn watchdog(this: Arc<Self>, lease_id: LeaseId, release: Arc<Notify>) {
+    /// What a lease settles at, and what the provider billed for it (`None`: unreadable). See
+    /// [`money`].
+    async fn settlement(&self, rec: &LeaseRecord, accrued: f64) -> (f64, Option<f64>) {
+        let Some(first_ms) = rec.contracts.iter().map(|c| c.created_unix_ms).min() else {
+            return (accrued, Some(0.0));
+        };
+        // A day either side: the provider's clock and day boundaries are not ours.
+        let (from, to) = (ms_to_s(first_ms) - 86_400.0, self.clock.now_s() + 86_400.0);
+        let billed = match self.provider.instance_charges(from, to).await {
+            Ok(bill) => {
+                rec.contracts.iter().map(|c| bill.get(&c.contract_id).copied()).sum::<Option<f64>>()
+            }
+            Err(error) => {
+                warn!(lease = %rec.lease_id, %error, "the provider's bill could not be read");
+                None
+            }
+        };
+        match billed {
+            Some(b) => (accrued.max(b + rec.bandwidth_usd), Some(b)),
+            None => (accrued.max(rec.reserved_usd), None),
+        }
+    }
+
+    async fn watchdog(this: Arc<Self>, lease_id: LeaseId, release: Arc<Notify>, ceiling: f64) {
         loop {
             let rec = match this.store.get_lease(&lease_id).await {
                 Ok(Some(r)) if r.is_open() => r,
@@ -1263,12 +1402,20 @@ impl<P: Provider, S: Store> Inner<P, S> {
                 this.end_by_watchdog(&lease_id, "deadline reached").await;
                 return;
             }
-            let nap = (deadline - now).min(this.cfg.monitor_interval_s);
+            // Wake before the ceiling too: when the accrued cost plus a teardown would reach it.
+            let rate = live_contract(&rec).map_or(0.0, |c| c.usd_per_hour);
+            let room = ceiling - settle_cost(&rec, this.clock.now_ms());
+            let to_ceiling = if rate > 0.0 {
+                room / rate * 3600.0 - this.cfg.model.teardown_expected_s - 1.0
+            } else {
+                f64::INFINITY
+            };
+            let nap = (deadline - now).min(this.cfg.monitor_interval_s).min(to_ceiling).max(0.001);
             tokio::select! {
                 () = release.notified() => return,
                 () = this.clock.sleep(nap) => {}
             }
-            if this.clock.now_s() < deadline && this.monitor(&rec).await {
+            if this.clock.now_s() < deadline && this.monitor(&rec, ceiling).await {
                 return;
             }
         }
@@ -1282,9 +1429,11 @@ impl<P: Provider, S: Store> Inner<P, S> {
     }
 
     /// One watchdog check. True when it ended the lease.
-    async fn monitor(&self, rec: &LeaseRecord) -> bool {
+    async fn monitor(&self, rec: &LeaseRecord, ceiling: f64) -> bool {
         let Some(contract) = live_contract(rec).cloned() else { return false };
         let mut updated = rec.clone();
+        let resource = format!("lease:{}", rec.lease_id);
+        let mut end: Option<&str> = None;
         match self.provider.show_instance(contract.contract_id).await {
             Ok(Some(inst)) => {
                 let phase = match inst.state() {
@@ -1297,6 +1446,26 @@ impl<P: Provider, S: Store> Inner<P, S> {
                 };
                 updated.phase = phase;
                 updated.status_message = inst.status_msg.as_deref().map(|m| bounded(m, 200));
+                // A price change already in effect (its notice was shorter than a check):
+                // it is what the instance costs from now on, and it is answered now.
+                if let Some(p) = inst.dph_total.filter(|p| p.is_finite() && *p >= 0.0)
+                    && p > contract.usd_per_hour + 1e-12
+                {
+                    let projected = self.projected(rec, p);
+                    let keep = projected <= ceiling;
+                    self.audit("vast.price_change", "watchdog", resource.clone(), if keep { "accepted" } else { "rejected" }, json!({
+                        "contract": contract.contract_id, "old_usd_per_hour": contract.usd_per_hour,
+                        "new_usd_per_hour": p, "projected_usd": projected, "ceiling_usd": ceiling,
+                    })).await;
+                    if let Some(c) =
+                        updated.contracts.iter_mut().find(|c| c.contract_id == contract.contract_id)
+                    {
+                        c.usd_per_hour = p;
+                    }
+                    if !keep {
+                        end = Some("the host raised the price beyond the job's ceiling");
+                    }
+                }
             }
             Ok(None) => {
                 updated.phase = LeasePhase::Failed;
@@ -1304,28 +1473,25 @@ impl<P: Provider, S: Store> Inner<P, S> {
             }
             Err(error) => warn!(lease = %rec.lease_id, %error, "watchdog read failed"),
         }
-        if let Ok(increases) = self.provider.pending_price_increases().await {
+        if end.is_none()
+            && let Ok(increases) = self.provider.pending_price_increases().await
+        {
             for inc in increases.iter().filter(|p| p.contract_id == contract.contract_id) {
                 let storage_part =
                     (contract.usd_per_hour - inc.old_gpu_costpersec * 3600.0).max(0.0);
                 let new_rate = inc.new_gpu_costpersec * 3600.0 + storage_part;
-                let now_ms = self.clock.now_ms();
-                let left_s = ms_to_s(rec.deadline_unix_ms.saturating_sub(now_ms))
-                    + self.cfg.model.teardown_max_s;
-                let projected = settle_cost(rec, now_ms)
-                    + new_rate * left_s / 3600.0
-                    + rec.bandwidth_usd * self.cfg.model.bandwidth_overrun_max;
-                let accept = new_rate.is_finite() && projected <= rec.reserved_usd;
+                let projected = self.projected(rec, new_rate);
+                let accept = new_rate.is_finite() && projected <= ceiling;
                 let answered = self.provider.answer_price_increase(inc.id, accept).await;
                 self.audit(
                     "vast.price_increase",
                     "watchdog",
-                    format!("lease:{}", rec.lease_id),
+                    resource.clone(),
                     if accept { "accepted" } else { "rejected" },
                     json!({
                         "contract": contract.contract_id, "new_usd_per_hour": new_rate,
                         "projected_usd": projected, "reserved_usd": rec.reserved_usd,
-                        "answered": answered.is_ok(),
+                        "ceiling_usd": ceiling, "answered": answered.is_ok(),
                     }),
                 )
                 .await;
@@ -1336,21 +1502,49 @@ impl<P: Provider, S: Store> Inner<P, S> {
                         c.usd_per_hour = c.usd_per_hour.max(new_rate);
                     }
                 } else {
-                    self.end_by_watchdog(
-                        &rec.lease_id,
-                        "the host raised the price beyond the reservation",
-                    )
-                    .await;
-                    return true;
+                    end = Some("the host raised the price beyond the job's ceiling");
+                    break;
                 }
             }
+        }
+        let rate = live_contract(&updated).map_or(0.0, |c| c.usd_per_hour);
+        let accrued = settle_cost(&updated, self.clock.now_ms());
+        if end.is_none()
+            && money::over_ceiling(accrued, rate, self.cfg.model.teardown_expected_s + 1.0, ceiling)
+        {
+            self.audit(
+                "lease.ceiling",
+                "watchdog",
+                resource.clone(),
+                "reached",
+                json!({
+                    "accrued_usd": accrued, "ceiling_usd": ceiling, "usd_per_hour": rate,
+                }),
+            )
+            .await;
+            end = Some("the job's budget would be exceeded");
         }
         if updated != *rec
             && let Err(error) = self.store.update_lease(&updated).await
         {
             warn!(lease = %rec.lease_id, %error, "lease state not stored");
         }
+        if let Some(why) = end {
+            self.end_by_watchdog(&rec.lease_id, why).await;
+            return true;
+        }
         false
+    }
+
+    /// What a lease will have cost at its deadline (plus a teardown) if it bills `rate` from
+    /// now on.
+    fn projected(&self, rec: &LeaseRecord, rate: f64) -> f64 {
+        let now_ms = self.clock.now_ms();
+        let left_s =
+            ms_to_s(rec.deadline_unix_ms.saturating_sub(now_ms)) + self.cfg.model.teardown_max_s;
+        settle_cost(rec, now_ms)
+            + rate * left_s / 3600.0
+            + rec.bandwidth_usd * self.cfg.model.bandwidth_overrun_max
     }
 
     async fn reap_once(this: &Arc<Self>) -> Result<ReapReport, LeaseError> {

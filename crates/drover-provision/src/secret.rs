@@ -3,8 +3,10 @@
 //! [`ApiKey`] is read once, from `VASTAI_API_KEY` ([`ApiKey::from_env`]), and from then on it
 //! exists only inside this crate: its `Debug` and `Display` print `[redacted]`, it has no
 //! `Serialize`, and the only way to the bytes is the crate-private `expose`, used in exactly
-//! two places: building the `Authorization: Bearer` header (marked sensitive, so `http`'s own
-//! `Debug` hides it too) and, in the simulator, comparing a presented key in constant time.
+//! three places: building the `Authorization: Bearer` header (marked sensitive, so `http`'s own
+//! `Debug` hides it too), building the client's [`Scrubber`](crate::redact::Scrubber) (which
+//! blanks the key in every encoding in provider text), and, in the simulator, comparing a
+//! presented key in constant time and echoing it encoded under the `echo_key` fault.
 //!
 //! ```
 //! use drover_provision::ApiKey;

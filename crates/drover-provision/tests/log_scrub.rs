@@ -54,7 +54,13 @@ fn forms(secret: &str) -> Vec<(String, String)> {
             .collect::<String>()
             .replace("%20", "+");
     out.push(("form".into(), plus));
+    out.push(("hex".into(), hex_lower(secret)));
+    out.push(("HEX".into(), hex_lower(secret).to_ascii_uppercase()));
     out
+}
+
+fn hex_lower(secret: &str) -> String {
+    secret.bytes().map(|b| format!("{b:02x}")).collect()
 }
 
 #[test]
@@ -116,6 +122,21 @@ fn the_key_never_appears_in_captured_output() {
             .unwrap();
         let err = wrong.list_instances(None).await.unwrap_err();
         shown.push(format!("{err} {err:?}"));
+
+        // Issue 15: the provider echoes the key in an error body, in each encoding; the
+        // refusal reaches the error, its wire form (what a driver and the job's events get),
+        // the audit log, the store and the log, and the key must be in none of them.
+        for enc in ["plain", "base64", "base64url", "hex", "url"] {
+            rig.sim.set_faults(format!("echo_key={enc}").parse().unwrap());
+            let err = rig.prov.acquire(&request("job-scrub-echo"), &ctx()).await.unwrap_err();
+            shown.push(format!("{err} {err:?} {:?}", err.to_wire()));
+            assert!(
+                format!("{err}").contains("[redacted]"),
+                "{enc}: the echo was seen and blanked"
+            );
+        }
+        assert_eq!(rig.sim.stats().faults_fired["echo_key"], 5);
+        rig.sim.set_faults(Default::default());
 
         for e in audit_events(&rig.store).await {
             shown.push(serde_json::to_string(&e).unwrap());

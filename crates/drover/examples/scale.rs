@@ -71,7 +71,7 @@ impl GpuBroker for NoGpus {
         &'a self,
         _: &'a LeaseOwner,
         _: &'a WireError,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>> {
+    ) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
         Box::pin(async {})
     }
 }

@@ -18,7 +18,12 @@
 //! | `stuck_loading=N` | the next N instances never leave `loading` |
 //! | `exited=N`, `offline=N` | the next N instances end `exited` / `offline` instead of `running` |
 //! | `null_first_read=N` | the first read of each of the next N new instances answers `{"instances": null}` |
-//! | `price_increase=F` | every instance that reaches `running` gets a pending host price increase by factor F, effective 30 simulated seconds later unless rejected (rejecting stops the instance) |
+//! | `price_increase=F` | every instance that reaches `running` gets a pending host price increase by factor F, effective after the notice (`price_notice`, default 30 simulated seconds) unless rejected (rejecting stops the instance); unanswered, it takes effect |
+//! | `price_notice=S` | the notice of those increases, in simulated seconds (any length, 0 included) |
+//! | `underquote=F` | every new instance runs (and bills compute) at F times the price its offer was quoted at |
+//! | `late_create=N` | the next N creates answer 504 at once and are applied upstream `late_create_s` (default 20) simulated seconds later |
+//! | `create_bad_gateway=N` | the next N creates answer 502 and nothing is created |
+//! | `echo_key=ENC` | every create is refused 400 with a message that echoes the presented API key encoded as ENC: `plain`, `base64`, `base64url`, `hex` or `url` |
 //! | `destroy_noop=N` | the next N destroys answer success and do nothing |
 //! | `slow=MS` | every API response is delayed by MS milliseconds, after the work is done |
 //! | `slow_create=MS` | only creates are delayed so |
@@ -74,6 +79,61 @@ pub struct Faults {
     pub slow_ms: u64,
     /// Delay of every create response, in milliseconds.
     pub slow_create_ms: u64,
+    /// Notice of host price increases, simulated seconds; `None`: the timing's default.
+    pub price_notice_s: Option<f64>,
+    /// Factor between an instance's running price and its offer's quote.
+    pub underquote: Option<f64>,
+    /// Creates left that answer 504 and are applied later.
+    pub late_create: u32,
+    /// Creates left that answer 502 with nothing created.
+    pub create_bad_gateway: u32,
+    /// Creates are refused with the key echoed in this encoding.
+    pub echo_key: Option<KeyEcho>,
+}
+
+/// How the `echo_key` fault encodes the key it echoes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyEcho {
+    /// As presented.
+    Plain,
+    /// Standard base64, padded.
+    Base64,
+    /// URL-safe base64, unpadded.
+    Base64Url,
+    /// Lower-case hex.
+    Hex,
+    /// Percent-encoded.
+    Url,
+}
+
+impl KeyEcho {
+    const NAMES: [(&'static str, KeyEcho); 5] = [
+        ("plain", KeyEcho::Plain),
+        ("base64", KeyEcho::Base64),
+        ("base64url", KeyEcho::Base64Url),
+        ("hex", KeyEcho::Hex),
+        ("url", KeyEcho::Url),
+    ];
+
+    fn name(self) -> &'static str {
+        Self::NAMES.iter().find(|(_, e)| *e == self).map_or("plain", |(n, _)| n)
+    }
+
+    /// `key` in this encoding.
+    pub fn encode(self, key: &str) -> String {
+        use base64::Engine as _;
+        use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+        match self {
+            KeyEcho::Plain => key.to_owned(),
+            KeyEcho::Base64 => STANDARD.encode(key),
+            KeyEcho::Base64Url => URL_SAFE_NO_PAD.encode(key),
+            KeyEcho::Hex => hex::encode(key),
+            KeyEcho::Url => {
+                percent_encoding::utf8_percent_encode(key, percent_encoding::NON_ALPHANUMERIC)
+                    .to_string()
+            }
+        }
+    }
 }
 
 /// A spec that could not be read.
@@ -135,6 +195,40 @@ impl FromStr for Faults {
                     f.price_increase = Some(factor);
                 }
                 "destroy_noop" => f.destroy_noop = count()?,
+                "late_create" => f.late_create = count()?,
+                "create_bad_gateway" => f.create_bad_gateway = count()?,
+                "price_notice" => {
+                    let s: f64 = value.and_then(|v| v.parse().ok()).ok_or_else(|| {
+                        FaultSpecError("`price_notice` takes simulated seconds".into())
+                    })?;
+                    if !(s.is_finite() && (0.0..=86_400.0).contains(&s)) {
+                        return Err(FaultSpecError("`price_notice` must be in [0, 86400]".into()));
+                    }
+                    f.price_notice_s = Some(s);
+                }
+                "underquote" => {
+                    let factor: f64 = value.and_then(|v| v.parse().ok()).ok_or_else(|| {
+                        FaultSpecError("`underquote` takes a factor such as 1.25".into())
+                    })?;
+                    if !(factor.is_finite() && factor > 0.0 && factor <= 100.0) {
+                        return Err(FaultSpecError("`underquote` must be in (0, 100]".into()));
+                    }
+                    f.underquote = Some(factor);
+                }
+                "echo_key" => {
+                    let wanted = value.unwrap_or("plain");
+                    f.echo_key = Some(
+                        KeyEcho::NAMES
+                            .iter()
+                            .find(|(n, _)| *n == wanted)
+                            .map(|(_, e)| *e)
+                            .ok_or_else(|| {
+                                FaultSpecError(
+                                    "`echo_key` takes plain, base64, base64url, hex or url".into(),
+                                )
+                            })?,
+                    );
+                }
                 "slow" => f.slow_ms = millis()?,
                 "slow_create" => f.slow_create_ms = millis()?,
                 other => {
@@ -165,6 +259,8 @@ impl fmt::Display for Faults {
             ("offline", self.offline),
             ("null_first_read", self.null_first_read),
             ("destroy_noop", self.destroy_noop),
+            ("late_create", self.late_create),
+            ("create_bad_gateway", self.create_bad_gateway),
         ];
         parts.extend(counted.iter().filter(|(_, n)| *n > 0).map(|(k, n)| format!("{k}={n}")));
         if let Some(s) = self.auth {
@@ -175,6 +271,15 @@ impl fmt::Display for Faults {
         }
         if let Some(p) = self.price_increase {
             parts.push(format!("price_increase={p}"));
+        }
+        if let Some(s) = self.price_notice_s {
+            parts.push(format!("price_notice={s}"));
+        }
+        if let Some(u) = self.underquote {
+            parts.push(format!("underquote={u}"));
+        }
+        if let Some(e) = self.echo_key {
+            parts.push(format!("echo_key={}", e.name()));
         }
         if self.slow_ms > 0 {
             parts.push(format!("slow={}", self.slow_ms));
@@ -202,7 +307,7 @@ mod tests {
 
     #[test]
     fn round_trip() {
-        let spec = "rate_limit=3,gateway_timeout=1,offer_gone=2,stuck_loading=1,auth=401,double_sale,price_increase=1.5,slow=20";
+        let spec = "rate_limit=3,gateway_timeout=1,offer_gone=2,stuck_loading=1,auth=401,double_sale,price_increase=1.5,slow=20,price_notice=0.5,underquote=1.25,late_create=2,create_bad_gateway=1,echo_key=base64url";
         let f: Faults = spec.parse().unwrap();
         let again: Faults = f.to_string().parse().unwrap();
         assert_eq!(f, again);
@@ -213,9 +318,17 @@ mod tests {
 
     #[test]
     fn bad_specs() {
-        for bad in
-            ["auth=500", "rate_limit=x", "slow", "price_increase=-1", "price_increase=nan", "x"]
-        {
+        for bad in [
+            "auth=500",
+            "rate_limit=x",
+            "slow",
+            "price_increase=-1",
+            "price_increase=nan",
+            "x",
+            "echo_key=rot13",
+            "price_notice=-1",
+            "underquote=0",
+        ] {
             assert!(bad.parse::<Faults>().is_err(), "{bad}");
         }
     }

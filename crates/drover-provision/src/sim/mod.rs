@@ -18,6 +18,7 @@
 //! | `PUT /api/v0/instances/request_logs/{id}/` | `{"result_url": ...}`; the URL answers 404 once, then the log |
 //! | `GET /api/v0/users/current/` | the account, **including `api_key`**, as the real API |
 //! | `GET /api/v0/instances/pending-price-increases/`, `PUT .../accept-price-increase/`, `PUT .../reject-price-increase/` | host price increases |
+//! | `GET /api/v0/charges/` | instance charges from the billing ledger: `{"results": [{"type": "instance", "source": "<id>", "instance_id", "amount", "description", "start", "end"}], "count", "total", "next_token"}`; `select_filters` `{"day": {"gte", "lte"}}` (Unix seconds), `limit` (at most 100), `after_token` |
 //! | `GET /_sim/ledger`, `GET /_sim/stats`, `GET`/`PUT /_sim/faults` | the simulator's own control routes (authenticated, never faulted) |
 //!
 //! Every route also answers without its trailing slash. Authentication is `Authorization:
@@ -30,6 +31,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod catalogue;
+mod charges;
 pub mod faults;
 pub mod state;
 
@@ -49,8 +51,8 @@ use tokio::task::JoinHandle;
 use tracing::info;
 
 pub use catalogue::SimOffer;
-pub use faults::{FaultSpecError, Faults};
-pub use state::{Ledger, LedgerEntry, SimTiming, Stats};
+pub use faults::{FaultSpecError, Faults, KeyEcho};
+pub use state::{DEADMAN_MARKER, DEADMAN_POLL_S, Ledger, LedgerEntry, SimTiming, Stats};
 
 use crate::clock::Clock;
 use crate::secret::ApiKey;
@@ -220,6 +222,7 @@ fn router(shared: Arc<Shared>) -> Router {
         ("/api/v0/instances/{id}/", get(show).put(manage).delete(destroy)),
         ("/api/v1/instances/", get(list_v1)),
         ("/api/v0/users/current/", get(current_user)),
+        ("/api/v0/charges/", get(charges::charges)),
     ];
     let mut app = Router::new();
     for (path, route) in routes {
@@ -320,6 +323,15 @@ async fn gatekeeper(State(sh): State<Arc<Shared>>, req: Request, next: Next) -> 
         } else if take(&mut w.faults.bad_gateway) {
             w.fired("bad_gateway");
             Some(text(502, "<html><body><h1>502 Bad Gateway</h1></body></html>"))
+        } else if is_create && take(&mut w.faults.create_bad_gateway) {
+            w.fired("create_bad_gateway");
+            Some(text(502, "<html><body><h1>502 Bad Gateway</h1></body></html>"))
+        } else if let (true, Some(echo), Some(key)) =
+            (is_create, w.faults.echo_key, presented.as_deref())
+        {
+            w.fired("echo_key");
+            let msg = format!("error 400: key {} may not rent this offer", echo.encode(key));
+            Some(error(400, "invalid_args", &msg))
         } else if take(&mut w.faults.unavailable) {
             w.fired("unavailable");
             Some(text(503, "<html><body><h1>503 Service Unavailable</h1></body></html>"))
@@ -606,7 +618,15 @@ async fn create(State(sh): State<Arc<Shared>>, Path(id): Path<String>, body: Byt
         Err(resp) => return resp,
     };
     let now = sh.now();
-    let result = sh.world().create(offer_id, args, now);
+    let result = {
+        let mut world = sh.world();
+        if take(&mut world.faults.late_create) {
+            world.fired("late_create");
+            world.create_later(offer_id, args, now);
+            return text(504, "<html><body><h1>504 Gateway Time-out</h1></body></html>");
+        }
+        world.create(offer_id, args, now)
+    };
     match result {
         CreateResult::Ok { contract, instance_api_key } => reply(
             200,

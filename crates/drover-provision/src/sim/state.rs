@@ -13,7 +13,15 @@
 //! until destroy, in every state, stopped included. Compute (`dph_base`, or the bid for an
 //! interruptible instance) bills while the instance is `loading` or `running` and not stopped.
 //! Destroy ends all billing at once; the instance still reads back for `destroy_lag_s` and is
-//! then gone. The ledger keeps every instance ever created, destroyed or not.
+//! then gone, and its offer returns to the market. The ledger keeps every instance ever
+//! created, destroyed or not; the charges route reads it.
+//!
+//! The dead-man's switch: an instance whose `onstart` carries `DROVER_DEADMAN_AT=<unix s>`
+//! (and optionally `DROVER_DEADMAN_AFTER_S=<s>`) runs that script when it reaches `running`;
+//! the script takes the earlier of that moment and its start plus the delay, checks the time
+//! every [`DEADMAN_POLL_S`] seconds and, once past it, destroys its own instance with the
+//! instance's scoped key. The simulator models exactly that: the instance is destroyed at the
+//! first check at or after the moment, without any client call.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -22,6 +30,15 @@ use serde_json::{Value, json};
 
 use super::catalogue::SimOffer;
 use super::faults::{Faults, take};
+
+/// How often the dead-man's switch script checks the time, seconds (its `sleep`).
+pub const DEADMAN_POLL_S: f64 = 15.0;
+
+/// The marker in an `onstart` script that carries the dead-man's switch moment.
+pub const DEADMAN_MARKER: &str = "DROVER_DEADMAN_AT=";
+
+/// The marker of the switch's delay from the container's start.
+const DEADMAN_AFTER: &str = "DROVER_DEADMAN_AFTER_S=";
 
 /// Timings of the instance state machine, in simulated seconds.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -34,11 +51,19 @@ pub struct SimTiming {
     pub destroy_lag_s: f64,
     /// From `running` to a pending price increase taking effect. Default 30.
     pub price_increase_after_s: f64,
+    /// From a `late_create` to the instance existing. Default 20.
+    pub late_create_s: f64,
 }
 
 impl Default for SimTiming {
     fn default() -> Self {
-        Self { provision_s: 5.0, loading_s: 20.0, destroy_lag_s: 2.0, price_increase_after_s: 30.0 }
+        Self {
+            provision_s: 5.0,
+            loading_s: 20.0,
+            destroy_lag_s: 2.0,
+            price_increase_after_s: 30.0,
+            late_create_s: 20.0,
+        }
     }
 }
 
@@ -79,6 +104,20 @@ pub(crate) struct SimInstance {
     null_reads: u32,
     instance_api_key: String,
     jupyter_token: String,
+    /// The dead-man's switch its `onstart` carries, if any: (delay from start, latest moment).
+    deadman: Option<(f64, f64)>,
+    /// When it reached `running` (its `onstart` started).
+    running_s: Option<f64>,
+}
+
+impl SimInstance {
+    /// When the dead-man's switch script destroys it: the first check at or after its moment.
+    fn self_destroy_s(&self) -> Option<f64> {
+        let ((after, latest), started) = (self.deadman?, self.running_s?);
+        let at = latest.min(started + after);
+        let checks = ((at - started) / DEADMAN_POLL_S).ceil().max(0.0);
+        Some(started + checks * DEADMAN_POLL_S)
+    }
 }
 
 /// What the simulator billed one instance.
@@ -163,6 +202,8 @@ pub struct Stats {
     pub contracts_created: u64,
     /// Destroys received.
     pub destroys: u64,
+    /// Instances destroyed by their own dead-man's switch.
+    pub self_destroyed: u64,
 }
 
 /// The whole simulated account.
@@ -173,6 +214,8 @@ pub(crate) struct World {
     instances: BTreeMap<u64, SimInstance>,
     ledger: BTreeMap<u64, LedgerEntry>,
     increases: Vec<PendingIncrease>,
+    /// Creates answered 504 that are applied upstream later: when, which offer, what.
+    late: Vec<(f64, u64, CreateArgs)>,
     next_contract: u64,
     next_increase: u64,
     pub(crate) faults: Faults,
@@ -190,6 +233,7 @@ pub(crate) enum CreateResult {
 }
 
 /// The validated fields of a create request.
+#[derive(Debug)]
 pub(crate) struct CreateArgs {
     pub(crate) image: String,
     pub(crate) disk: f64,
@@ -207,6 +251,7 @@ impl World {
             instances: BTreeMap::new(),
             ledger: BTreeMap::new(),
             increases: Vec::new(),
+            late: Vec::new(),
             next_contract: 30_000_000 + (seed % 1000) * 1000,
             next_increase: 1,
             faults,
@@ -244,6 +289,16 @@ impl World {
 
     /// Brings every instance and the ledger up to `now`.
     pub(crate) fn advance(&mut self, now: f64) {
+        // Late creates due by now happen first, at their own moment.
+        if self.late.iter().any(|(t, _, _)| *t <= now) {
+            let (due, rest): (Vec<_>, Vec<_>) =
+                std::mem::take(&mut self.late).into_iter().partition(|(t, _, _)| *t <= now);
+            self.late = rest;
+            for (t, offer_id, args) in due {
+                self.fired("late_create_applied");
+                let _ = self.create_now(offer_id, args, t);
+            }
+        }
         let ids: Vec<u64> = self.instances.keys().copied().collect();
         for id in ids {
             while let (Some(inst), Some(entry)) = (self.instances.get(&id), self.ledger.get(&id)) {
@@ -282,6 +337,7 @@ impl World {
         let phase_event = match inst.phase {
             Phase::Provisioning => Some(loading_at),
             Phase::Loading if inst.fate != Fate::StuckLoading => Some(running_at),
+            Phase::Running => inst.self_destroy_s(),
             _ => None,
         };
         match (phase_event, increase) {
@@ -301,6 +357,14 @@ impl World {
             self.increases = rest;
             due
         };
+        let notice = self.faults.price_notice_s.unwrap_or(timing.price_increase_after_s);
+        let switch_fires = self.instances.get(&id).is_some_and(|inst| {
+            inst.phase == Phase::Running && inst.self_destroy_s().is_some_and(|at| t >= at)
+        });
+        if switch_fires {
+            self.self_destroy(id, t);
+            return;
+        }
         let Some(inst) = self.instances.get_mut(&id) else { return };
         for p in due {
             if p.answer == Some(false) {
@@ -321,8 +385,9 @@ impl World {
                 Fate::StuckLoading => {}
                 Fate::Normal | Fate::Ghost => {
                     inst.phase = Phase::Running;
+                    inst.running_s = Some(t);
                     if let Some(factor) = self.faults.price_increase {
-                        new_increase = Some((id, factor, t + timing.price_increase_after_s));
+                        new_increase = Some((id, factor, t + notice));
                     }
                 }
             },
@@ -360,8 +425,34 @@ impl World {
         entry.accrued_to_s = to;
     }
 
+    /// The dead-man's switch destroys instance `id` at `t`, as its own script would.
+    fn self_destroy(&mut self, id: u64, t: f64) {
+        if let Some(inst) = self.instances.get_mut(&id) {
+            inst.destroyed_s = Some(t);
+        }
+        if let Some(entry) = self.ledger.get_mut(&id) {
+            entry.ended_s = Some(t);
+            entry.accrued_to_s = entry.accrued_to_s.max(t);
+        }
+        self.increases.retain(|p| p.contract_id != id);
+        self.sold.retain(|_, c| *c != id);
+        self.stats.self_destroyed += 1;
+        self.fired("deadman");
+    }
+
+    /// A create that will be applied `late_create_s` from `now`; nothing exists yet.
+    pub(crate) fn create_later(&mut self, offer_id: u64, args: CreateArgs, now: f64) {
+        self.advance(now);
+        let at = now + self.timing.late_create_s;
+        self.late.push((at, offer_id, args));
+    }
+
     pub(crate) fn create(&mut self, offer_id: u64, args: CreateArgs, now: f64) -> CreateResult {
         self.advance(now);
+        self.create_now(offer_id, args, now)
+    }
+
+    fn create_now(&mut self, offer_id: u64, args: CreateArgs, now: f64) -> CreateResult {
         if take(&mut self.faults.offer_gone) {
             self.fired("offer_gone");
             // Sold to someone else between search and create.
@@ -411,7 +502,12 @@ impl World {
         self.next_contract += 1;
         let instance_api_key = self.token(id, 1);
         let jupyter_token = self.token(id, 2);
-        let compute_per_hour = args.price.unwrap_or(offer.dph_base);
+        let compute_per_hour =
+            args.price.unwrap_or(offer.dph_base) * self.faults.underquote.unwrap_or(1.0);
+        let deadman = args.onstart.as_deref().and_then(|o| {
+            let latest = marked_number(o, DEADMAN_MARKER)?;
+            Some((marked_number(o, DEADMAN_AFTER).unwrap_or(f64::INFINITY), latest))
+        });
         self.sold.insert(offer_id, id);
         self.ledger.insert(
             id,
@@ -446,6 +542,8 @@ impl World {
                 null_reads,
                 instance_api_key: instance_api_key.clone(),
                 jupyter_token,
+                deadman,
+                running_s: None,
             },
         );
         self.stats.contracts_created += 1;
@@ -541,6 +639,8 @@ impl World {
             entry.ended_s = Some(now);
         }
         self.increases.retain(|p| p.contract_id != id);
+        // Released offers return to the market.
+        self.sold.retain(|_, c| *c != id);
         Some(true)
     }
 
@@ -599,6 +699,24 @@ impl World {
         Ledger { entries: self.ledger.values().cloned().collect() }
     }
 
+    /// Instance charges as `GET /api/v0/charges/` lists them: one per instance that billed
+    /// in `[from, to]`, its amount so far.
+    pub(crate) fn charges(&mut self, from: f64, to: f64, now: f64) -> Vec<Value> {
+        self.advance(now);
+        self.ledger
+            .values()
+            .filter(|e| e.created_s <= to && e.ended_s.is_none_or(|end| end >= from))
+            .map(|e| {
+                json!({
+                    "type": "instance", "source": e.contract_id.to_string(),
+                    "instance_id": e.contract_id, "amount": e.total_usd(),
+                    "description": format!("Instance {} GPU and storage charges", e.contract_id),
+                    "start": e.created_s, "end": e.ended_s.unwrap_or(e.accrued_to_s),
+                })
+            })
+            .collect()
+    }
+
     pub(crate) fn log_text(&self, id: u64) -> String {
         match self.instances.get(&id) {
             Some(i) => format!(
@@ -618,4 +736,15 @@ impl World {
     pub(crate) fn instance_key(&self, id: u64) -> Option<&str> {
         self.instances.get(&id).map(|i| i.instance_api_key.as_str())
     }
+}
+
+/// The number after `marker` in an `onstart` script, if it carries one.
+fn marked_number(onstart: &str, marker: &str) -> Option<f64> {
+    let rest = &onstart[onstart.find(marker)? + marker.len()..];
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse::<u64>().ok().map(|s| {
+        #[allow(clippy::cast_precision_loss)]
+        let s = s as f64;
+        s
+    })
 }

@@ -10,6 +10,7 @@
 //! | [`instance_logs`](VastClient::instance_logs) | `PUT /api/v0/instances/request_logs/{id}/`, then `GET result_url` | as search |
 //! | [`current_user`](VastClient::current_user) | `GET /api/v0/users/current/` | as search |
 //! | [`pending_price_increases`](VastClient::pending_price_increases) | `GET /api/v0/instances/pending-price-increases/` | as search |
+//! | [`instance_charges`](VastClient::instance_charges) | `GET /api/v0/charges/` (every page) | as search |
 //!
 //! The base URL is configurable (the CLI's `VAST_URL` convention, [`base_url_from_env`]) so
 //! tests point the client at the simulator. The key goes only in `Authorization: Bearer`,
@@ -25,6 +26,7 @@
 //! **A failed list is an error, never an empty list.** A list whose body has no `instances`
 //! array, a failed page, or a pagination token loop all fail the whole call.
 
+mod billing;
 pub mod error;
 pub mod model;
 
@@ -42,7 +44,7 @@ pub use model::{
     CreateOutcome, CreateRequest, Instance, InstanceState, Offer, OfferQuery, PriceIncrease, User,
 };
 
-use crate::redact::redact_json;
+use crate::redact::{Scrubber, redact_json};
 use crate::retry::RetryPolicy;
 use crate::secret::{ApiKey, REDACTED};
 use error::{ErrorBody, classify};
@@ -144,8 +146,9 @@ pub struct VastClient {
     http: reqwest::Client,
     base: String,
     auth: HeaderValue,
-    key: ApiKey,
     retry: RetryPolicy,
+    /// The key in every encoding a server may echo it in.
+    scrubber: Scrubber,
 }
 
 impl std::fmt::Debug for VastClient {
@@ -178,7 +181,8 @@ impl VastClient {
             .map_err(|_| VastError::Config {
                 reason: "the HTTP client could not be built".into(),
             })?;
-        Ok(Self { http, base, auth, key, retry })
+        let scrubber = Scrubber::new(key.expose());
+        Ok(Self { http, base, auth, retry, scrubber })
     }
 
     /// The base URL requests go to.
@@ -188,7 +192,7 @@ impl VastClient {
 
     /// Removes the key from a text that is about to be logged or kept.
     fn scrub(&self, text: &str) -> String {
-        text.replace(self.key.expose(), REDACTED)
+        self.scrubber.scrub(text)
     }
 
     async fn request(
@@ -219,7 +223,9 @@ impl VastClient {
                 Ok(resp) => {
                     let status = resp.status();
                     match read_body(resp).await {
-                        Ok(bytes) => Ok((status, bytes)),
+                        // Provider text never carries the key on, in any encoding: it is
+                        // blanked before the body is parsed, logged, stored or sent.
+                        Ok(bytes) => Ok((status, self.scrubber.scrub_bytes(bytes))),
                         Err(()) => Err(TransportFailure::Other),
                     }
                 }

@@ -140,15 +140,22 @@ where
 }
 
 /// The checks every fault test ends with, from the simulator's own ledger: nothing billing,
-/// every lease settled, and no lease billed beyond its reservation, its settlement or its
-/// job's budget.
+/// every lease settled, no lease billed beyond its reservation or its settlement (settled >=
+/// billed), no job billed beyond its budget, and the day's settlements within the daily cap
+/// (the cap that binds every job).
 pub(crate) async fn assert_no_leak_no_overspend(rig: &Rig) {
+    assert_no_leak_no_overspend_within(rig, BUDGET).await;
+}
+
+/// [`assert_no_leak_no_overspend`] for jobs whose budget is `budget`.
+pub(crate) async fn assert_no_leak_no_overspend_within(rig: &Rig, budget: f64) {
     let ledger = rig.sim.ledger();
     assert!(ledger.live().is_empty(), "instances left billing: {:?}", ledger.live());
     let report = rig.store.ledger_report().await.unwrap();
     assert!(report.balances(), "the store's ledger does not balance: {report:?}");
     let leases = leases(&rig.store).await;
     let mut per_job: BTreeMap<String, f64> = BTreeMap::new();
+    let mut settled_per_day: BTreeMap<u64, f64> = BTreeMap::new();
     for lease in &leases {
         assert!(!lease.is_open(), "lease {} is still open", lease.lease_id);
         let billed = billed_for(rig, lease);
@@ -165,9 +172,14 @@ pub(crate) async fn assert_no_leak_no_overspend(rig: &Rig) {
             lease.lease_id
         );
         *per_job.entry(lease.job_id.to_string()).or_default() += billed;
+        *settled_per_day.entry(lease.day).or_default() += settled;
     }
     for (job, billed) in per_job {
-        assert!(billed <= BUDGET, "job {job} billed {billed} over its budget {BUDGET}");
+        assert!(billed <= budget + 1e-9, "job {job} billed {billed} over its budget {budget}");
+    }
+    let cap = config().gate.daily_cap_usd;
+    for (day, settled) in settled_per_day {
+        assert!(settled <= cap, "day {day} settled {settled} over the daily cap {cap}");
     }
     // Every instance the simulator ever billed belongs to a lease of this deployment or was
     // made by the test itself (labelled `test-owned`).
