@@ -67,6 +67,26 @@ pub struct SupervisorConfig {
     /// `[[drivers]]` entry named `container` replaces it.
     #[serde(default = "default_true")]
     pub bundled_container: bool,
+    /// Protections this deployment knowingly runs without. `serve` refuses to start when one
+    /// of them is missing on this machine and not listed here; every one listed is reported by
+    /// `/readyz` and `drover sandbox status`. Default empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 2), extend("uniqueItems" = true))]
+    pub accept_risks: Vec<AcceptedRisk>,
+}
+
+/// A protection `serve` may knowingly run without (`supervisor.accept_risks`).
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum AcceptedRisk {
+    /// Drivers run without Landlock. They run as the supervisor's own uid, so without it a
+    /// driver can write the supervisor's data directory (its store, its jobs' data).
+    DriverWritableStore,
+    /// A driver's `limits.pids`, `cpu_quota` or `memory_bytes` may go unenforced where this
+    /// machine offers no cgroup for it, so one driver can starve the others.
+    UnenforcedLimits,
 }
 
 impl Default for SupervisorConfig {
@@ -78,6 +98,7 @@ impl Default for SupervisorConfig {
             on_shutdown: ShutdownMode::default(),
             shutdown_grace_s: default_shutdown_grace_s(),
             bundled_container: true,
+            accept_risks: Vec::new(),
         }
     }
 }

@@ -49,6 +49,7 @@ pub mod spawn;
 #[allow(unsafe_code)]
 mod sys;
 pub mod tree;
+pub mod work_dir;
 
 pub use death::{Cause, Death, Logged};
 pub use features::Features;

@@ -86,8 +86,9 @@ pub(crate) struct Process {
     pub(crate) degradations: Vec<String>,
     /// Writing here (or dropping it) kills the driver.
     stop: Option<File>,
-    /// The private work directory, removed when the process is dropped.
-    _work_dir: Option<tempfile::TempDir>,
+    /// The private work directory (mode 0700), removed with whatever the driver left in it
+    /// when the process is dropped.
+    _work_dir: Option<drover_sandbox::work_dir::WorkDir>,
 }
 
 impl Process {
@@ -123,10 +124,11 @@ pub(crate) async fn spawn(
     let (work_dir, scratch): (PathBuf, _) = match &spec.work_dir {
         Some(dir) => (dir.clone(), None),
         None => {
-            let scratch = tempfile::Builder::new()
-                .prefix(&format!("drover-{driver}-"))
-                .tempdir_in(&options.scratch_dir)
-                .map_err(setup("creating the work directory"))?;
+            let scratch = drover_sandbox::work_dir::WorkDir::create_in(
+                &options.scratch_dir,
+                &format!("drover-{driver}-"),
+            )
+            .map_err(setup("creating the work directory"))?;
             (scratch.path().to_path_buf(), Some(scratch))
         }
     };

@@ -1,5 +1,7 @@
 //! `drover serve` as a real process with hostile drivers (as root in CI, so Phase A really
-//! drops to 65534): what a driver writes cannot forge or corrupt the supervisor's log.
+//! drops to 65534): what a driver writes cannot forge or corrupt the supervisor's log; the
+//! supervisor's data and work directories are private, a data directory inside a tree some
+//! profile grants is refused, and a work directory goes whatever its driver did to it.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -7,7 +9,7 @@ mod common;
 
 use std::io::{BufRead as _, BufReader};
 use std::os::unix::fs::PermissionsExt as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -24,7 +26,7 @@ fn drivers_dir() -> tempfile::TempDir {
     for file in ["default.toml", "seccomp/base.toml"] {
         std::fs::copy(manifest.join("../../sandbox").join(file), dir.path().join(file)).unwrap();
     }
-    for script in ["_wire.py", "forge_log.py"] {
+    for script in ["_wire.py", "forge_log.py", "plant_work_dir.py"] {
         std::fs::copy(manifest.join("tests/drivers").join(script), dir.path().join(script))
             .unwrap();
     }
@@ -48,20 +50,49 @@ fn chmod_tree(path: &Path) {
 }
 
 /// A `[[drivers]]` entry running `script` from `dir` under its test profile.
-fn python_driver(name: &str, dir: &Path, script: &str) -> String {
+fn python_driver(name: &str, dir: &Path, script: &str, args: &[&Path]) -> String {
+    let args: String = args.iter().map(|a| format!(", {a:?}")).collect();
     format!(
-        "\n[[drivers]]\nname = {name:?}\ncommand = [\"/usr/bin/python3\", {:?}]\nprofile = {:?}\n",
+        "\n[[drivers]]\nname = {name:?}\ncommand = [\"/usr/bin/python3\", {:?}{args}]\nprofile = {:?}\n",
         dir.join(script),
         dir.join("test.toml")
     )
 }
 
-/// Starts `drover serve` with its log (stderr) coming back line by line.
-fn start_logged(config: &Path) -> (Serve, mpsc::Receiver<String>) {
+fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// Gives `path` to the uid drover drops to (65534), when this test runs as root.
+fn give_to_dropped_uid(path: &Path) {
+    if is_root() {
+        let nobody = Some(nix::unistd::Uid::from_raw(65534));
+        nix::unistd::chown(path, nobody, Some(nix::unistd::Gid::from_raw(65534))).unwrap();
+    }
+}
+
+/// A temporary directory for `serve`, where the dropped uid may make work directories.
+fn scratch() -> tempfile::TempDir {
+    let scratch = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(scratch.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    give_to_dropped_uid(scratch.path());
+    scratch
+}
+
+fn mode_and_owner(path: &Path) -> (u32, u32) {
+    use std::os::unix::fs::MetadataExt as _;
+    let meta = std::fs::symlink_metadata(path).unwrap();
+    (meta.mode() & 0o7777, meta.uid())
+}
+
+/// Starts `drover serve` with its log (stderr) coming back line by line; `tmp` is its
+/// temporary directory, where the drivers' work directories are made.
+fn start_logged(config: &Path, tmp: &Path) -> (Serve, mpsc::Receiver<String>) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_drover"))
         .args(["serve", "--listen", "127.0.0.1:0", "--config"])
         .arg(config)
         .env_remove("VASTAI_API_KEY")
+        .env("TMPDIR", tmp)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -102,8 +133,9 @@ fn a_driver_cannot_forge_or_corrupt_supervisor_log_lines() {
     let drivers = drivers_dir();
     let token = ApiToken::generate().unwrap();
     let (_dir, _data, config) =
-        config_dir(&token, &python_driver("forger", drivers.path(), "forge_log.py"));
-    let (_serve, log) = start_logged(&config);
+        config_dir(&token, &python_driver("forger", drivers.path(), "forge_log.py", &[]));
+    let scratch = scratch();
+    let (_serve, log) = start_logged(&config, scratch.path());
     let forged = |l: &String| l.contains("forged");
     // One line from stdout, one from a `log` frame (more if they broke out of their lines).
     let seen = collect_until(&log, |seen| seen.iter().filter(|l| forged(l)).count() >= 2);
@@ -123,4 +155,81 @@ fn a_driver_cannot_forge_or_corrupt_supervisor_log_lines() {
     }
     let from_log_frame = seen.iter().find(|l| forged(l) && l.contains("driver log")).unwrap();
     assert!(from_log_frame.contains("text=\"\\n2026-01-01"), "{from_log_frame}");
+}
+
+#[test]
+fn supervisor_files_are_private_and_work_dirs_go_whatever_the_driver_did() {
+    let drivers = drivers_dir();
+    let token = ApiToken::generate().unwrap();
+    let scratch = scratch();
+    // A directory of the dropped uid's own that a remover following links would empty.
+    let victim = scratch.path().join("victim");
+    std::fs::create_dir(&victim).unwrap();
+    std::fs::write(victim.join("store"), b"keep").unwrap();
+    give_to_dropped_uid(&victim);
+    give_to_dropped_uid(&victim.join("store"));
+    let planter = python_driver("planter", drivers.path(), "plant_work_dir.py", &[&victim]);
+    let (_dir, data, config) = config_dir(&token, &planter);
+    let (_serve, log) = start_logged(&config, scratch.path());
+    collect_until(&log, |seen| seen.iter().any(|l| l.contains("line=\"planted\"")));
+
+    let uid = if is_root() { 65534 } else { nix::unistd::geteuid().as_raw() };
+    assert_eq!(mode_and_owner(&data), (0o700, uid), "the data directory");
+    let work_dirs: Vec<_> = std::fs::read_dir(scratch.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("drover-planter-"))
+        .collect();
+    assert!(!work_dirs.is_empty(), "no work directory under {}", scratch.path().display());
+    for work_dir in &work_dirs {
+        assert_eq!(mode_and_owner(work_dir), (0o700, uid), "{}", work_dir.display());
+    }
+    // The driver exits after 3 s; its closed work directory must go with it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while work_dirs.iter().any(|w| w.exists()) {
+        assert!(Instant::now() < deadline, "a work directory was left behind: {work_dirs:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(std::fs::read(victim.join("store")).unwrap(), b"keep", "a link was followed");
+}
+
+#[test]
+fn serve_refuses_a_data_dir_inside_a_tree_a_profile_grants() {
+    let drivers = drivers_dir();
+    let dir = tempfile::tempdir().unwrap();
+    // The default profile, which the test profile includes, grants /opt for reading.
+    let data = PathBuf::from(format!("/opt/drover-refused-{}", std::process::id()));
+    let config = dir.path().join("drover.toml");
+    let driver = python_driver("tenant", drivers.path(), "forge_log.py", &[]);
+    std::fs::write(&config, format!("[supervisor]\ndata_dir = {data:?}\n{driver}")).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_drover"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&config)
+        .env_remove("VASTAI_API_KEY")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            let _ = std::fs::remove_dir_all(&data);
+            panic!("serve started with its data directory under /opt");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    let profile = drivers.path().join("test.toml");
+    for part in [&data.display().to_string(), "\"tenant\"", &profile.display().to_string()] {
+        assert!(stderr.contains(part), "{part} is not named in: {stderr}");
+    }
+    assert!(!data.exists(), "the refused data directory was created");
 }

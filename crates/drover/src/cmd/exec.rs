@@ -81,9 +81,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let scratch = match work_dir {
         Some(_) => None,
         None => Some(
-            tempfile::Builder::new()
-                .prefix("drover-exec-")
-                .tempdir()
+            drover_sandbox::work_dir::WorkDir::create_in(&std::env::temp_dir(), "drover-exec-")
                 .context("creating a private work directory")?,
         ),
     };

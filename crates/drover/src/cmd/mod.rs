@@ -10,6 +10,7 @@ pub mod jobs;
 pub mod sandbox;
 pub mod schemas;
 pub mod serve;
+pub mod serve_files;
 pub mod token;
 pub mod validate;
 

@@ -10,9 +10,11 @@
 //!    The bundled `container` driver (this same binary, `drover driver container`, in the
 //!    default sandbox profile) runs next to the `[[drivers]]` entries unless
 //!    `supervisor.bundled_container = false` or an entry is named `container`.
-//! 2. **Phase A**, before any thread or async runtime exists: as root, the data directory is
-//!    created and given to `supervisor.uid`/`gid` (default 65534), then the process drops to
-//!    them; started non-root, it clears what it holds. Either way it verifies that all five
+//! 2. **Phase A**, before any thread or async runtime exists: the supervisor's files are
+//!    guarded (see [`crate::cmd::serve_files`]: the data directory is refused inside any tree
+//!    a driver profile grants, and without Landlock), then, as root, the data directory is
+//!    created mode 0700 and given to `supervisor.uid`/`gid` (default 65534), then the process
+//!    drops to them; started non-root, it clears what it holds. Either way it verifies that all five
 //!    capability sets are empty, no-new-privs is set and it is not dumpable, or refuses to
 //!    start.
 //! 3. The store (SQLite in the data directory, or `store.url`).
@@ -53,6 +55,7 @@ use drover_service::{ProviderKind, Service, ServiceConfig, SimulatorLedger, Supe
 use drover_store::{SqliteStore, Store};
 use drover_supervisor::{DriverSpec, Options, ProvisionerBroker, Supervisor};
 
+use crate::cmd::serve_files;
 use crate::profile;
 
 /// Simulated seconds per real second of the embedded simulator.
@@ -157,8 +160,12 @@ pub struct Prepared {
 pub fn prepare(mut config: Config) -> anyhow::Result<Prepared> {
     let mut exe = std::env::current_exe().context("finding the drover binary")?;
     let data_dir = PathBuf::from(&config.supervisor.data_dir);
+    serve_files::refuse_granted_data_dir(&config, &data_dir)?;
+    // Detected uncached: Phase A has not made this process a subreaper yet.
+    serve_files::refuse_writable_store(&config, &drover_sandbox::Features::detect())?;
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("creating the data directory {}", data_dir.display()))?;
+    serve_files::close_data_dir(&data_dir)?;
     let root = nix::unistd::geteuid().is_root();
     let mut exe_copy = None;
     let target = if root {
