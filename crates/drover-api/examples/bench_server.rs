@@ -29,7 +29,7 @@ use drover_api::backend::{
     Backend, BackendError, BoxFuture, EventStream, JobQuery, SchemaLookupError, Submission,
     Submitted,
 };
-use drover_api::{ApiState, Auditor, router, serve};
+use drover_api::{ApiState, Auditor, serve};
 use drover_proto::api::{
     AuditEvent, DriverList, EstimateRequest, EstimateResponse, Job, JobList, Readiness,
 };
@@ -79,10 +79,12 @@ async fn main() {
     let until_stop = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
-    let api_server = tokio::spawn(serve(api, router(state), until_stop(stopped.clone())));
+    let api_server = tokio::spawn(serve(api, state, until_stop(stopped.clone())));
     let volatile_server =
-        tokio::spawn(serve(volatile, router(volatile_state), until_stop(stopped.clone())));
-    let bare_server = tokio::spawn(serve(bare, echo, until_stop(stopped)));
+        tokio::spawn(serve(volatile, volatile_state, until_stop(stopped.clone())));
+    let bare_server = tokio::spawn(async move {
+        axum::serve(bare, echo).with_graceful_shutdown(until_stop(stopped)).await
+    });
     // Serve until the benchmark closes our stdin.
     let mut sink = Vec::new();
     let _ = tokio::io::stdin().read_to_end(&mut sink).await;

@@ -24,6 +24,7 @@ use drover_proto::api::{ApiErrorCode, ErrorBody};
 use drover_proto::config::{ApiConfig, ApiLimitsConfig, ApiMode};
 use futures_util::FutureExt;
 use serde_json::{Map, Value};
+use tokio::sync::watch;
 
 use crate::anonymous::{AnonymousGate, peer_of};
 use crate::audit::Auditor;
@@ -32,6 +33,7 @@ use crate::backend::Backend;
 use crate::error::{RequestContext, error_response};
 use crate::metrics::ApiMetrics;
 use crate::routes;
+use crate::sse::StreamSlots;
 
 /// How the API behaves, from the configuration and the command line.
 #[derive(Clone, Debug)]
@@ -82,6 +84,10 @@ pub struct ApiState {
     pub metrics: ApiMetrics,
     /// Compiled params validators per driver action.
     pub(crate) params: routes::ParamsCache,
+    /// Open event streams per token.
+    pub streams: StreamSlots,
+    /// Set once the server begins to shut down; event streams end on it.
+    shutdown: watch::Sender<bool>,
 }
 
 impl std::fmt::Debug for dyn Backend {
@@ -131,7 +137,20 @@ impl ApiState {
             auditor,
             metrics: ApiMetrics::default(),
             params: routes::ParamsCache::default(),
+            streams: StreamSlots::new(config.limits.sse_streams_per_token),
+            shutdown: watch::Sender::new(false),
         }))
+    }
+
+    /// Ends every open event stream (cleanly: each body finishes) and any opened later; the
+    /// server calls it when its shutdown begins.
+    pub fn end_streams(&self) {
+        self.shutdown.send_replace(true);
+    }
+
+    /// Becomes `true` when [`ApiState::end_streams`] is called.
+    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.shutdown.subscribe()
     }
 
     /// Replaces the tokens with `config`'s (a reload). On error the old tokens stay.
@@ -258,13 +277,19 @@ pub async fn context(State(state): State<Arc<ApiState>>, request: Request, next:
     response
 }
 
-/// Serves `router` on `listener` until `shutdown` completes, then drains in-flight requests.
+/// Serves the API of `state` on `listener` until `shutdown` completes; then ends every event
+/// stream and drains in-flight requests.
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    router: Router,
+    state: Arc<ApiState>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router.into_make_service_with_connect_info::<std::net::SocketAddr>())
-        .with_graceful_shutdown(shutdown)
+    let app = router(state.clone());
+    let stop = async move {
+        shutdown.await;
+        state.end_streams();
+    };
+    axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>())
+        .with_graceful_shutdown(stop)
         .await
 }

@@ -10,9 +10,16 @@
 //! `Last-Event-ID: <last id seen>` and gets everything after it, from the job's stored
 //! history and then live; the stream ends after the job's terminal state. A comment line
 //! keeps idle connections alive every 15 seconds.
+//!
+//! Limits (issue 21): a token holds at most `api.limits.sse_streams_per_token` (default 8)
+//! open streams; one more gets `429 rate_limited` with `Retry-After` and the open ones are
+//! untouched. Every stream ends cleanly (the response body simply finishes) when the server
+//! begins its shutdown ([`ApiState::end_streams`]), so graceful shutdown never waits on a
+//! follower.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use axum::extract::State;
@@ -27,6 +34,56 @@ use crate::server::ApiState;
 
 /// The header a reconnecting client sends.
 pub const LAST_EVENT_ID: &str = "last-event-id";
+
+/// Open streams per token name.
+#[derive(Debug)]
+pub struct StreamSlots {
+    per_token: u32,
+    open: Arc<Mutex<HashMap<Arc<str>, u32>>>,
+}
+
+/// One open stream; its token's count goes down when it is dropped with the response body.
+#[derive(Debug)]
+pub struct StreamSlot {
+    name: Arc<str>,
+    open: Arc<Mutex<HashMap<Arc<str>, u32>>>,
+}
+
+impl StreamSlots {
+    /// At most `per_token` open streams per token.
+    pub fn new(per_token: u32) -> Self {
+        Self { per_token: per_token.max(1), open: Arc::default() }
+    }
+
+    /// A slot for `name`, or `None` when it already holds its limit.
+    pub fn open(&self, name: &Arc<str>) -> Option<StreamSlot> {
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        let count = open.entry(name.clone()).or_default();
+        if *count >= self.per_token {
+            return None;
+        }
+        *count += 1;
+        Some(StreamSlot { name: name.clone(), open: self.open.clone() })
+    }
+
+    /// How many streams `name` holds open.
+    pub fn held(&self, name: &str) -> u32 {
+        let open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        open.get(name).copied().unwrap_or(0)
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(count) = open.get_mut(&self.name) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                open.remove(&self.name);
+            }
+        }
+    }
+}
 
 /// The handler.
 pub async fn events(
@@ -46,10 +103,21 @@ pub async fn events(
             })?,
     };
     crate::routes::owned_job(&state, &auth.principal, &id).await?;
+    let slot = state.streams.open(&auth.principal.name).ok_or_else(|| {
+        ApiError::rate_limited(1)
+            .with_message("this token already holds its limit of open event streams")
+    })?;
     let stream = state.backend.events(&id, after).await?;
-    let events = stream.map(|event| {
-        let data = serde_json::to_string(&event).unwrap_or_default();
-        Ok(Event::default().id(event.seq.to_string()).event(event.event.name()).data(data))
-    });
+    let mut shutdown = state.shutdown_signal();
+    let events = stream
+        .map(move |event| {
+            // The slot lives as long as the body: dropped when the stream ends or the client goes.
+            let _held = &slot;
+            let data = serde_json::to_string(&event).unwrap_or_default();
+            Ok(Event::default().id(event.seq.to_string()).event(event.event.name()).data(data))
+        })
+        .take_until(async move {
+            let _ = shutdown.wait_for(|ending| *ending).await;
+        });
     Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }

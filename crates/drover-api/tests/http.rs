@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use drover_api::{ApiState, Auditor, router, serve};
+use drover_api::{ApiState, Auditor, serve};
 use drover_proto::api::JobEventKind;
 use drover_proto::{JobPhase, JobState};
 use drover_store::{SqliteStore, Store};
@@ -59,7 +59,7 @@ async fn the_real_listener_serves_the_api() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(serve(listener, router(state), async {
+    let server = tokio::spawn(serve(listener, state, async {
         let _ = stopped.await;
     }));
     let admin = tokens.admin.expose().to_owned();

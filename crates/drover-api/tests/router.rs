@@ -991,3 +991,50 @@ async fn an_unauthenticated_flood_is_throttled_and_audited_in_aggregate() {
     assert!(results.contains(&"unauthenticated:throttled"), "{results:?}");
     assert!(anonymous.iter().all(|e| e.action == "http.unauthenticated"));
 }
+
+/// Issue 21: one token holds at most `sse_streams_per_token` open event streams (one more is
+/// a 429; other tokens are unaffected; a closed stream frees its slot), and every stream ends
+/// cleanly when the server begins its shutdown.
+#[tokio::test]
+async fn event_streams_are_capped_per_token_and_end_at_shutdown() {
+    let app = app().await;
+    let cap = app.state.settings.limits.sse_streams_per_token as usize;
+    let tenant = app.tokens.tenant.expose();
+    let job = app.call(Method::POST, "/v1/jobs", Some(tenant), Some(job_body())).await;
+    let uri = format!("/v1/jobs/{}/events", job.json()["id"].as_str().unwrap());
+    let follow = |token: &str| {
+        let request = Request::get(&uri)
+            .header(header::AUTHORIZATION, format!("Bearer {token}"))
+            .body(Body::empty())
+            .unwrap();
+        app.router.clone().oneshot(request)
+    };
+    let mut open = Vec::new();
+    for _ in 0..cap {
+        let response = follow(tenant).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        open.push(response);
+    }
+    assert_eq!(app.state.streams.held("tenant") as usize, cap);
+    let refused = follow(tenant).await.unwrap();
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(refused.headers().contains_key(header::RETRY_AFTER));
+    let other = follow(app.admin()).await.unwrap();
+    assert_eq!(other.status(), StatusCode::OK, "another token has its own limit");
+    open.push(other);
+
+    drop(open.remove(0));
+    let again = follow(tenant).await.unwrap();
+    assert_eq!(again.status(), StatusCode::OK, "a closed stream frees its slot");
+    open.push(again);
+
+    app.state.end_streams();
+    for response in open {
+        let ended =
+            tokio::time::timeout(std::time::Duration::from_secs(5), response.into_body().collect())
+                .await
+                .expect("every stream ends at shutdown");
+        assert!(ended.is_ok(), "it ends cleanly, not with an error");
+    }
+    assert_eq!(app.state.streams.held("tenant"), 0);
+}

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use drover_api::backend::SchemaLookupError;
 use drover_api::token::ApiToken;
-use drover_api::{ApiState, Auditor, BoxFuture, router, serve};
+use drover_api::{ApiState, Auditor, BoxFuture, serve};
 use drover_proto::api::{DriverHealth, DriverList, DriverView, JobEventKind};
 use drover_proto::config::{ApiConfig, RateLimitConfig, Scope, TokenEntry, TokenFormat};
 use drover_proto::{
@@ -215,7 +215,7 @@ fn server() -> Server {
             let stop = tokio::task::spawn_blocking(move || {
                 let _ = stopped.recv();
             });
-            serve(listener, router(state), async move {
+            serve(listener, state, async move {
                 let _ = stop.await;
             })
             .await

@@ -46,7 +46,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use drover_api::{ApiState, Auditor, router};
+use drover_api::{ApiState, Auditor};
 use drover_proto::config::{Config, DriverConfig, ProviderConfig};
 use drover_provision::sim::{SimConfig, Simulator};
 use drover_provision::{ApiKey, Clock, Provisioner, ProvisionerConfig, RetryPolicy, VastClient};
@@ -453,7 +453,7 @@ impl Running {
                 );
             }
         };
-        drover_api::serve(listener, router(Arc::clone(&self.api)), stop)
+        drover_api::serve(listener, Arc::clone(&self.api), stop)
             .await
             .context("serving the API")?;
         self.shutdown().await;
