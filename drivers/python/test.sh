@@ -15,10 +15,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 repo=$PWD
-cargo build -q --locked -p drover
-target_dir=${CARGO_TARGET_DIR:-target}
-DROVER_BIN="$(cd "$target_dir/debug" && pwd)/drover"
-export DROVER_BIN
+. drivers/drover-bin.sh
 
 python=python3
 [ -x /usr/bin/python3 ] && python=/usr/bin/python3
