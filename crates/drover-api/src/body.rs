@@ -111,12 +111,35 @@ pub fn check_value<T: ApiBody>(value: Value) -> Result<T, ApiError> {
     if let Err(violations) = schema.checker.check(&value) {
         return Err(ApiError::invalid(violations.list));
     }
+    // JSON Schema counts `57.0` as an integer, serde's integer types do not: a number the
+    // schema accepted as an integer is handed to the type as one.
+    let mut value = value;
+    integral_numbers_as_integers(&mut value);
     // The schema and the type are generated from each other; a value that passes the schema
     // and fails here is a defect, reported without echoing serde's message (which can quote
     // input).
     serde_json::from_value(value).map_err(|_| {
         ApiError::violation("", "", "the document matches the schema but not the type")
     })
+}
+
+/// Rewrites every number with no fractional part (`57.0`, `1e3`) that fits an `i64` or `u64`
+/// as that integer, so integer fields accept what their schema accepts.
+fn integral_numbers_as_integers(value: &mut Value) {
+    match value {
+        Value::Number(number) if !number.is_i64() && !number.is_u64() => {
+            let Some(float) = number.as_f64() else { return };
+            // Exactly representable and in range: the casts below cannot truncate.
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+            if float.fract() == 0.0 && float.abs() < 9.0e15 {
+                *value =
+                    if float < 0.0 { Value::from(float as i64) } else { Value::from(float as u64) };
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(integral_numbers_as_integers),
+        Value::Object(map) => map.values_mut().for_each(integral_numbers_as_integers),
+        _ => {}
+    }
 }
 
 /// A validated JSON body of type `T`, with its raw bytes (for the idempotency digest).
@@ -209,19 +232,16 @@ impl<T: ApiBody> FromRequestParts<Arc<ApiState>> for ValidQuery<T> {
                 });
                 continue;
             }
+            // Cursors are strings in the schema even when they look like numbers, and keep
+            // their text (`000…1` is not `1`: its length is checked).
             let value = match value.parse::<u64>() {
-                Ok(n) if !value.starts_with('+') => Value::from(n),
+                Ok(n) if !value.starts_with('+') && key != "cursor" => Value::from(n),
                 _ => Value::String(value),
             };
             map.insert(key, value);
         }
         if !violations.is_empty() {
             return Err(ApiError::invalid(violations));
-        }
-        // Cursors are strings in the schema even when they look like numbers.
-        if let Some(Value::Number(n)) = map.get("cursor") {
-            let text = n.to_string();
-            map.insert("cursor".to_owned(), Value::String(text));
         }
         check_value::<T>(Value::Object(map)).map(ValidQuery)
     }

@@ -1,12 +1,13 @@
 //! The OpenAPI 3.1 document served at `GET /v1/openapi.json`.
 //!
-//! Its `components/schemas` are the [`ApiSchemas`] values themselves, the ones request
-//! validation compiles, each a self-contained JSON Schema 2020-12 resource with its own `$id`
-//! (`urn:drover:api:<Name>`), so its internal `$ref`s resolve inside it. Operations refer to
-//! them with `$ref: "#/components/schemas/<Name>"`. A test checks that every route of the
-//! router is described and that every served schema is byte-for-byte the validated one.
+//! Its `components/schemas` are the [`ApiSchemas`] request validation compiles, with their
+//! `$defs` hoisted into `components/schemas` beside them ([`components`]), so every `$ref`
+//! resolves from the document root. Operations refer to them with
+//! `$ref: "#/components/schemas/<Name>"`. Tests check that every route of the router is
+//! described, that the served schemas judge bodies as validation does, and that the
+//! committed copy (`schemas/api/openapi.json`) is current.
 
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 
 use crate::body::ApiSchemas;
 use crate::routes::IDEMPOTENCY_KEY;
@@ -39,7 +40,7 @@ fn error(description: &str) -> Value {
 }
 
 /// The responses every authenticated operation may give besides its own.
-fn guarded(mut responses: serde_json::Map<String, Value>, scope: Option<&str>) -> Value {
+fn guarded(mut responses: Map<String, Value>, scope: Option<&str>) -> Value {
     responses.insert(
         "401".into(),
         json!({
@@ -102,22 +103,72 @@ fn id_parameter() -> Value {
                       "pattern": drover_proto::JobId::PATTERN}})
 }
 
+/// Where a schema's own definitions (`#/$defs/<Name>`) live in the document.
+const COMPONENT_PREFIX: &str = "#/components/schemas/";
+
+/// Rewrites every `#/$defs/<Name>` reference in `schema` to `#/components/schemas/<Name>`.
+fn rewrite_refs(schema: &mut Value) {
+    match schema {
+        Value::Object(map) => {
+            if let Some(Value::String(reference)) = map.get_mut("$ref")
+                && let Some(name) = reference.strip_prefix("#/$defs/")
+            {
+                *reference = format!("{COMPONENT_PREFIX}{name}");
+            }
+            map.values_mut().for_each(rewrite_refs);
+        }
+        Value::Array(items) => items.iter_mut().for_each(rewrite_refs),
+        _ => {}
+    }
+}
+
+/// The validated API schemas as OpenAPI components: each one's `$defs` hoisted next to it
+/// under `components/schemas` (a definition several schemas share is the same type, so the
+/// same schema), its `$id`/`$schema` dropped (the document's `jsonSchemaDialect` says the
+/// dialect) and its references rewritten, so every `$ref` resolves from the document root as
+/// OpenAPI tools resolve them. Validation itself keeps using [`ApiSchemas`]; a test checks
+/// that both judge bodies alike.
+pub fn components() -> Map<String, Value> {
+    let mut components = Map::new();
+    for compiled in ApiSchemas::shared().iter() {
+        let mut schema = compiled.schema.clone();
+        let defs = match &mut schema {
+            Value::Object(map) => {
+                map.remove("$id");
+                map.remove("$schema");
+                map.remove("$defs")
+            }
+            _ => None,
+        };
+        rewrite_refs(&mut schema);
+        components.insert(compiled.name.to_owned(), schema);
+        if let Some(Value::Object(defs)) = defs {
+            for (name, mut def) in defs {
+                rewrite_refs(&mut def);
+                components.entry(name).or_insert(def);
+            }
+        }
+    }
+    components
+}
+
 /// The document.
 pub fn document() -> Value {
-    let schemas: serde_json::Map<String, Value> =
-        ApiSchemas::shared().iter().map(|s| (s.name.to_owned(), s.schema.clone())).collect();
-    let query = ApiSchemas::shared().get("JobListQuery").map(|s| s.schema.clone());
-    let query_parameters: Vec<Value> = query
-        .as_ref()
+    let schemas = components();
+    let query_parameters: Vec<Value> = schemas
+        .get("JobListQuery")
         .and_then(|q| q.get("properties"))
         .and_then(Value::as_object)
         .map(|props| {
             props
                 .iter()
                 .map(|(name, schema)| {
-                    json!({"name": name, "in": "query", "required": false,
-                           "schema": {"$ref": format!("urn:drover:api:JobListQuery#/properties/{name}")},
-                           "description": schema.get("description").cloned().unwrap_or(Value::Null)})
+                    let mut parameter =
+                        json!({"name": name, "in": "query", "required": false, "schema": schema});
+                    if let Some(description) = schema.get("description") {
+                        parameter["description"] = description.clone();
+                    }
+                    parameter
                 })
                 .collect()
         })

@@ -810,25 +810,53 @@ async fn openapi_describes_every_route_with_the_schemas_validation_uses() {
     let described: usize =
         doc["paths"].as_object().unwrap().values().map(|p| p.as_object().unwrap().len()).sum();
     assert_eq!(described, drover_api::openapi::ROUTES.len());
-    // The served schemas are the validated ones, value for value.
-    let schemas = drover_api::body::ApiSchemas::shared();
-    for schema in schemas.iter() {
-        assert_eq!(&doc["components"]["schemas"][schema.name], &schema.schema, "{}", schema.name);
-    }
     for body in ["JobSpec", "EstimateRequest"] {
         assert!(doc.to_string().contains(&format!("\"#/components/schemas/{body}\"")));
     }
-    // Every component reference resolves.
+    // Every reference resolves from the document's root, as OpenAPI tools resolve them
+    // (issue 17: `#/$defs/...` pointers inside components did not), and no schema still
+    // carries its own `$defs` or `$id`.
     let text = doc.to_string();
-    for part in text.split("\"#/components/schemas/").skip(1) {
-        let name = &part[..part.find('"').unwrap()];
+    for part in text.split("\"$ref\":\"").skip(1) {
+        let reference = &part[..part.find('"').unwrap()];
+        let name = reference
+            .strip_prefix("#/components/schemas/")
+            .unwrap_or_else(|| panic!("a reference outside components/schemas: {reference}"));
         assert!(doc["components"]["schemas"][name].is_object(), "dangling reference to {name}");
     }
-    // And an operation's request body, validated with the served schema, agrees with the API.
-    let served = &doc["components"]["schemas"]["JobSpec"];
-    let checker = drover_transport::SchemaChecker::new(served).unwrap();
-    assert!(checker.check(&job_body()).is_ok());
-    assert!(checker.check(&json!({"driver": "echo"})).is_err());
+    assert!(!text.contains("\"$defs\"") && !text.contains("\"$id\""));
+    // The served schemas judge bodies as validation does: each one, resolved through the
+    // document, against the bodies the API accepts and refuses.
+    let served = |name: &str| {
+        let root = json!({"$ref": format!("#/components/schemas/{name}"),
+                          "components": doc["components"].clone()});
+        drover_transport::SchemaChecker::new(&root).unwrap()
+    };
+    let validated = |name: &str| &drover_api::body::ApiSchemas::shared().get(name).unwrap().checker;
+    let estimate = json!({"gpu": {"count": 1}, "max_runtime_s": 3600, "budget_usd": 1.0});
+    for (name, good, bad) in [
+        ("JobSpec", job_body(), json!({"driver": "echo"})),
+        ("EstimateRequest", estimate, json!({"gpu": {"count": 0}})),
+        ("JobListQuery", json!({"limit": 5}), json!({"limit": "many"})),
+    ] {
+        for body in [&good, &bad] {
+            assert_eq!(
+                served(name).check(body).is_ok(),
+                validated(name).check(body).is_ok(),
+                "{name}: {body}"
+            );
+        }
+        assert!(served(name).check(&good).is_ok() && served(name).check(&bad).is_err(), "{name}");
+    }
+    // The committed copy is the served document (`drover schemas --check` guards it too).
+    let committed: Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../schemas/api/openapi.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(committed, doc, "schemas/api/openapi.json is stale: cargo run -p drover -- schemas");
 }
 
 #[tokio::test]
@@ -1037,4 +1065,20 @@ async fn event_streams_are_capped_per_token_and_end_at_shutdown() {
         assert!(ended.is_ok(), "it ends cleanly, not with an error");
     }
     assert_eq!(app.state.streams.held("tenant"), 0);
+}
+
+/// What schemathesis found (issue 17): a cursor keeps its text, so its length is checked
+/// (`000…0`, 21 digits, was read as 0 and accepted), and an integer field takes a number the
+/// schema counts as an integer (`57.0`).
+#[tokio::test]
+async fn cursors_keep_their_text_and_integral_numbers_fill_integer_fields() {
+    let app = app().await;
+    let token = app.admin().to_owned();
+    let long =
+        app.call(Method::GET, "/v1/jobs?cursor=000000000000000000000", Some(&token), None).await;
+    assert_eq!(long.status, StatusCode::BAD_REQUEST, "{}", long.text);
+    let estimate =
+        json!({"gpu": {"count": 1}, "max_runtime_s": 3600.0, "disk_gib": 57.0, "budget_usd": 1.0});
+    let reply = app.call(Method::POST, "/v1/estimates", Some(&token), Some(estimate)).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
 }

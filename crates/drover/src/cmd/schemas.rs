@@ -1,6 +1,10 @@
 //! `drover schemas [--check] [--dir DIR]`: writes the JSON Schemas generated from the Rust
 //! types into `schemas/` (the default), or checks that the committed files match.
 //!
+//! Besides the schemas of `drover-proto`, it writes `api/openapi.json`: the OpenAPI document
+//! the server serves at `GET /v1/openapi.json`, so a change to the API shows in review and
+//! CI's validators read the committed copy.
+//!
 //! Everything under the directory is generated: write mode also deletes files it would not
 //! generate, and check mode reports them. Both print the schema-set SHA-256 (the digest of
 //! `transport/SHA256SUMS`) that drivers send in `hello`. Check mode exits 1 and lists each difference; the
@@ -76,15 +80,27 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     println!(
         "{}: {} files generated, {} changed",
         args.dir.display(),
-        schema_files().len(),
+        generated_files().len(),
         changes.len()
     );
     Ok(ExitCode::SUCCESS)
 }
 
+/// The path of the OpenAPI document under the schemas directory.
+pub const OPENAPI_PATH: &str = "api/openapi.json";
+
+/// Every generated file: `drover-proto`'s schemas and the OpenAPI document.
+pub fn generated_files() -> Vec<SchemaFile> {
+    let mut files = schema_files();
+    let document =
+        serde_json::to_string_pretty(&drover_api::openapi::document()).unwrap_or_default();
+    files.push(SchemaFile { path: OPENAPI_PATH.to_owned(), contents: format!("{document}\n") });
+    files
+}
+
 /// Compares `dir` with the generated schemas.
 pub fn check(dir: &Path) -> anyhow::Result<Vec<Drift>> {
-    let generated = schema_files();
+    let generated = generated_files();
     let mut drift = Vec::new();
     for SchemaFile { path, contents } in &generated {
         match std::fs::read(dir.join(path)) {
@@ -114,7 +130,7 @@ pub fn write(dir: &Path) -> anyhow::Result<Vec<Drift>> {
     for d in &drift {
         match d {
             Drift::Missing(path) | Drift::Stale(path) => {
-                let contents = schema_files()
+                let contents = generated_files()
                     .into_iter()
                     .find(|f| &f.path == path)
                     .map(|f| f.contents)
