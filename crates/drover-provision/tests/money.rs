@@ -143,7 +143,8 @@ async fn an_instance_stuck_loading_is_never_billed_above_the_jobs_budget() {
         .dry_run(&req.gpu, req.max_runtime_s, req.disk_gib, 0.0, 1000.0, "test")
         .await
         .unwrap();
-    let p95 = dry.decision.unwrap().p95_usd;
+    // A hair above the bound, so float rounding cannot turn the gate's answer.
+    let p95 = dry.decision.unwrap().p95_usd * 1.0001;
     let ctx = JobContext { budget_usd: p95, actor: "driver:test".into() };
     let err = rig.prov.acquire(&req, &ctx).await.unwrap_err();
     let lease = &leases(&rig.store).await[0];
@@ -158,4 +159,26 @@ async fn an_instance_stuck_loading_is_never_billed_above_the_jobs_budget() {
         assert_eq!(err.code(), ErrorCode::CostGateRejected);
     }
     assert_no_leak_no_overspend_within(&rig, p95).await;
+}
+
+#[tokio::test]
+async fn an_instance_whose_price_would_pass_the_budget_while_loading_is_destroyed_first() {
+    // The instance bills 40x its quote: the ceiling ends it before the job's budget is spent,
+    // and the rent fails saying so.
+    let rig = rig("underquote=40").await;
+    let mut req = request("job-ceiling");
+    req.max_runtime_s = 60;
+    req.bandwidth_gib = 0.0;
+    let dry = rig
+        .prov
+        .dry_run(&req.gpu, req.max_runtime_s, req.disk_gib, 0.0, 1000.0, "test")
+        .await
+        .unwrap();
+    let budget = dry.decision.unwrap().p95_usd * 1.0001;
+    let ctx = JobContext { budget_usd: budget, actor: "driver:test".into() };
+    let err = rig.prov.acquire(&req, &ctx).await.unwrap_err();
+    assert!(matches!(err, AcquireError::BudgetCeiling { .. }), "{err:?}");
+    assert_eq!(err.code(), ErrorCode::CostGateRejected);
+    assert!(err.to_wire().message.contains("budget"), "{:?}", err.to_wire());
+    assert_no_leak_no_overspend_within(&rig, budget).await;
 }
