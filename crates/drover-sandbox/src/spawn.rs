@@ -7,15 +7,19 @@
 //! unprivileged) and the child, allocating nothing, runs these steps and `execve`s:
 //!
 //! ```text
-//! 1. user namespace: setgroups=deny, uid_map and gid_map (own ids only), bounding set dropped
+//! 1. user namespace: setgroups=deny, uid_map and gid_map (own ids only); the private mount
+//!    tree (crate::tree); bounding set dropped
 //! 2. ambient, inheritable, permitted, effective capability sets emptied
 //! 3. setsid()                         (no controlling terminal: no TIOCSTI injection)
 //! 4. every signal disposition SIG_DFL, empty signal mask
 //! 5. PR_SET_PDEATHSIG(SIGKILL), then exit if the parent is already gone
+//! 5b. with a pid namespace: this process stays as the sandbox's init (pid 1) and forks the
+//!    driver (pid 2), which arms its own PDEATHSIG and goes on
 //! 6. stdio in place, transport at fd 3, close_range() on everything else
 //! 7. rlimits: CORE 0, NOFILE, FSIZE, CPU (never AS: CUDA maps huge virtual ranges)
 //! 8. chdir(work dir)
-//! 9. PR_SET_NO_NEW_PRIVS (already inherited from Phase A), landlock_restrict_self
+//! 9. PR_SET_NO_NEW_PRIVS (already inherited from Phase A), the tree's own Landlock rules,
+//!    landlock_restrict_self
 //! 10. seccomp filters, last; the listener fd goes to the parent over the report socket
 //! 11. execve(program, argv, envp) with exactly the policy's environment
 //! ```
@@ -28,12 +32,22 @@
 //! succeeded (the child's end is close-on-exec). The parent sleeps until that hang-up and only
 //! then reads what was queued (the seccomp listener), so it wakes once per spawn.
 //!
-//! The child is the init of its pid namespace: when it dies the kernel kills and reaps every
-//! process it left behind. Signals other than SIGKILL reach it only if it installed a handler
-//! (the kernel protects namespace inits), so stopping a driver is: close the transport, then
-//! SIGTERM, then SIGKILL. Without a pid namespace the driver leads its own process group and
-//! session, and the supervisor, a child subreaper since Phase A, kills the group and reaps
-//! strays with [`reap_strays`].
+//! The sandbox's init (5b) is a fork inside the child, not an exec of a drover subcommand: it
+//! costs one copy-on-write fork (tens of microseconds, see BENCHMARKS.md) where an exec would
+//! cost a dynamic link and start-up of the drover binary, and it runs an allocation-free loop
+//! (`sys::run_init`): every signal blocked and taken with `sigwaitinfo`, SIGCHLD reaps every
+//! child, any other signal is forwarded to the driver, and when the driver dies its wait status
+//! goes to the parent on a pipe and init exits, which kills and reaps everything left in the
+//! namespace. So the death cause is the driver's own (exit code, signal, SIGSYS, OOM), a driver
+//! gets default signal semantics (SIGTERM kills it, where a namespace's pid 1 would ignore it),
+//! and init's PDEATHSIG, which no code of the driver can reach (seccomp refuses
+//! `PR_SET_PDEATHSIG`, and init is outside the driver's Landlock domain, so it cannot be
+//! traced), takes the whole namespace down when the supervisor dies, SIGKILL included. Init
+//! wipes its copy of the supervisor's command line and environment, so `/proc/1/cmdline`
+//! shows nothing. Stopping a driver is: close the transport, then SIGTERM (forwarded by init),
+//! then SIGKILL (to init: the namespace dies). Without a pid namespace the driver leads its
+//! own process group and session, and the supervisor, a child subreaper since Phase A, kills
+//! the group and reaps strays with [`reap_strays`].
 //!
 //! PDEATHSIG fires when the parent *thread* exits: spawn from a long-lived thread.
 
@@ -439,6 +453,22 @@ pub fn expected_degradations(policy: &Policy) -> Vec<Degradation> {
     out
 }
 
+/// Where this process's argument and environment strings are (`/proc/self/stat` fields 48 to
+/// 51), read once; the sandbox's init wipes its copy of them.
+fn argv_and_environ() -> [(usize, usize); 2] {
+    static AREAS: std::sync::OnceLock<[(usize, usize); 2]> = std::sync::OnceLock::new();
+    *AREAS.get_or_init(|| {
+        let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+        // Fields after the command name, which ends with the last ')', start at field 3.
+        let fields: Vec<usize> = stat
+            .rsplit_once(") ")
+            .map(|(_, rest)| rest.split_whitespace().map(|f| f.parse().unwrap_or(0)).collect())
+            .unwrap_or_default();
+        let field = |n: usize| fields.get(n - 3).copied().unwrap_or(0);
+        [(field(48), field(49)), (field(50), field(51))]
+    })
+}
+
 fn cstring(s: &OsStr, what: &'static str) -> Result<CString, SpawnError> {
     CString::new(s.as_bytes()).map_err(|_| SpawnError::Nul { what })
 }
@@ -548,7 +578,12 @@ impl Prepared {
         } else {
             0
         };
+        // The init's report of the driver's wait status (with a pid namespace).
+        let (status_read, status_write) =
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
+                .map_err(|e| SpawnError::Os { what: "pipe2", source: e.into() })?;
         let (pid, pidfd) = loop {
+            let init = namespaces & libc::CLONE_NEWPID as u64 != 0;
             let plan = ChildPlan {
                 program: &self.program,
                 argv: &self.argv_ptrs,
@@ -567,6 +602,8 @@ impl Prepared {
                 filters: &self.filters,
                 mounts: if namespaces != 0 { &self.tree.steps } else { &[] },
                 landlock_adds: if namespaces != 0 { &self.tree.landlock } else { &[] },
+                init_status_fd: init.then(|| status_write.as_raw_fd()),
+                wipe: argv_and_environ(),
             };
             match sys::spawn(&plan) {
                 Ok(spawned) => break spawned,
@@ -600,12 +637,15 @@ impl Prepared {
             }
         };
         drop(child_end);
+        drop(status_write);
+        let pid_namespace = namespaces & libc::CLONE_NEWPID as u64 != 0;
         let mut sandboxed = Sandboxed {
             pid,
             pidfd,
+            init_status: pid_namespace.then(|| std::fs::File::from(status_read)),
             listener: None,
             enforcement: self.enforcement,
-            pid_namespace: namespaces & libc::CLONE_NEWPID as u64 != 0,
+            pid_namespace,
             started: Instant::now(),
             deadline: self.wall_clock,
             degradations: std::mem::take(&mut self.degradations),
@@ -654,6 +694,8 @@ impl Prepared {
 pub struct Sandboxed {
     pid: libc::pid_t,
     pidfd: OwnedFd,
+    /// The sandbox init's report of the driver's wait status (with a pid namespace).
+    init_status: Option<std::fs::File>,
     listener: Option<OwnedFd>,
     enforcement: Enforcement,
     pid_namespace: bool,
@@ -682,7 +724,7 @@ impl Sandboxed {
         self.pid.unsigned_abs()
     }
 
-    /// Whether the driver is the init of its own pid namespace.
+    /// Whether the driver runs in its own pid namespace, under the sandbox's init.
     pub fn in_pid_namespace(&self) -> bool {
         self.pid_namespace
     }
@@ -756,6 +798,8 @@ impl Sandboxed {
                     sys::waitid_pidfd(self.pidfd.as_fd(), libc::WNOHANG).map_err(err("waitid"))?;
                 if let Some(status) = status {
                     self.reaped = true;
+                    // With the sandbox's init, the driver's own status says how it died.
+                    let status = self.driver_status().unwrap_or(status);
                     if !self.pid_namespace {
                         let _ = sys::kill(-self.pid, libc::SIGKILL);
                     }
@@ -817,6 +861,21 @@ impl Sandboxed {
         }
     }
 
+    /// The driver's wait status as its init reported it, if it did (an init killed by the
+    /// supervisor, the OOM killer or the supervisor's own death reports nothing).
+    fn driver_status(&mut self) -> Option<sys::ChildStatus> {
+        use std::io::Read as _;
+        let mut raw = [0u8; 4];
+        self.init_status.as_mut()?.read_exact(&mut raw).ok()?;
+        let raw = libc::c_int::from_ne_bytes(raw);
+        Some(if libc::WIFEXITED(raw) {
+            sys::ChildStatus { code: libc::CLD_EXITED, status: libc::WEXITSTATUS(raw) }
+        } else {
+            let code = if libc::WCOREDUMP(raw) { libc::CLD_DUMPED } else { libc::CLD_KILLED };
+            sys::ChildStatus { code, status: libc::WTERMSIG(raw) }
+        })
+    }
+
     fn cause_of(&mut self, status: sys::ChildStatus) -> Cause {
         if let Some(verdict) = self.verdict.take() {
             return verdict;
@@ -860,9 +919,8 @@ impl Drop for Sandboxed {
 
 /// Sends SIGTERM to a sandboxed driver; made by [`Sandboxed::terminator`].
 ///
-/// In a pid namespace the driver is its namespace's init, which the kernel shields from
-/// signals it has no handler for: SIGTERM reaches it only if it installed one. Without a pid
-/// namespace the driver's whole process group gets the signal.
+/// In a pid namespace the signal goes to the sandbox's init, which forwards it to the driver.
+/// Without a pid namespace the driver's whole process group gets the signal.
 #[derive(Debug)]
 pub struct Terminator {
     pidfd: OwnedFd,

@@ -541,6 +541,8 @@ pub enum ChildStep {
     Exec = 11,
     /// Building the private mount tree (`crate::tree`).
     MountTree = 13,
+    /// Forking the driver from the sandbox's init.
+    Init = 14,
 }
 
 impl ChildStep {
@@ -561,6 +563,7 @@ impl ChildStep {
             Seccomp,
             Exec,
             MountTree,
+            Init,
         ]
         .into_iter()
         .find(|s| *s as u32 == n)
@@ -689,6 +692,12 @@ pub(crate) struct ChildPlan<'a> {
     pub mounts: &'a [MountStep],
     /// Landlock rules for the tree's own filesystems.
     pub landlock_adds: &'a [LandlockAdd],
+    /// With a pid namespace: run the sandbox's init, which reports the driver's wait status
+    /// on this pipe.
+    pub init_status_fd: Option<RawFd>,
+    /// Address ranges init zeroes: the argument and environment strings of this process
+    /// (`/proc/self/stat` `arg_start..arg_end`, `env_start..env_end`).
+    pub wipe: [(usize, usize); 2],
 }
 
 /// Clones a child that sets itself up by `plan` and executes the program. Returns its pid and
@@ -932,6 +941,48 @@ unsafe fn add_landlock_rules(ruleset: c_int, rules: &[LandlockAdd]) -> Result<()
     Ok(())
 }
 
+/// The sandbox's init (pid 1 of the driver's pid namespace): every signal blocked and taken
+/// with `sigwaitinfo`, so that none is lost to the kernel's protection of namespace inits;
+/// SIGCHLD reaps every child, any other signal is forwarded to the driver; when the driver
+/// dies its raw wait status goes to `status_fd` and init exits, which kills and reaps what is
+/// left in the namespace. It holds no descriptor but `status_fd`, runs no foreign code, and
+/// dies with the supervisor (PDEATHSIG, armed before the fork).
+///
+/// # Safety
+/// Only from the child, with `all` the full signal set, already blocked.
+unsafe fn run_init(driver: libc::pid_t, status_fd: RawFd, all: &libc::sigset_t) -> ! {
+    // SAFETY: raw calls on integers and live locals; nothing allocates; the loop ends in _exit.
+    unsafe {
+        libc::prctl(libc::PR_SET_DUMPABLE, 0 as c_ulong, 0, 0, 0);
+        if status_fd > 0 {
+            libc::syscall(SYS_CLOSE_RANGE, 0 as c_uint, (status_fd - 1) as c_uint, 0 as c_uint);
+        }
+        libc::syscall(SYS_CLOSE_RANGE, (status_fd + 1) as c_uint, c_uint::MAX, 0 as c_uint);
+        loop {
+            let mut info: libc::siginfo_t = std::mem::zeroed();
+            let signal = libc::sigwaitinfo(all, &mut info);
+            if signal < 0 {
+                continue;
+            }
+            if signal != libc::SIGCHLD {
+                libc::kill(driver, signal);
+                continue;
+            }
+            loop {
+                let mut status: c_int = 0;
+                let pid = libc::waitpid(-1, &mut status, libc::WNOHANG);
+                if pid <= 0 {
+                    break;
+                }
+                if pid == driver {
+                    libc::write(status_fd, (&status as *const c_int).cast(), size_of::<c_int>());
+                    libc::_exit(0);
+                }
+            }
+        }
+    }
+}
+
 /// The child: one pass through [`ChildStep`], then `execve`.
 fn child_main(plan: &ChildPlan<'_>) -> ! {
     let mut report = plan.report_fd;
@@ -1014,6 +1065,41 @@ fn child_main(plan: &ChildPlan<'_>) -> ! {
                 && libc::getppid() != plan.parent_pid)
         {
             libc::_exit(127);
+        }
+        // 5b. The sandbox's own init: this process stays pid 1 and forks the driver.
+        if let Some(status_fd) = plan.init_status_fd {
+            let mut all: libc::sigset_t = std::mem::zeroed();
+            libc::sigfillset(&mut all);
+            libc::sigprocmask(libc::SIG_SETMASK, &all, std::ptr::null_mut());
+            // A raw fork: glibc's fork would run atfork handlers of the copied parent.
+            let driver = libc::syscall(libc::SYS_clone, libc::SIGCHLD as c_ulong, 0, 0, 0, 0);
+            if driver < 0 {
+                fail(report, ChildStep::Init);
+            }
+            if driver > 0 {
+                // The supervisor's command line and environment, copied into init with the
+                // rest of its memory, are wiped: /proc/1/cmdline must not show them.
+                for (start, end) in plan.wipe {
+                    if end > start {
+                        libc::memset(start as *mut c_void, 0, end - start);
+                    }
+                }
+                run_init(driver as libc::pid_t, status_fd, &all);
+            }
+            // The driver: it dies with its init (whose death takes the namespace anyway).
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as c_ulong, 0, 0, 0) != 0 {
+                fail(report, ChildStep::Init);
+            }
+            if libc::syscall(
+                libc::SYS_rt_sigprocmask,
+                libc::SIG_SETMASK,
+                &empty as *const u64,
+                std::ptr::null_mut::<u64>(),
+                8usize,
+            ) != 0
+            {
+                fail(report, ChildStep::Signals);
+            }
         }
         // 6. Descriptors: lift every fd we keep above 10, put them in place, close the rest.
         let lift = |fd: RawFd| libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 10);

@@ -136,9 +136,9 @@ fn the_hosts_proc_is_invisible() {
          echo tcp=$(wc -l < /proc/net/tcp); \
          echo mounts=$(cut -d' ' -f5 /proc/self/mountinfo | tr '\\n' ' ')",
     );
-    // Only the sandbox's processes: the shell, and the commands it runs.
+    // Only the sandbox's processes: its init, the shell, and the commands it runs.
     let pids: usize = field(&out, "pids").parse().unwrap();
-    assert!(pids <= 4, "{out}");
+    assert!(pids <= 5, "{out}");
     let max: u32 = field(&out, "maxpid").parse().unwrap();
     assert!(max < 16, "pids are the sandbox's own: {out}");
     // The kernel command line, keys and kernel symbols read as empty.
@@ -230,4 +230,29 @@ fn the_work_directory_is_bounded_in_bytes_and_inodes() {
     assert_eq!(field(&out, "bytes"), "1048576", "{out}");
     let files: u32 = field(&out, "files").parse().unwrap();
     assert!((60..64).contains(&files), "{out}");
+}
+
+#[test]
+fn the_sandboxs_init_is_pid_1_reaps_orphans_and_reports_the_drivers_own_death() {
+    require_privilege!();
+    let profile = profile("");
+    // The driver is pid 2; init's command line (a copy of drover's) is wiped; an orphan is
+    // reaped by init (no zombie left); and a SIGTERM the driver sends itself kills it, which
+    // as a namespace's pid 1 it would have ignored.
+    let output = run(
+        As::Root,
+        &profile,
+        &[
+            "/bin/sh",
+            "-c",
+            "echo pid=$$; echo init=$(tr -d '\\000' < /proc/1/cmdline | wc -c); \
+             (/bin/sleep 0.1 &); /bin/sleep 0.5; \
+             echo zombies=$(cat /proc/[0-9]*/stat | grep -c ') Z '); kill -TERM $$",
+        ],
+    );
+    let out = String::from_utf8(output.stdout.clone()).unwrap();
+    assert_eq!(output.status.code(), Some(143), "{out}{}", stderr(&output));
+    assert_eq!(field(&out, "pid"), "2", "{out}");
+    assert_eq!(field(&out, "init"), "0", "{out}");
+    assert_eq!(field(&out, "zombies"), "0", "{out}");
 }

@@ -46,8 +46,8 @@ fn the_probe_sees_exactly_the_confinement_it_should_as_root_and_as_non_root() {
                 ("PATH".to_owned(), "/usr/local/bin:/usr/bin:/bin".to_owned()),
             ])
         );
-        // The init of its own pid namespace.
-        assert_eq!(facts["pid"], 1);
+        // The first child of the sandbox's init (pid 1) in its own pid namespace.
+        assert_eq!(facts["pid"], 2);
     }
 }
 

@@ -53,7 +53,7 @@ pub fn start_command(mut command: Command) -> Serve {
     Serve { child, url }
 }
 
-/// The pid of the `drover driver container` process among `parent`'s children.
+/// The pid of the `drover driver container` process among `parent`'s descendants.
 pub fn driver_pid(parent: u32) -> Option<i32> {
     let tasks = std::fs::read_dir(format!("/proc/{parent}/task")).ok()?;
     for task in tasks.flatten() {
@@ -62,6 +62,10 @@ pub fn driver_pid(parent: u32) -> Option<i32> {
             let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
             if String::from_utf8_lossy(&cmdline).contains("driver\0container") {
                 return pid.parse().ok();
+            }
+            // With a pid namespace the driver is a child of the sandbox's init.
+            if let Some(found) = pid.parse().ok().and_then(driver_pid) {
+                return Some(found);
             }
         }
     }
