@@ -265,3 +265,57 @@ impl<P: Provider, S: Store> GpuBroker for ProvisionerBroker<P, S> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gpu(count: u8, models: &[&str], max_usd_per_hour: Option<f64>) -> GpuRequest {
+        GpuRequest {
+            count,
+            models: models.iter().map(|m| (*m).to_owned()).collect(),
+            min_gpu_ram_gib: None,
+            max_usd_per_hour,
+            min_reliability: None,
+            pricing: drover_proto::Pricing::OnDemand,
+        }
+    }
+
+    fn field(e: &WireError) -> &str {
+        e.details.as_ref().and_then(|d| d.get("field")).and_then(|f| f.as_str()).unwrap_or("")
+    }
+
+    #[test]
+    fn a_request_may_only_narrow_the_jobs() {
+        let job = gpu(2, &["RTX 3060", "RTX 4090"], Some(0.5));
+        // Left out: the job's values are taken.
+        let granted = authorize(&job, &gpu(1, &[], None)).unwrap();
+        assert_eq!(granted.models, job.models);
+        assert_eq!(granted.max_usd_per_hour, Some(0.5));
+        // Narrower: kept as asked.
+        let granted = authorize(&job, &gpu(2, &["RTX 4090"], Some(0.3))).unwrap();
+        assert_eq!((granted.models.len(), granted.max_usd_per_hour), (1, Some(0.3)));
+        // Wider: refused, naming the field.
+        for (asked, name) in [
+            (gpu(3, &[], None), "gpu.count"),
+            (gpu(1, &["RTX 4090", "H100 SXM"], None), "gpu.models"),
+            (gpu(1, &[], Some(0.51)), "gpu.max_usd_per_hour"),
+        ] {
+            let e = authorize(&job, &asked).unwrap_err();
+            assert_eq!((e.code, field(&e)), (ErrorCode::Forbidden, name), "{e:?}");
+        }
+        let mut floor = gpu(1, &[], None);
+        floor.min_gpu_ram_gib = Some(24);
+        floor.min_reliability = Some(0.99);
+        let mut lower = floor.clone();
+        lower.min_gpu_ram_gib = Some(16);
+        assert_eq!(field(&authorize(&floor, &lower).unwrap_err()), "gpu.min_gpu_ram_gib");
+        let mut shaky = floor.clone();
+        shaky.min_reliability = Some(0.9);
+        assert_eq!(field(&authorize(&floor, &shaky).unwrap_err()), "gpu.min_reliability");
+        let granted = authorize(&floor, &gpu(1, &[], None)).unwrap();
+        assert_eq!((granted.min_gpu_ram_gib, granted.min_reliability), (Some(24), Some(0.99)));
+        // A job that allows any model allows any.
+        assert!(authorize(&gpu(1, &[], None), &gpu(1, &["H100 SXM"], Some(9.0))).is_ok());
+    }
+}

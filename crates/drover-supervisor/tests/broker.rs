@@ -12,7 +12,7 @@ use drover_provision::sim::{SimConfig, Simulator};
 use drover_provision::{
     ApiKey, Clock, CostModel, Provisioner, ProvisionerConfig, RetryPolicy, VastClient,
 };
-use drover_store::SqliteStore;
+use drover_store::{SqliteStore, Store};
 use drover_supervisor::{GpuBroker, LeaseOwner, ProvisionerBroker};
 
 const KEY: &str = "drv-broker-test-key-0123456789abcdef";
@@ -69,7 +69,7 @@ async fn leases_are_rented_through_the_gate_and_stay_with_their_driver() {
         destroy_confirm_interval_s: 1.0,
         ..ProvisionerConfig::new("test")
     };
-    let provisioner = Provisioner::start(client, store, config, clock).await.unwrap();
+    let provisioner = Provisioner::start(client, store.clone(), config, clock).await.unwrap();
     let broker = ProvisionerBroker::new(Arc::new(provisioner));
 
     let alpha = owner("alpha", "job-a");
@@ -110,4 +110,22 @@ async fn leases_are_rented_through_the_gate_and_stay_with_their_driver() {
     let err = broker.acquire(&owner("alpha", "job-c"), 0.01, greedy).await.unwrap_err();
     assert_eq!(err.code, ErrorCode::CostGateRejected, "{err:?}");
     assert!(sim.ledger().live().is_empty());
+
+    // A request the session refused for going outside its job's GPU request is audited,
+    // naming the field.
+    let job = GpuRequest {
+        models: vec!["RTX 3060".into()],
+        max_usd_per_hour: Some(0.2),
+        ..request("j").gpu
+    };
+    let asked = GpuRequest { models: vec!["H100 SXM".into()], ..request("j").gpu };
+    let refusal = drover_supervisor::broker::authorize(&job, &asked).unwrap_err();
+    assert_eq!(refusal.code, ErrorCode::Forbidden);
+    broker.refused(&owner("alpha", "job-d"), &refusal).await;
+    let audit = store.audit_after(0, 10_000).await.unwrap();
+    let row = audit.iter().map(|(_, e)| e).find(|e| e.action == "lease.refused").expect("audited");
+    assert_eq!(row.result, "forbidden");
+    assert_eq!(row.resource, "job:job-d");
+    assert_eq!(row.metadata["field"], "gpu.models");
+    assert_eq!(row.actor, "driver:alpha");
 }
