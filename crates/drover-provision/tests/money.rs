@@ -18,15 +18,18 @@ fn production_watchdog() -> ProvisionerConfig {
     ProvisionerConfig { monitor_interval_s: defaults.monitor_interval_s, ..config() }
 }
 
-/// Runs `f` until the simulated clock has passed `secs` more seconds.
+/// Waits until the simulated clock has passed `secs` more seconds.
 async fn wait_sim(rig: &Rig, secs: f64) {
     let until = rig.clock.now_s() + secs;
-    eventually("simulated time passes", || async { rig.clock.now_s() >= until }).await;
+    while rig.clock.now_s() < until {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
 }
 
 #[tokio::test]
 async fn a_price_increase_with_a_30_second_notice_is_answered_and_settled_from_the_bill() {
-    let rig = rig_with("price_increase=1.5,price_notice=30", production_watchdog()).await;
+    // At 20x, the 30 s notice is 1.5 s of real time: a loaded machine cannot make it lapse.
+    let rig = rig_at("price_increase=1.5,price_notice=30", production_watchdog(), 20.0).await;
     let lease = rig.prov.acquire(&request("job-notice-30"), &ctx()).await.unwrap();
     // The increase is answered before it takes effect, whatever the check interval's phase.
     wait_sim(&rig, 29.0).await;
@@ -44,9 +47,10 @@ async fn a_price_increase_with_a_30_second_notice_is_answered_and_settled_from_t
 
 #[tokio::test]
 async fn a_price_increase_with_a_notice_shorter_than_a_check_is_seen_and_answered() {
-    // A 20x increase takes effect 2 s after the instance runs, before any watchdog check:
-    // the watchdog sees the new price on the instance and ends the lease.
-    let rig = rig_with("price_increase=20,price_notice=2", production_watchdog()).await;
+    // A 20x increase takes effect 6 s after the instance runs (after the rent saw it run at
+    // its quote, before any watchdog check): the watchdog sees the new price on the instance
+    // and ends the lease. At 20x, 6 s is 0.3 s of real time.
+    let rig = rig_at("price_increase=20,price_notice=6", production_watchdog(), 20.0).await;
     let lease = rig.prov.acquire(&request("job-notice-0"), &ctx()).await.unwrap();
     let store = rig.store.clone();
     let id = lease.lease_id.clone();

@@ -91,7 +91,13 @@ pub(crate) async fn rig(faults: &str) -> Rig {
 }
 
 pub(crate) async fn rig_with(faults: &str, cfg: ProvisionerConfig) -> Rig {
-    let clock = Clock::scaled(SPEED);
+    rig_at(faults, cfg, SPEED).await
+}
+
+/// A rig whose clock runs `speed` times real time: slower than [`SPEED`] for tests whose
+/// assertions race simulated moments a few seconds apart.
+pub(crate) async fn rig_at(faults: &str, cfg: ProvisionerConfig, speed: f64) -> Rig {
+    let clock = Clock::scaled(speed);
     let sim = simulator(faults, clock).await;
     let (store, dir) = store().await;
     let prov = Provisioner::start(client(&sim), store.clone(), cfg, clock).await.unwrap();
