@@ -14,6 +14,11 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// What `jobs --help` and `estimate --help` say about authentication.
+const TOKEN_HELP: &str = "Authentication: the API token is read from the DROVER_TOKEN environment \
+variable (never from the command line, so it stays out of shell history and process lists); \
+make one with `drover token new`. The server is --url, else DROVER_URL.";
+
 /// Every subcommand.
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -35,11 +40,13 @@ pub enum Command {
     /// Run the Vast.ai simulator: the real API's routes and shapes, with switchable faults.
     FakeVast(cmd::fake_vast::Args),
     /// Submit, list, show, cancel and follow jobs on a running server.
+    #[command(after_help = TOKEN_HELP)]
     Jobs(cmd::jobs::Args),
     /// The whole product in one command: supervisor, token, a GPU job over HTTP, its cost.
     Demo(cmd::demo::Args),
     /// Run the supervisor and its API (embedded default: loopback, SQLite, the simulator).
     Serve(cmd::serve::Args),
     /// A dry-run cost estimate for a job through the server's gate; nothing is rented.
+    #[command(after_help = TOKEN_HELP)]
     Estimate(cmd::estimate::Args),
 }

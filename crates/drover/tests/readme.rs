@@ -105,3 +105,19 @@ fn quick_start_validation_prints_what_the_readme_shows() {
     let shown: serde_json::Value = serde_json::from_str(expected_json).unwrap();
     assert_eq!(printed, shown, "README.md shows different output than `drover validate` prints");
 }
+
+/// README's "HTTP API" section lists every route the router serves and where the OpenAPI
+/// document is, and "Running it for real" says how to install the binary (issue 17).
+#[test]
+fn the_readme_lists_every_http_route_and_an_install_step() {
+    let readme = repository_file("README.md");
+    let section = readme.split("## HTTP API").nth(1).expect("an HTTP API section");
+    let section = section.split("\n## ").next().unwrap();
+    for (method, path) in drover_api::openapi::ROUTES {
+        let row = format!("| `{} {path}` |", method.to_uppercase());
+        assert!(section.contains(&row), "README's HTTP API section lacks {row}");
+    }
+    assert!(section.contains("schemas/api/openapi.json") && section.contains("DROVER_TOKEN"));
+    let running = readme.split("## Running it for real").nth(1).unwrap();
+    assert!(running.contains("cargo install --locked --path crates/drover"));
+}

@@ -142,3 +142,49 @@ fn a_driver_that_passes_driver_check_runs_under_serve_next_to_the_bundled_one() 
         assert_eq!(driver_names(&client).await, ["example"]);
     });
 }
+
+#[test]
+fn jobs_and_estimate_help_name_the_token_variable() {
+    for command in ["jobs", "estimate"] {
+        let output =
+            Command::new(env!("CARGO_BIN_EXE_drover")).args([command, "--help"]).output().unwrap();
+        let help = String::from_utf8_lossy(&output.stdout);
+        assert!(help.contains("DROVER_TOKEN"), "{command} --help:\n{help}");
+    }
+}
+
+/// `jobs show` prints times as RFC 3339, and a reader that goes away (`| head`) ends the
+/// command quietly with exit 0 instead of a broken-pipe error and exit 2.
+#[test]
+fn jobs_show_prints_rfc3339_times_and_a_closed_pipe_is_not_an_error() {
+    let token = ApiToken::generate().unwrap();
+    let (_dir, _data, config) = config_dir(&token, "");
+    let serve = start(&config);
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let id = runtime.block_on(async {
+        let client = ApiClient::new(&serve.url, Token::new(token.expose()).unwrap()).unwrap();
+        wait_ready(&client).await;
+        client.submit(job(5.0), None).await.unwrap().body.id
+    });
+    let drover = |args: &[&str]| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_drover"));
+        command.args(args).args(["--url", &serve.url]).env("DROVER_TOKEN", token.expose());
+        command
+    };
+    let shown = drover(&["jobs", "show", id.as_str()]).output().unwrap();
+    let text = String::from_utf8_lossy(&shown.stdout);
+    let created = text.lines().find(|l| l.starts_with("created")).expect(&text);
+    let time = created.split_whitespace().nth(1).unwrap();
+    assert_eq!(time.len(), "2026-12-04T17:01:26.123Z".len(), "{created}");
+    assert!(time.ends_with('Z') && time.as_bytes()[10] == b'T', "{created}");
+    assert!(!text.contains("unix ms"), "{text}");
+
+    // The reading end is closed before the command writes anything.
+    let mut child =
+        drover(&["jobs", "list"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    drop(child.stdout.take());
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert!(stderr.is_empty(), "{stderr}");
+}

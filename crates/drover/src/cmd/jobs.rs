@@ -278,6 +278,12 @@ pub fn write_table<const N: usize>(
     Ok(())
 }
 
+/// Unix milliseconds as an RFC 3339 UTC time with milliseconds (`2026-12-04T17:01:26.123Z`).
+pub fn rfc3339(unix_ms: u64) -> String {
+    let at = std::time::UNIX_EPOCH + Duration::from_millis(unix_ms);
+    humantime::format_rfc3339_millis(at).to_string()
+}
+
 fn print_job(json: bool, raw: &serde_json::Value, job: &Job) -> anyhow::Result<ExitCode> {
     let mut out = std::io::stdout().lock();
     if json {
@@ -292,8 +298,8 @@ fn print_job(json: bool, raw: &serde_json::Value, job: &Job) -> anyhow::Result<E
         ["budget".to_owned(), format!("${:.2}", job.spec.budget_usd)],
         ["max runtime".to_owned(), format!("{} s", job.spec.max_runtime_s)],
         ["submitted by".to_owned(), job.submitted_by.clone()],
-        ["created".to_owned(), format!("{} (unix ms)", job.created_unix_ms)],
-        ["updated".to_owned(), format!("{} (unix ms)", job.updated_unix_ms)],
+        ["created".to_owned(), rfc3339(job.created_unix_ms)],
+        ["updated".to_owned(), rfc3339(job.updated_unix_ms)],
     ];
     if let Some(gpu) = &job.spec.gpu {
         let models = if gpu.models.is_empty() { "any".to_owned() } else { gpu.models.join(", ") };
