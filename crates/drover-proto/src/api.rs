@@ -292,6 +292,27 @@ pub struct DriverView {
     /// Its actions, each with the JSON Schema a job's `params` must satisfy.
     #[schemars(extend("maxProperties" = limits::ACTIONS))]
     pub actions: BTreeMap<ActionName, ParamsSchema>,
+    /// The local GPUs its processes hold (its configuration's `gpus`); absent when none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub gpus: Vec<GpuHeld>,
+}
+
+/// A local GPU a driver holds, as the supervisor found it at start.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GpuHeld {
+    /// Its index as `nvidia-smi` lists it.
+    #[schemars(range(max = 1023))]
+    pub index: u32,
+    /// Its UUID.
+    pub uuid: crate::config::GpuUuid,
+    /// Its model name.
+    #[schemars(length(min = 1, max = 128))]
+    pub name: String,
+    /// Its PCI bus id (`00000000:19:00.0`).
+    #[schemars(length(min = 1, max = 32))]
+    pub pci_bus_id: String,
 }
 
 /// How a driver is doing.

@@ -547,6 +547,118 @@ pub struct DriverConfig {
     #[serde(default = "default_max_restarts")]
     #[schemars(range(max = 1000))]
     pub max_restarts: u32,
+    /// The local NVIDIA GPUs this driver holds: `"all"`, or a list of nvidia-smi indices
+    /// (`[0]`) and UUIDs (`["GPU-8f2c..."]`). Only those `/dev/nvidiaN` nodes, plus the
+    /// control and unified-memory nodes, are granted to its processes, and
+    /// `CUDA_VISIBLE_DEVICES`/`NVIDIA_VISIBLE_DEVICES` name them by UUID. The supervisor
+    /// refuses to start when a named GPU is not there. Absent (the default): no GPU, whatever
+    /// the profile lists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpus: Option<GpuSelection>,
+}
+
+/// Which local GPUs a driver holds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum GpuSelection {
+    /// Every GPU the supervisor found at start.
+    All(AllGpus),
+    /// These GPUs, in this order (CUDA numbers them 0, 1, ... in this order).
+    Listed(#[schemars(length(min = 1, max = 64))] Vec<GpuRef>),
+}
+
+/// The word `"all"`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AllGpus {
+    /// Every GPU.
+    All,
+}
+
+/// One GPU, by index or by UUID.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum GpuRef {
+    /// Its index as `nvidia-smi` lists it (PCI bus order).
+    Index(#[schemars(range(max = 1023))] u32),
+    /// Its UUID as `nvidia-smi -L` prints it.
+    Uuid(GpuUuid),
+}
+
+impl std::fmt::Display for GpuRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            GpuRef::Index(index) => write!(f, "GPU {index}"),
+            GpuRef::Uuid(uuid) => write!(f, "GPU {uuid}"),
+        }
+    }
+}
+
+/// A GPU UUID: `GPU-` followed by hexadecimal digits and dashes, at most 64 characters.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct GpuUuid(String);
+
+impl GpuUuid {
+    /// The JSON Schema `pattern`.
+    pub const PATTERN: &'static str = "^GPU-[0-9a-fA-F-]+$";
+
+    /// Checks `value` (`GPU-` then hex digits and dashes, at most 64 bytes) and wraps it.
+    pub fn new(value: impl Into<String>) -> Result<Self, crate::ids::IdError> {
+        let value = value.into();
+        let error = |reason| crate::ids::IdError { kind: "GpuUuid", reason };
+        let Some(rest) = value.strip_prefix("GPU-") else {
+            return Err(error("does not start with GPU-"));
+        };
+        if value.len() > 64 {
+            return Err(error("is too long"));
+        }
+        if rest.is_empty() || !rest.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') {
+            return Err(error("contains a character that is not a hex digit or a dash"));
+        }
+        Ok(Self(value))
+    }
+
+    /// The UUID as a string slice.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for GpuUuid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl TryFrom<String> for GpuUuid {
+    type Error = crate::ids::IdError;
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        Self::new(value)
+    }
+}
+
+impl From<GpuUuid> for String {
+    fn from(uuid: GpuUuid) -> String {
+        uuid.0
+    }
+}
+
+impl JsonSchema for GpuUuid {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "GpuUuid".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "A GPU UUID as nvidia-smi -L prints it.",
+            "type": "string",
+            "minLength": 5,
+            "maxLength": 64,
+            "pattern": "^GPU-[0-9a-fA-F-]+$",
+            "examples": ["GPU-8f2c4a1e-3b5d-4c6e-9f70-1a2b3c4d5e6f"],
+        })
+    }
 }
 
 fn default_pool_size() -> u16 {
@@ -577,4 +689,38 @@ pub enum TransportKind {
     Fd3,
     /// stdin/stdout, for drivers that cannot use fd 3; stderr is captured as logs.
     Stdio,
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn gpus(value: serde_json::Value) -> Result<Option<GpuSelection>, serde_json::Error> {
+        let driver = json!({"name": "trainer", "command": ["/bin/true"], "gpus": value});
+        serde_json::from_value::<DriverConfig>(driver).map(|d| d.gpus)
+    }
+
+    #[test]
+    fn gpus_are_all_indices_or_uuids() {
+        assert_eq!(gpus(json!("all")).unwrap(), Some(GpuSelection::All(AllGpus::All)));
+        let listed = gpus(json!([0, "GPU-8f2c-01"])).unwrap().unwrap();
+        assert_eq!(
+            listed,
+            GpuSelection::Listed(vec![
+                GpuRef::Index(0),
+                GpuRef::Uuid(GpuUuid::new("GPU-8f2c-01").unwrap())
+            ])
+        );
+        let absent = serde_json::from_value::<DriverConfig>(
+            json!({"name": "trainer", "command": ["/bin/true"]}),
+        );
+        assert_eq!(absent.unwrap().gpus, None);
+        for bad in [json!("some"), json!(["GPU-xyz"]), json!([-1]), json!(["0"]), json!({})] {
+            assert!(gpus(bad.clone()).is_err(), "{bad}");
+        }
+        assert!(GpuUuid::new(format!("GPU-{}", "a".repeat(61))).is_err());
+        assert_eq!(GpuRef::Index(3).to_string(), "GPU 3");
+    }
 }

@@ -2,9 +2,9 @@
 //! driver processes (Phase B), and a typed cause for every driver death (Phase C).
 //!
 //! Architecture invariants: this crate knows nothing of tokio, JSON or HTTP; besides the tiny
-//! `drover-sys` (whose descriptor adoption [`inherit`] re-exports), it is the only crate of the
-//! workspace with `unsafe` code, all of it in the private `sys` module, each block with a
-//! `SAFETY:` comment naming its invariant.
+//! `drover-sys` (whose descriptor adoption [`inherit`] re-exports) and `drover-gpu`'s CUDA FFI,
+//! it is the only crate of the workspace with `unsafe` code, all of it in the private `sys`
+//! module, each block with a `SAFETY:` comment naming its invariant.
 //!
 //! ```text
 //!   supervisor start (root or not, one thread)

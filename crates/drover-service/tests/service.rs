@@ -102,6 +102,7 @@ impl JobRunner for Script {
                     health: DriverHealth::Ready,
                     ready_sessions: 1,
                     actions,
+                    gpus: Vec::new(),
                 }],
             }
         })

@@ -26,6 +26,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use drover_proto::api::GpuHeld;
 use drover_proto::config::DriverConfig;
 use drover_sandbox::{Dropped, Policy};
 
@@ -42,13 +43,17 @@ pub struct DriverSpec {
     /// dropped uid). `None`: a fresh private directory under [`Options::scratch_dir`] per
     /// process, removed when the process has died.
     pub work_dir: Option<PathBuf>,
+    /// The local GPUs the caller granted in `policy` (devices, `/sys` entries and the
+    /// `CUDA_VISIBLE_DEVICES`/`NVIDIA_VISIBLE_DEVICES` environment), shown by
+    /// [`crate::DriverStatus`] and `GET /v1/drivers`. Default none.
+    pub gpus: Vec<GpuHeld>,
 }
 
 impl DriverSpec {
     /// A driver with the given configuration and policy and a private work directory per
     /// process.
     pub fn new(config: DriverConfig, policy: Policy) -> Self {
-        Self { config, policy, work_dir: None }
+        Self { config, policy, work_dir: None, gpus: Vec::new() }
     }
 }
 

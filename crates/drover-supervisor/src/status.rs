@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::time::SystemTime;
 
-use drover_proto::api::{DriverHealth, DriverView};
+use drover_proto::api::{DriverHealth, DriverView, GpuHeld};
 use drover_proto::{ActionName, DriverName, ParamsSchema};
 use drover_sandbox::Cause;
 
@@ -27,6 +27,8 @@ pub struct DriverStatus {
     pub protocol_violations: u64,
     /// The latest death, if any.
     pub last_death: Option<DeathReport>,
+    /// The local GPUs the driver holds (from its [`crate::DriverSpec::gpus`]).
+    pub gpus: Vec<GpuHeld>,
 }
 
 impl DriverStatus {
@@ -42,6 +44,7 @@ impl DriverStatus {
                 .iter()
                 .map(|(name, schema)| (name.clone(), ParamsSchema(schema.clone())))
                 .collect(),
+            gpus: self.gpus.clone(),
         }
     }
 }

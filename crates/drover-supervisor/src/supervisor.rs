@@ -169,6 +169,7 @@ impl Driver {
             restarts: state.restarts,
             protocol_violations: state.protocol_violations,
             last_death: state.last_death.clone(),
+            gpus: self.spec.gpus.clone(),
         }
     }
 }

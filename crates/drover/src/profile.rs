@@ -353,6 +353,11 @@ mod tests {
             assert!(policy.seccomp.allow.iter().any(|s| s == call), "{call}");
         }
         assert!(!policy.network);
+        // Device ioctls are limited to the granted nodes: the profile does not run without it.
+        assert!(policy.require.contains(&Feature::LandlockIoctlDev));
+        for path in ["/proc/driver/nvidia", "/sys/bus/pci", "/sys/devices/system/node"] {
+            assert!(policy.read.contains(&PathBuf::from(path)), "{path}");
+        }
         // The whole allowlist compiles on this architecture.
         assert!(
             policy

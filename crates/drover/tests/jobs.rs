@@ -124,6 +124,7 @@ impl JobRunner for Counter {
                     health: DriverHealth::Ready,
                     ready_sessions: 1,
                     actions,
+                    gpus: Vec::new(),
                 }],
             }
         })

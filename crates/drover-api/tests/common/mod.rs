@@ -214,6 +214,7 @@ impl Backend for StoreBackend {
                         health: DriverHealth::Ready,
                         ready_sessions: 1,
                         actions: actions.iter().map(|(a, s)| (a.clone(), (**s).clone())).collect(),
+                        gpus: Vec::new(),
                     })
                     .collect(),
             })

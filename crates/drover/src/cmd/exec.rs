@@ -15,6 +15,13 @@
 //!    When the sandbox killed it (a refused system call, the deadline, SIGINT/SIGTERM/SIGHUP
 //!    to `drover exec`), one line on stderr says why.
 //!
+//! GPUs: with a profile that grants NVIDIA devices (`sandbox/gpu.toml`), CMD gets the GPUs
+//! `--gpu` names (default `all`), granted as a driver's `gpus` are (see `drover_gpu::devices`:
+//! only their `/dev/nvidiaN` plus the control nodes, their `/sys` PCI directories,
+//! `CUDA_VISIBLE_DEVICES`/`NVIDIA_VISIBLE_DEVICES` by UUID). When no inventory can be taken
+//! (no `nvidia-smi`) without `--gpu`, one line on stderr says so and the profile's nodes are
+//! granted as it lists them; with `--gpu` that is an error.
+//!
 //! Degradations (a kernel feature missing) are printed on stderr, one line each, before CMD
 //! starts. In seccomp log mode the refused calls are listed after CMD exits.
 
@@ -24,6 +31,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
+use drover_gpu::{DeviceSet, Inventory, Roots};
+use drover_proto::config::{AllGpus, GpuSelection};
 use drover_sandbox::cgroup::MemoryParent;
 use drover_sandbox::{Command, DropConfig, LinuxSys, drop_privileges, prepare, reap_strays};
 use nix::sys::signal::{SigSet, SigmaskHow, Signal, sigprocmask};
@@ -44,6 +53,10 @@ pub struct Args {
     /// Allow network access (no network namespace, no socket-family filter).
     #[arg(long)]
     pub net: bool,
+    /// The GPUs CMD gets with a GPU profile: `all` (default), or indices and UUIDs,
+    /// comma-separated (`0`, `1,GPU-8f2c...`).
+    #[arg(long, value_name = "GPUS", value_parser = drover_gpu::devices::parse_selection)]
+    pub gpu: Option<GpuSelection>,
     /// The command and its arguments.
     #[arg(
         required = true,
@@ -52,6 +65,37 @@ pub struct Args {
         value_name = "CMD"
     )]
     pub command: Vec<OsString>,
+}
+
+/// Gives a GPU profile's command the GPUs `wanted` names (default all); see the module docs.
+/// Returns the GPUs granted.
+#[allow(clippy::print_stderr)]
+pub fn grant_gpus(
+    policy: &mut drover_sandbox::Policy,
+    wanted: Option<&GpuSelection>,
+) -> anyhow::Result<Vec<drover_gpu::Gpu>> {
+    if wanted.is_none() && !drover_gpu::devices::grants_nvidia(policy) {
+        return Ok(Vec::new());
+    }
+    let all = GpuSelection::All(AllGpus::All);
+    let inventory = match Inventory::detect(Roots::from_env()) {
+        Ok(inventory) => inventory,
+        Err(error) if wanted.is_none() => {
+            eprintln!("drover: gpu: {error}: the profile's NVIDIA nodes are granted as listed");
+            return Ok(Vec::new());
+        }
+        Err(error) => return Err(error).context("--gpu: inventorying local GPUs"),
+    };
+    if wanted.is_none() && inventory.gpus.is_empty() {
+        eprintln!("drover: gpu: nvidia-smi found no GPU: no NVIDIA node is granted");
+    }
+    let set = match wanted {
+        None if inventory.gpus.is_empty() => DeviceSet::none(),
+        _ => DeviceSet::for_driver(Some(wanted.unwrap_or(&all)), &inventory, policy)
+            .context("--gpu")?,
+    };
+    set.apply(policy);
+    Ok(set.gpus)
 }
 
 /// Runs `drover exec`.
@@ -76,6 +120,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     let dropped = drop_privileges(&DropConfig { uid, gid: uid }, &LinuxSys)
         .context("privilege drop failed")?;
+    grant_gpus(&mut policy, args.gpu.as_ref())?;
 
     // Created after the drop, so it belongs to the uid the driver runs as.
     let scratch = match work_dir {

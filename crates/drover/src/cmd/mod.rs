@@ -6,6 +6,7 @@ pub mod driver_check;
 pub mod estimate;
 pub mod exec;
 pub mod fake_vast;
+pub mod gpu_check;
 pub mod jobs;
 pub mod sandbox;
 pub mod schemas;

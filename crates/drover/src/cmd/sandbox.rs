@@ -1,11 +1,14 @@
-//! `drover sandbox status [--json] [--uid N]` and `drover sandbox probe [--try ATTEMPT]...`.
+//! `drover sandbox status [--json] [--uid N] [--config FILE]`, `drover sandbox probe [--try
+//! ATTEMPT]...` and `drover sandbox gpu-check` (in [`super::gpu_check`]).
 //!
 //! `status` first drops privilege exactly as the supervisor does (Phase A; as root to `--uid`,
 //! default 65534), because what matters is what the *supervisor* can do afterwards, then says
 //! which sandbox features this kernel and this process offer: Landlock ABI and what it covers,
 //! seccomp filters and user notification, unprivileged namespaces (tried once), cgroup v2 and
-//! whether it is delegated to this process, PID 1 or child subreaper, `close_range`, and the
-//! degradations the default profile would suffer here. Exit 0, or 1 when the privilege drop
+//! whether it is delegated to this process, PID 1 or child subreaper, `close_range`, the
+//! degradations the default profile would suffer here, and the local GPUs (`nvidia-smi`, see
+//! `drover_gpu::inventory`). With `--config FILE` it also says which GPUs each configured
+//! driver would hold, or why its `gpus` would be refused. Exit 0, or 1 when the privilege drop
 //! failed (which the report shows).
 //!
 //! `probe` is meant to run *inside* the sandbox (`drover exec -- drover sandbox probe`): it
@@ -15,7 +18,11 @@
 //! `--try fork-sleep` it sleeps after the attempts until killed.
 
 use std::io::Write as _;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+
+use drover_gpu::{Inventory, Roots};
+use drover_proto::api::GpuHeld;
 
 use drover_sandbox::probe::{self, Attempt};
 use drover_sandbox::{DropConfig, Feature, Features, LinuxSys, drop_privileges};
@@ -42,7 +49,16 @@ pub enum SandboxCommand {
         /// User id to drop to when started as root. Default 65534.
         #[arg(long, value_name = "N")]
         uid: Option<u32>,
+        /// Also show which GPUs each driver of this configuration would hold.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
     },
+    /// Run a small CUDA workload inside the sandbox and outside it, side by side (exit 2
+    /// without a GPU).
+    GpuCheck(super::gpu_check::Args),
+    /// The CUDA workload of gpu-check, as one JSON line (gpu-check runs it).
+    #[command(hide = true)]
+    GpuWorkload,
     /// Report this process's own confinement as JSON lines and try escapes (run it inside
     /// `drover exec`).
     Probe {
@@ -61,13 +77,16 @@ fn parse_attempt(s: &str) -> Result<(String, Attempt), String> {
 /// Runs `drover sandbox`.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     match args.command {
-        SandboxCommand::Status { json, uid } => status(json, uid),
+        SandboxCommand::Status { json, uid, config } => status(json, uid, config.as_deref()),
         SandboxCommand::Probe { attempts } => probe(&attempts),
+        SandboxCommand::GpuCheck(args) => super::gpu_check::run(args),
+        SandboxCommand::GpuWorkload => super::gpu_check::workload(),
     }
 }
 
 #[allow(clippy::print_stdout)]
-fn status(as_json: bool, uid: Option<u32>) -> anyhow::Result<ExitCode> {
+fn status(as_json: bool, uid: Option<u32>, config: Option<&Path>) -> anyhow::Result<ExitCode> {
+    let config = config.map(|path| super::serve::load_config(Some(path))).transpose()?;
     let uid = uid.unwrap_or(65534);
     let drop = drop_privileges(&DropConfig { uid, gid: uid }, &LinuxSys);
     let features = Features::detect();
@@ -79,6 +98,8 @@ fn status(as_json: bool, uid: Option<u32>) -> anyhow::Result<ExitCode> {
         .map(ToString::to_string)
         .collect();
     let abi = features.landlock_abi();
+    let gpus = Inventory::detect(Roots::from_env());
+    let drivers = driver_gpus(config.as_ref(), gpus.as_ref().ok());
     let report = json!({
         "kernel": features.kernel,
         "privilege_drop": match &drop {
@@ -110,6 +131,16 @@ fn status(as_json: bool, uid: Option<u32>) -> anyhow::Result<ExitCode> {
             "delegated": cgroup.delegated,
         },
         "degradations": degradations,
+        "gpus": gpus.as_ref().map_err(ToString::to_string).map(|inventory| {
+            inventory.gpus.iter().map(|gpu| json!({
+                "index": gpu.index, "uuid": gpu.uuid.as_str(), "name": gpu.name,
+                "pci_bus_id": gpu.pci_bus_id, "node": inventory.node(gpu).display().to_string(),
+            })).collect::<Vec<_>>()
+        }).unwrap_or_else(|reason| vec![json!({"unavailable": reason})]),
+        "drivers": drivers.iter().map(|(name, held)| match held {
+            Ok(gpus) => json!({"name": name, "gpus": gpus}),
+            Err(reason) => json!({"name": name, "error": reason}),
+        }).collect::<Vec<_>>(),
     });
     if as_json {
         println!("{report}");
@@ -194,11 +225,63 @@ fn status(as_json: bool, uid: Option<u32>) -> anyhow::Result<ExitCode> {
                 lines.push(("degradation", d.clone()));
             }
         }
+        match &gpus {
+            Ok(inventory) if inventory.gpus.is_empty() => {
+                lines.push(("gpus", "none listed by nvidia-smi".to_owned()));
+            }
+            Ok(inventory) => {
+                for gpu in &inventory.gpus {
+                    lines.push(("gpu", gpu.describe()));
+                }
+            }
+            Err(error) => lines.push(("gpus", format!("none: {error}"))),
+        }
+        for (name, held) in &drivers {
+            let value = match held {
+                Ok(gpus) if gpus.is_empty() => format!("{name}: no GPU"),
+                Ok(gpus) => {
+                    let list: Vec<String> =
+                        gpus.iter().map(|g| format!("{} {}", g.index, g.uuid)).collect();
+                    format!("{name}: {}", list.join(", "))
+                }
+                Err(reason) => format!("{name}: REFUSED: {reason}"),
+            };
+            lines.push(("driver gpus", value));
+        }
         for (key, value) in lines {
             println!("{key:<16} {value}");
         }
     }
     Ok(if drop.is_ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// Each configured driver's GPUs as `drover serve` would grant them, or why it would refuse.
+fn driver_gpus(
+    config: Option<&drover_proto::config::Config>,
+    inventory: Option<&Inventory>,
+) -> Vec<(String, Result<Vec<GpuHeld>, String>)> {
+    let Some(config) = config else { return Vec::new() };
+    let empty = Inventory { gpus: Vec::new(), roots: Roots::from_env() };
+    config
+        .drivers
+        .iter()
+        .map(|driver| {
+            let held = (|| {
+                let profile = match &driver.profile {
+                    Some(path) => profile::load_file(Path::new(path))?,
+                    None => profile::load_builtin("default")?,
+                };
+                let (mut policy, _) = profile::to_policy(&profile);
+                let inventory = match (inventory, &driver.gpus) {
+                    (Some(inventory), _) => Some(inventory),
+                    (None, Some(_)) => anyhow::bail!("no GPU inventory (see the gpus line)"),
+                    (None, None) => Some(&empty),
+                };
+                super::serve::grant_gpus(driver, &mut policy, inventory)
+            })();
+            (driver.name.to_string(), held.map_err(|e| format!("{e:#}")))
+        })
+        .collect()
 }
 
 fn probe(attempts: &[(String, Attempt)]) -> anyhow::Result<ExitCode> {

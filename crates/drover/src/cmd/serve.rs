@@ -47,6 +47,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use drover_api::{ApiState, Auditor};
+use drover_gpu::{DeviceSet, Gpu, Inventory, Roots};
 use drover_proto::config::{Config, DriverConfig, ProviderConfig};
 use drover_provision::sim::{SimConfig, Simulator};
 use drover_provision::{ApiKey, Clock, Provisioner, ProvisionerConfig, RetryPolicy, VastClient};
@@ -75,6 +76,49 @@ pub struct Args {
     /// Development mode (also needs `api.mode = "development"`): error bodies carry details.
     #[arg(long)]
     pub development: bool,
+}
+
+/// The local GPUs, inventoried once when some driver names `gpus` (see
+/// `drover_gpu::inventory`); `None` when none does.
+pub fn gpu_inventory(drivers: &[DriverConfig]) -> anyhow::Result<Option<Inventory>> {
+    if drivers.iter().all(|driver| driver.gpus.is_none()) {
+        return Ok(None);
+    }
+    let roots = Roots::from_env();
+    if roots.is_test_root() {
+        tracing::warn!(
+            "{} is set: GPUs are inventoried from {} (a test-only setting)",
+            drover_gpu::inventory::TEST_ROOT_ENV,
+            roots.dev.display()
+        );
+    }
+    let inventory =
+        Inventory::detect(roots).context("inventorying local GPUs (a driver names gpus)")?;
+    for gpu in &inventory.gpus {
+        tracing::info!(gpu = %gpu.describe(), "local GPU");
+    }
+    Ok(Some(inventory))
+}
+
+/// Gives `driver` its GPUs (none without `gpus`) in `policy`: see `drover_gpu::devices`.
+pub fn grant_gpus(
+    driver: &DriverConfig,
+    policy: &mut drover_sandbox::Policy,
+    inventory: Option<&Inventory>,
+) -> anyhow::Result<Vec<drover_proto::api::GpuHeld>> {
+    let set = match inventory {
+        Some(inventory) => DeviceSet::for_driver(driver.gpus.as_ref(), inventory, policy)
+            .with_context(|| format!("driver {}", driver.name))?,
+        None => DeviceSet::none(),
+    };
+    if driver.gpus.is_none() && drover_gpu::devices::grants_nvidia(policy) {
+        tracing::warn!(
+            driver = %driver.name,
+            "the profile grants NVIDIA devices but the driver names no gpus: it gets no GPU"
+        );
+    }
+    set.apply(policy);
+    Ok(set.gpus.iter().map(Gpu::held).collect())
 }
 
 pub mod overrides;
@@ -230,7 +274,7 @@ pub fn reachable_by(path: &Path, uid: u32, gid: u32, want: u32) -> bool {
 /// A copy of `exe` that `uid`/`gid` can execute: a fresh directory under the temporary
 /// directory, owned by that uid (so the dropped process can remove it), holding `drover`
 /// (mode 0755).
-fn copy_binary_for(exe: &Path, uid: u32, gid: u32) -> anyhow::Result<tempfile::TempDir> {
+pub(crate) fn copy_binary_for(exe: &Path, uid: u32, gid: u32) -> anyhow::Result<tempfile::TempDir> {
     use std::os::unix::fs::PermissionsExt as _;
     let dir = tempfile::Builder::new()
         .prefix("drover-bin-")
@@ -350,6 +394,7 @@ pub async fn start(
             .context("starting the provisioner")?,
     );
 
+    let inventory = gpu_inventory(&config.drivers)?;
     let mut specs = Vec::new();
     for driver in &config.drivers {
         let profile = match &driver.profile {
@@ -365,8 +410,10 @@ pub async fn start(
         // every argument that names a file (a script and the modules beside it).
         let argv: Vec<std::ffi::OsString> = driver.command.iter().map(Into::into).collect();
         policy.read.extend(super::driver_check::read_grants(&argv));
+        let gpus = grant_gpus(driver, &mut policy, inventory.as_ref())?;
         let mut spec = DriverSpec::new(driver.clone(), policy);
         spec.work_dir = work_dir;
+        spec.gpus = gpus;
         specs.push(spec);
     }
     let broker = Arc::new(ProvisionerBroker::new(Arc::clone(&provisioner)));
