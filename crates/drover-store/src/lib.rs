@@ -63,6 +63,7 @@
 #![forbid(unsafe_code)]
 
 mod error;
+mod group_commit;
 mod model;
 mod sqlite;
 

@@ -17,6 +17,7 @@ use sqlx::{Connection, Row, Sqlite, SqlitePool, Transaction};
 
 use crate::Store;
 use crate::error::{Context, StoreError};
+use crate::group_commit::Submissions;
 use crate::model::*;
 
 /// The database file name inside the data directory.
@@ -71,10 +72,12 @@ fn migrator() -> Migrator {
 /// succeeds again; `writable` itself retries with a one-row probe write.
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
-    writer: SqlitePool,
+    pub(crate) writer: SqlitePool,
     reader: SqlitePool,
     /// Whether the last write failed in the database (not a refusal).
     write_failed: Arc<AtomicBool>,
+    /// Job submissions waiting for the next group commit.
+    pub(crate) submissions: Arc<Submissions>,
 }
 
 impl SqliteStore {
@@ -151,7 +154,12 @@ impl SqliteStore {
             .connect_with(options.read_only(true))
             .await
             .map_err(open_error)?;
-        Ok(Self { writer, reader, write_failed: Arc::new(AtomicBool::new(false)) })
+        Ok(Self {
+            writer,
+            reader,
+            write_failed: Arc::new(AtomicBool::new(false)),
+            submissions: Arc::new(Submissions::default()),
+        })
     }
 
     /// Runs a write and remembers whether the database failed it (refusals are answers, not
@@ -505,99 +513,133 @@ async fn append_ledger(
     Ok(())
 }
 
+/// What inserting one submission did inside a batch's transaction.
+#[derive(Debug)]
+pub(crate) enum Inserted {
+    /// A new job, with its first event.
+    New,
+    /// The idempotency key matched an earlier submission of the same request: that job.
+    Replayed(Box<Job>),
+}
+
+impl Inserted {
+    /// The answer to the submission of `new`, once the transaction has committed.
+    pub(crate) fn into_submitted(self, new: NewJob) -> Submitted {
+        match self {
+            Self::Replayed(job) => Submitted { job: *job, replayed: true },
+            Self::New => Submitted {
+                job: Job {
+                    id: new.id,
+                    state: JobPhase::Queued,
+                    spec: new.spec,
+                    submitted_by: new.submitted_by,
+                    created_unix_ms: new.at_unix_ms,
+                    updated_unix_ms: new.at_unix_ms,
+                    message: None,
+                    output: None,
+                },
+                replayed: false,
+            },
+        }
+    }
+}
+
+/// Inserts one submitted job, its labels, its first event (`queued`, numbered 1 by the job
+/// insert itself) and its idempotency key, inside an open transaction that the caller commits.
+/// The refusals (a repeated id, an idempotency key reused for a different request) are
+/// decided before anything is written.
+pub(crate) async fn insert_job(
+    tx: &mut Transaction<'static, Sqlite>,
+    new: &NewJob,
+) -> Result<Inserted, StoreError> {
+    if let Some(idem) = &new.idempotency {
+        let earlier = sqlx::query(
+            "SELECT request_sha256, job_id FROM idempotency_keys WHERE actor = $1 AND key = $2",
+        )
+        .bind(&new.submitted_by)
+        .bind(&idem.key)
+        .fetch_optional(&mut **tx)
+        .await
+        .during("checking an idempotency key")?;
+        if let Some(row) = earlier {
+            let digest: String = get(&row, "request_sha256")?;
+            if digest != idem.request_sha256 {
+                return Err(StoreError::IdempotencyConflict);
+            }
+            let job_id: String = get(&row, "job_id")?;
+            let job = load_job(&mut **tx, &job_id)
+                .await?
+                .ok_or(StoreError::Corrupt { what: "idempotency key's job" })?;
+            return Ok(Inserted::Replayed(Box::new(job)));
+        }
+    }
+    let spec_json = to_json(&new.spec, "job spec")?;
+    let inserted = sqlx::query(
+        "INSERT INTO jobs (id, driver, action, state, submitted_by, spec, created_unix_ms, \
+         updated_unix_ms, last_event_seq) VALUES ($1, $2, $3, $4, $5, $6, $7, $7, 1) \
+         ON CONFLICT (id) DO NOTHING RETURNING seq",
+    )
+    .bind(new.id.as_str())
+    .bind(new.spec.driver.as_str())
+    .bind(new.spec.action.as_str())
+    .bind(phase_str(JobPhase::Queued))
+    .bind(&new.submitted_by)
+    .bind(&spec_json)
+    .bind(to_i64(new.at_unix_ms))
+    .fetch_optional(&mut **tx)
+    .await
+    .during("inserting a job")?;
+    let Some(row) = inserted else {
+        return Err(StoreError::DuplicateJob(new.id.clone()));
+    };
+    let job_seq: i64 = get(&row, "seq")?;
+    for (key, value) in &new.spec.labels {
+        sqlx::query("INSERT INTO job_labels (job_seq, key, value) VALUES ($1, $2, $3)")
+            .bind(job_seq)
+            .bind(key)
+            .bind(value)
+            .execute(&mut **tx)
+            .await
+            .during("inserting job labels")?;
+    }
+    let queued = JobEventKind::JobState(JobState {
+        job_id: new.id.clone(),
+        state: JobPhase::Queued,
+        message: None,
+    });
+    sqlx::query(
+        "INSERT INTO job_events (job_seq, seq, at_unix_ms, kind, body) VALUES ($1, 1, $2, $3, $4)",
+    )
+    .bind(job_seq)
+    .bind(to_i64(new.at_unix_ms))
+    .bind(queued.name())
+    .bind(to_json(&queued, "job event")?)
+    .execute(&mut **tx)
+    .await
+    .during("appending a job event")?;
+    if let Some(idem) = &new.idempotency {
+        sqlx::query(
+            "INSERT INTO idempotency_keys (actor, key, request_sha256, job_id, \
+             created_unix_ms) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(&new.submitted_by)
+        .bind(&idem.key)
+        .bind(&idem.request_sha256)
+        .bind(new.id.as_str())
+        .bind(to_i64(new.at_unix_ms))
+        .execute(&mut **tx)
+        .await
+        .during("recording an idempotency key")?;
+    }
+    Ok(Inserted::New)
+}
+
 // ---------------------------------------------------------------------------------------------
 
 impl Store for SqliteStore {
     async fn submit_job(&self, new: NewJob) -> Result<Submitted, StoreError> {
-        self.track(async {
-            let mut tx = self.begin("accepting a job").await?;
-            if let Some(idem) = &new.idempotency {
-                let earlier = sqlx::query(
-                    "SELECT request_sha256, job_id FROM idempotency_keys WHERE actor = $1 AND key = $2",
-                )
-                .bind(&new.submitted_by)
-                .bind(&idem.key)
-                .fetch_optional(&mut *tx)
-                .await
-                .during("checking an idempotency key")?;
-                if let Some(row) = earlier {
-                    let digest: String = get(&row, "request_sha256")?;
-                    if digest != idem.request_sha256 {
-                        return Err(StoreError::IdempotencyConflict);
-                    }
-                    let job_id: String = get(&row, "job_id")?;
-                    let job = load_job(&mut *tx, &job_id)
-                        .await?
-                        .ok_or(StoreError::Corrupt { what: "idempotency key's job" })?;
-                    tx.commit().await.during("accepting a job")?;
-                    return Ok(Submitted { job, replayed: true });
-                }
-            }
-            let spec_json = to_json(&new.spec, "job spec")?;
-            let inserted = sqlx::query(
-                "INSERT INTO jobs (id, driver, action, state, submitted_by, spec, created_unix_ms, \
-                 updated_unix_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $7) \
-                 ON CONFLICT (id) DO NOTHING RETURNING seq",
-            )
-            .bind(new.id.as_str())
-            .bind(new.spec.driver.as_str())
-            .bind(new.spec.action.as_str())
-            .bind(phase_str(JobPhase::Queued))
-            .bind(&new.submitted_by)
-            .bind(&spec_json)
-            .bind(to_i64(new.at_unix_ms))
-            .fetch_optional(&mut *tx)
-            .await
-            .during("inserting a job")?;
-            let Some(row) = inserted else {
-                return Err(StoreError::DuplicateJob(new.id));
-            };
-            let job_seq: i64 = get(&row, "seq")?;
-            for (key, value) in &new.spec.labels {
-                sqlx::query("INSERT INTO job_labels (job_seq, key, value) VALUES ($1, $2, $3)")
-                    .bind(job_seq)
-                    .bind(key)
-                    .bind(value)
-                    .execute(&mut *tx)
-                    .await
-                    .during("inserting job labels")?;
-            }
-            let queued = JobEventKind::JobState(JobState {
-                job_id: new.id.clone(),
-                state: JobPhase::Queued,
-                message: None,
-            });
-            insert_event(&mut tx, job_seq, new.at_unix_ms, &queued).await?;
-            if let Some(idem) = &new.idempotency {
-                sqlx::query(
-                    "INSERT INTO idempotency_keys (actor, key, request_sha256, job_id, \
-                     created_unix_ms) VALUES ($1, $2, $3, $4, $5)",
-                )
-                .bind(&new.submitted_by)
-                .bind(&idem.key)
-                .bind(&idem.request_sha256)
-                .bind(new.id.as_str())
-                .bind(to_i64(new.at_unix_ms))
-                .execute(&mut *tx)
-                .await
-                .during("recording an idempotency key")?;
-            }
-            // The acknowledgement point: after this commit (fsynced, synchronous = FULL) the job
-            // survives any crash.
-            tx.commit().await.during("committing a job")?;
-            let job = Job {
-                id: new.id,
-                state: JobPhase::Queued,
-                spec: new.spec,
-                submitted_by: new.submitted_by,
-                created_unix_ms: new.at_unix_ms,
-                updated_unix_ms: new.at_unix_ms,
-                message: None,
-                output: None,
-            };
-            Ok(Submitted { job, replayed: false })
-        })
-        .await
+        // Concurrent submissions share one transaction and one fsync (crate::group_commit).
+        self.track(self.submissions.submit(&self.writer, new)).await
     }
 
     async fn get_job(&self, id: &JobId) -> Result<Option<Job>, StoreError> {
