@@ -3,6 +3,7 @@
 #   - the configured user is root, or not numeric uid:gid;
 #   - the entrypoint is not ["/usr/local/bin/drover","serve"];
 #   - a file in the image carries setuid/setgid bits or file capabilities, or a shell exists;
+#   - the binary carries debug info or a symbol table (the image ships it stripped);
 #   - the binary does not run under --cap-drop ALL --security-opt no-new-privileges
 #     --read-only --network none, or the shipped config does not validate there;
 #   - in that container, the supervisor's privilege drop does not verify, or a driver started
@@ -28,9 +29,24 @@ echo "check.sh: user=$user entrypoint=$entrypoint" >&2
 container=$(podman create "$image")
 trap 'podman rm -f "$container" >/dev/null 2>&1 || true' EXIT
 podman export "$container" | python3 -c '
-import sys, tarfile
+import struct, sys, tarfile
 bad = []
 files = 0
+
+def unstripped_sections(elf):
+    """Names of the debug and symbol-table sections of an ELF64 little-endian file."""
+    shoff, = struct.unpack_from("<Q", elf, 0x28)
+    shentsize, shnum, shstrndx = struct.unpack_from("<HHH", elf, 0x3A)
+    def header(i):
+        name, _, _, _, offset, size = struct.unpack_from("<IIQQQQ", elf, shoff + i * shentsize)
+        return name, offset, size
+    _, str_off, _ = header(shstrndx)
+    names = []
+    for i in range(shnum):
+        name = header(i)[0]
+        names.append(elf[str_off + name:elf.index(b"\0", str_off + name)].decode())
+    return [n for n in names if n.startswith(".debug") or n == ".symtab"]
+
 with tarfile.open(fileobj=sys.stdin.buffer, mode="r|") as tar:
     for member in tar:
         files += 1
@@ -40,6 +56,10 @@ with tarfile.open(fileobj=sys.stdin.buffer, mode="r|") as tar:
             bad.append(f"{member.name}: file capabilities")
         if member.name.lstrip("./") in ("bin/sh", "usr/bin/sh", "bin/bash", "usr/bin/bash"):
             bad.append(f"{member.name}: a shell")
+        if member.name.lstrip("./") == "usr/local/bin/drover":
+            found = unstripped_sections(tar.extractfile(member).read())
+            if found:
+                bad.append(f"{member.name}: not stripped ({', '.join(found)})")
 for line in bad:
     print("check.sh:", line, file=sys.stderr)
 print(f"check.sh: {files} entries in the image, {len(bad)} problems", file=sys.stderr)

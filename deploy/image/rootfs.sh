@@ -3,7 +3,7 @@
 #
 #   deploy/image/rootfs.sh BINARY DEST
 #
-# DEST receives: the binary at /usr/local/bin/drover; every shared library it links (as `ldd`
+# DEST receives: the binary, stripped, at /usr/local/bin/drover; every shared library it links (as `ldd`
 # resolves them on this machine) and the dynamic loader, at the same paths; CA certificates;
 # /etc/passwd and /etc/group with root and nonroot (65532); nsswitch.conf; the default config
 # at /etc/drover/drover.toml; the sandbox profiles at /usr/share/drover/sandbox/; empty
@@ -16,6 +16,9 @@ repo=$(cd "$(dirname "$0")/../.." && pwd)
 rm -rf "$dest"
 mkdir -p "$dest"/{usr/local/bin,etc/drover,etc/ssl/certs,usr/share/drover,var/lib/drover,tmp}
 install -m 0755 "$binary" "$dest/usr/local/bin/drover"
+# Shipped without debug info or symbols whatever profile built it (the release profile already
+# strips; a binary built otherwise is stripped here). deploy/image/check.sh verifies.
+strip --strip-all "$dest/usr/local/bin/drover"
 
 # Shared libraries and the loader, copied (not linked) to the paths the binary asks for.
 ldd "$binary" | awk '/=> \// {print $3} /^\t\/[^ ]+ \(0x/ {print $1}' | sort -u | while read -r lib; do
