@@ -274,13 +274,12 @@ where
     });
 }
 
-/// Read grants for a sandboxed driver: the program's file when it is given as a path, and the
-/// directory of every argument that names an existing file (a script, which may import its
-/// neighbours), each canonicalized.
 /// `argv` with every argument that names an existing file by a relative path made absolute:
 /// the driver starts in its own work directory, so `python3 drivers/x.py` must reach the script
 /// wherever the check was started. The program (`argv[0]`) is rewritten only when it has a
-/// directory part (`./driver`); a bare name is looked up in `PATH`.
+/// directory part (`./driver`); a bare name is looked up in `PATH`. Symbolic links are kept,
+/// not resolved: a venv's `.venv/bin/python` is a link to the system interpreter that finds
+/// its venv through the path it was started by.
 pub(crate) fn absolute_args(argv: &[OsString]) -> Vec<OsString> {
     argv.iter()
         .enumerate()
@@ -290,11 +289,14 @@ pub(crate) fn absolute_args(argv: &[OsString]) -> Vec<OsString> {
             if path.is_absolute() || program_by_name || !path.is_file() {
                 return arg.clone();
             }
-            path.canonicalize().map_or_else(|_| arg.clone(), PathBuf::into_os_string)
+            std::path::absolute(path).map_or_else(|_| arg.clone(), PathBuf::into_os_string)
         })
         .collect()
 }
 
+/// Read grants for a sandboxed driver: the program's file when it is given as a path, and the
+/// directory of every argument that names an existing file (a script, which may import its
+/// neighbours), each canonicalized.
 pub(crate) fn read_grants(argv: &[OsString]) -> Vec<PathBuf> {
     let mut grants = Vec::new();
     for (i, arg) in argv.iter().enumerate() {
@@ -307,4 +309,37 @@ pub(crate) fn read_grants(argv: &[OsString]) -> Vec<PathBuf> {
         grants.extend(grant);
     }
     grants
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_paths_become_absolute_without_resolving_links() {
+        // Under the current directory, so that it can be named by a relative path.
+        let dir = tempfile::tempdir_in(".").unwrap();
+        let name = dir.path().file_name().unwrap();
+        let venv_bin = dir.path().join(".venv/bin");
+        std::fs::create_dir_all(&venv_bin).unwrap();
+        std::os::unix::fs::symlink("/bin/sh", venv_bin.join("python")).unwrap();
+        std::fs::write(dir.path().join("driver.py"), "").unwrap();
+        let relative = Path::new(name);
+        let argv: Vec<OsString> = vec![
+            relative.join(".venv/bin/python").into(),
+            relative.join("driver.py").into(),
+            "--flag".into(),
+        ];
+        let absolute = absolute_args(&argv);
+        let cwd = std::env::current_dir().unwrap().join(name);
+        assert_eq!(
+            absolute[0],
+            cwd.join(".venv/bin/python").into_os_string(),
+            "the link, not /bin/sh"
+        );
+        assert_eq!(absolute[1], cwd.join("driver.py").into_os_string());
+        assert_eq!(absolute[2], OsString::from("--flag"));
+        // The script's directory (and the venv under it) becomes readable.
+        assert!(read_grants(&absolute).contains(&cwd.canonicalize().unwrap()));
+    }
 }
