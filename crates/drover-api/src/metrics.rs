@@ -2,7 +2,7 @@
 //!
 //! | Metric | Labels |
 //! |---|---|
-//! | `drover_api_requests_total` | `method`, `route` (the route template, never the raw path), `status` |
+//! | `drover_api_requests_total` | `method` (a standard method, else `other`), `route` (the route template, never the raw path; `(unmatched)` for none), `status` |
 //! | `drover_api_request_duration_seconds_sum` / `_count` | `method`, `route` |
 //! | `drover_api_auth_failures_total` | `reason` (`missing`, `malformed`, `unknown`, `revoked`) |
 //! | `drover_api_rate_limited_total` | |
@@ -39,7 +39,8 @@ pub struct ApiMetrics {
 impl ApiMetrics {
     pub(crate) fn request(&self, method: &Method, route: &str, status: u16, took: Duration) {
         let Ok(mut routes) = self.routes.lock() else { return };
-        let entry = routes.entry((method.as_str().to_owned(), route.to_owned())).or_default();
+        let key = (method_label(method).to_owned(), route.to_owned());
+        let entry = routes.entry(key).or_default();
         *entry.by_status.entry(status).or_default() += 1;
         entry.seconds += took.as_secs_f64();
         entry.count += 1;
@@ -111,6 +112,23 @@ impl ApiMetrics {
         let _ = writeln!(out, "drover_api_panics_total {}", self.panics.load(Ordering::Relaxed));
         out
     }
+}
+
+/// The `method` label: one of the standard methods, or `other`, so a client inventing methods
+/// cannot add series (issue 17: every new method used to add one, never pruned).
+fn method_label(method: &Method) -> &'static str {
+    static KNOWN: [Method; 9] = [
+        Method::GET,
+        Method::POST,
+        Method::PUT,
+        Method::DELETE,
+        Method::PATCH,
+        Method::HEAD,
+        Method::OPTIONS,
+        Method::CONNECT,
+        Method::TRACE,
+    ];
+    KNOWN.iter().find(|known| *known == method).map_or("other", Method::as_str)
 }
 
 fn escape(label: &str) -> String {

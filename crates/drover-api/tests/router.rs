@@ -1082,3 +1082,36 @@ async fn cursors_keep_their_text_and_integral_numbers_fill_integer_fields() {
     let reply = app.call(Method::POST, "/v1/estimates", Some(&token), Some(estimate)).await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
 }
+
+/// Issue 17: invented HTTP methods (on known and unknown paths, with and without a token)
+/// collapse into one `method="other"` label, so the metric series stay bounded.
+#[tokio::test]
+async fn invented_methods_do_not_add_metric_series() {
+    let app = app().await;
+    let series =
+        |text: &str| text.lines().filter(|l| l.starts_with("drover_api_requests_total{")).count();
+    let metrics_token = app.tokens.metrics.expose().to_owned();
+    let warm = |n: usize| {
+        let method = Method::from_bytes(format!("X{n}").as_bytes()).unwrap();
+        let path = if n.is_multiple_of(2) { "/v1/jobs" } else { "/no/such/route" };
+        let token = n.is_multiple_of(3).then(|| app.admin().to_owned());
+        (method, path, token)
+    };
+    for n in 0..10 {
+        let (method, path, token) = warm(n);
+        app.call(method, path, token.as_deref(), None).await;
+    }
+    let before = series(&app.call(Method::GET, "/metrics", Some(&metrics_token), None).await.text);
+    for n in 10..300 {
+        let (method, path, token) = warm(n);
+        app.call(method, path, token.as_deref(), None).await;
+    }
+    let text = app.call(Method::GET, "/metrics", Some(&metrics_token), None).await.text;
+    assert!(
+        series(&text) <= before + 2,
+        "{} series after 300 methods (was {before})",
+        series(&text)
+    );
+    assert!(text.contains("method=\"other\""), "{text}");
+    assert!(!text.contains("method=\"X2"), "{text}");
+}

@@ -188,3 +188,62 @@ fn jobs_show_prints_rfc3339_times_and_a_closed_pipe_is_not_an_error() {
     assert_eq!(output.status.code(), Some(0), "{stderr}");
     assert!(stderr.is_empty(), "{stderr}");
 }
+
+/// Starts `serve` with `env` and `extra` arguments, logs to a file; returns (server, log path).
+fn start_logging(
+    config: &Path,
+    extra: &[&str],
+    env: &[(&str, &str)],
+    log: &Path,
+) -> (std::process::Child, String) {
+    use std::io::BufRead as _;
+    let mut command = Command::new(env!("CARGO_BIN_EXE_drover"));
+    command.args(["serve", "--listen", "127.0.0.1:0", "--config"]).arg(config).args(extra);
+    command.env_remove("VASTAI_API_KEY").env_remove("RUST_LOG");
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    (child, line)
+}
+
+/// `RUST_LOG` filters the log and `--log-format json` writes one JSON object per line;
+/// a `RUST_LOG` that does not parse refuses the start (issue 17: logs were fixed at INFO, text).
+#[test]
+fn rust_log_filters_and_log_format_json_writes_json_lines() {
+    let token = ApiToken::generate().unwrap();
+    let (dir, _data, config) = config_dir(&token, "");
+    let log = dir.path().join("serve.log");
+    let (mut child, line) =
+        start_logging(&config, &["--log-format", "json"], &[("RUST_LOG", "info")], &log);
+    assert!(line.starts_with("drover serve: listening on"), "{line}");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(!lines.is_empty());
+    for line in &lines {
+        let event: serde_json::Value = serde_json::from_str(line).expect(line);
+        assert!(event["level"].is_string() && event["fields"].is_object(), "{line}");
+    }
+    assert!(lines.iter().any(|l| l.contains("\"level\":\"INFO\"")), "{text}");
+
+    // Only errors: the start-up's INFO and WARN lines are gone.
+    let (mut child, _) = start_logging(&config, &[], &[("RUST_LOG", "error")], &log);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(!text.contains("INFO") && !text.contains("WARN"), "{text}");
+
+    let stderr = refused(&config, &[("RUST_LOG", "drover=notalevel")]);
+    assert!(stderr.contains("RUST_LOG"), "{stderr}");
+}

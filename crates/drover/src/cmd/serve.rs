@@ -31,6 +31,9 @@
 //!    the API. One line on stdout, `drover serve: listening on http://ADDR`, says where
 //!    (with `--listen 127.0.0.1:0` the kernel picks the port). SIGHUP reloads the API tokens.
 //!
+//! Logs go to stderr, filtered by `RUST_LOG` (default `info`), as text or, with
+//! `--log-format json`, one JSON object per line.
+//!
 //! Shutdown on SIGTERM or SIGINT: new jobs get 503; running jobs are cancelled
 //! (`supervisor.on_shutdown = "cancel"`, the default) or allowed to finish (`"drain"`) within
 //! `supervisor.shutdown_grace_s` (default 10 s), the rest cancelled after it, so event streams
@@ -76,6 +79,9 @@ pub struct Args {
     /// Development mode (also needs `api.mode = "development"`): error bodies carry details.
     #[arg(long)]
     pub development: bool,
+    /// Log line format on stderr; which lines, from `RUST_LOG` (default `info`).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
 }
 
 /// The local GPUs, inventoried once when some driver names `gpus` (see
@@ -546,12 +552,17 @@ pub async fn shutdown_signal() {
     tracing::info!("shutdown signal received");
 }
 
-/// Log lines on stderr, INFO and up.
-pub fn init_logging() {
-    init_logging_at(tracing_subscriber::filter::LevelFilter::INFO);
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One human-readable line per event. Default.
+    #[default]
+    Text,
+    /// One JSON object per line (`timestamp`, `level`, `fields`, `target`), for collectors.
+    Json,
 }
 
-/// Log lines on stderr, `level` and up.
+/// Log lines on stderr, `level` and up, as text.
 pub fn init_logging_at(level: tracing_subscriber::filter::LevelFilter) {
     let _ = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -560,12 +571,33 @@ pub fn init_logging_at(level: tracing_subscriber::filter::LevelFilter) {
         .try_init();
 }
 
+/// Log lines on stderr in `format`, filtered by `RUST_LOG` (the `tracing-subscriber`
+/// env-filter syntax: `warn`, `drover_api=debug,info`, ...); without it, INFO and up. A
+/// `RUST_LOG` that does not parse refuses the start.
+pub fn init_logging_from_env(format: LogFormat) -> anyhow::Result<()> {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::builder()
+        .with_default_directive(tracing_subscriber::filter::LevelFilter::INFO.into())
+        .from_env()
+        .context("RUST_LOG is not a valid log filter")?;
+    let builder = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_env_filter(filter);
+    // A subscriber already installed (a test harness) keeps its own; nothing to refuse.
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+    Ok(())
+}
+
 /// Runs `drover serve`.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let config = load_config(args.config.as_deref())?;
     let config_path = args.config.clone();
     let prepared = prepare(config)?;
-    init_logging();
+    init_logging_from_env(args.log_format)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
