@@ -60,7 +60,9 @@ fn every_file_and_test_named_exists() {
     assert!(!abuse.is_empty(), "the abuse and exhaustion table lost its rows");
     let money = section_rows(&doc, "## Money (issue 15)", "MX-");
     assert!(money.len() >= 6, "the money table lost its rows");
-    for (id, row) in requirement_rows(&doc).into_iter().chain(abuse).chain(money) {
+    let jail = section_rows(&doc, "## The jail (issue 13)", "JX-");
+    assert!(jail.len() >= 7, "the jail table lost its rows");
+    for (id, row) in requirement_rows(&doc).into_iter().chain(abuse).chain(money).chain(jail) {
         let mut current_file: Option<String> = None;
         for span in code_spans(&row) {
             if is_path(span) {
