@@ -29,7 +29,8 @@ pub struct Policy {
     pub env: Vec<(OsString, OsString)>,
     /// Paths (files or directory trees) the driver may read and execute.
     pub read: Vec<PathBuf>,
-    /// Paths (beside the work directory) the driver may write.
+    /// Paths (beside the work directory) the driver may write. A path under `/proc` means the
+    /// driver's own procfs in its private tree (see [`crate::tree`]), never the host's.
     pub write: Vec<PathBuf>,
     /// Device nodes the driver may open read-write and `ioctl`. A final `*` in the file name
     /// matches any suffix (`/dev/nvidia*`); devices that do not exist are skipped.

@@ -529,7 +529,10 @@ fn landlock_rules(policy: &Policy, work_dir: &Path) -> Vec<(PathBuf, Grant)> {
     };
     let mut rules = existing(&policy.read, Grant::Read);
     rules.push((work_dir.to_path_buf(), Grant::Write));
-    rules.extend(existing(&policy.write, Grant::Write));
+    // Writes under /proc are for the driver's own procfs (see `tree`), never the host's.
+    let write: Vec<PathBuf> =
+        policy.write.iter().filter(|p| !p.starts_with("/proc")).cloned().collect();
+    rules.extend(existing(&write, Grant::Write));
     for pattern in &policy.devices {
         rules.extend(expand_device(pattern).into_iter().map(|d| (d, Grant::Device)));
     }

@@ -25,7 +25,10 @@
 //!
 //! Nothing of the host is in the tree but what the profile names, so a host UNIX socket (in
 //! /tmp, /run, ...) cannot be reached unless a profile grants its path. Paths under /proc in a
-//! profile are served by the driver's own procfs, not bound from the host's.
+//! profile are served by the driver's own procfs, not bound from the host's; a `write` path
+//! under /proc makes that procfs writable where its modes allow (the GPU profile's: CUDA names
+//! its threads through `/proc/self/task/<tid>/comm`), while /proc/sys stays a read-only mount.
+//! The host's /proc is never granted for writing, with or without the tree.
 //!
 //! Landlock stays as the second layer: its rules were opened on the host's inodes, which the
 //! binds keep; the two new filesystems (the work tmpfs and the procfs) are added to the ruleset
@@ -111,7 +114,8 @@ pub(crate) fn plan(
     let mut read: Vec<&PathBuf> =
         policy.read.iter().filter(|p| !under(p, "/proc") && !under(p, "/dev")).collect();
     read.sort();
-    let mut write: Vec<&PathBuf> = policy.write.iter().filter(|p| !under(p, "/dev")).collect();
+    let mut write: Vec<&PathBuf> =
+        policy.write.iter().filter(|p| !under(p, "/proc") && !under(p, "/dev")).collect();
     write.sort();
     let mut bound: Vec<&Path> = Vec::new();
     for path in read.iter().chain(&write) {
@@ -278,10 +282,15 @@ pub(crate) fn plan(
             path: c(work_dir.as_os_str())?,
             access: fs_rules::access_bits(landlock_abi, Grant::Write, true),
         });
-        if policy.read.iter().any(|p| under(p, "/proc")) {
+        // A `write` path under /proc makes the driver's own procfs writable where its modes
+        // allow (CUDA and glibc name threads through /proc/self/task/<tid>/comm); /proc/sys
+        // stays a read-only mount, and the host's /proc is never granted for writing.
+        let proc_write = policy.write.iter().any(|p| under(p, "/proc"));
+        if proc_write || policy.read.iter().any(|p| under(p, "/proc")) {
+            let grant = if proc_write { Grant::Write } else { Grant::Read };
             landlock.push(LandlockAdd {
                 path: c(OsStr::new("/proc"))?,
-                access: fs_rules::access_bits(landlock_abi, Grant::Read, true),
+                access: fs_rules::access_bits(landlock_abi, grant, true),
             });
         }
     }

@@ -258,6 +258,34 @@ fn drivers_and_sandbox_status_show_which_gpu_each_driver_holds() {
     common::terminate(&mut serve);
 }
 
+/// Issue 14's finding: CUDA's `cuInit` (like glibc's `pthread_setname_np`) writes
+/// `/proc/self/task/<tid>/comm`, which failed in the sandbox (ENOENT under the host's procfs in
+/// a pid namespace, EACCES under Landlock), so every CUDA program died with
+/// CUDA_ERROR_OPERATING_SYSTEM. Under the GPU profile the write now works, in the driver's own
+/// procfs; /proc/sys stays read-only; the default profile still cannot write /proc.
+#[test]
+fn under_the_gpu_profile_threads_can_name_themselves_as_cuda_does() {
+    if !root_or_skip() {
+        return;
+    }
+    let script = "if printf cuda-worker > /proc/self/task/$$/comm; then cat /proc/$$/comm; else echo denied; fi; \
+                  if echo x > /proc/sys/kernel/hostname; then echo sys-writable; else echo sys-read-only; fi";
+    let run = |profile: Option<PathBuf>| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_drover"));
+        command.arg("exec");
+        if let Some(profile) = profile {
+            command.arg("--profile").arg(profile);
+        }
+        let output =
+            command.args(["--", "/bin/sh", "-c", script]).stdin(Stdio::null()).output().unwrap();
+        let (stdout, stderr) = text(&output);
+        assert!(output.status.success(), "{stdout}\n{stderr}");
+        stdout
+    };
+    assert_eq!(run(Some(gpu_profile())), "cuda-worker\nsys-read-only\n");
+    assert_eq!(run(None), "denied\nsys-read-only\n");
+}
+
 #[test]
 fn gpu_check_without_a_gpu_says_so_and_exits_2() {
     // No nvidia-smi at all (CI): the inventory finds no GPU.
