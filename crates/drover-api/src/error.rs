@@ -116,6 +116,12 @@ impl ApiError {
         Self { retry_after_s: Some(retry_after_s.max(1)), ..Self::new(ApiErrorCode::RateLimited) }
     }
 
+    /// Adds `Retry-After: seconds` (at least 1) to the response.
+    pub fn with_retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after_s = Some(seconds.max(1));
+        self
+    }
+
     /// The code.
     pub fn code(&self) -> ApiErrorCode {
         self.code

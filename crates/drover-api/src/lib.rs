@@ -33,6 +33,9 @@
 //!   details in the log under the same id.
 //! - [`audit`]: one JSON line per request and per job action; never a token.
 //! - [`webhook`]: HMAC-SHA256-signed outbound events with retries, and the verifier.
+//! - [`listener`], [`anonymous`], [`sse`], [`egress`] (issue 21): header-read timeout,
+//!   connection caps and a descriptor reserve; per-peer limits and aggregated audit for
+//!   requests without a token; per-token event-stream caps; webhooks to public addresses only.
 //!
 //! Architecture invariant: this crate never sees a token after the auth extractor; everything
 //! downstream (handlers, backend, audit, logs) gets the token's configured name.
@@ -46,6 +49,7 @@ pub mod backend;
 pub mod body;
 pub mod egress;
 pub mod error;
+pub mod listener;
 pub mod metrics;
 pub mod openapi;
 pub mod reload;

@@ -2,7 +2,8 @@
 //!
 //! Outermost first, every request passes through:
 //!
-//! 1. [`context`]: gives the request an id (`x-request-id` on the response), runs everything
+//! 1. [`context`]: refuses a request over `api.limits.max_concurrent_requests` in flight
+//!    (default 256) with `503` and `Retry-After: 1`, gives the request an id (`x-request-id` on the response), runs everything
 //!    inside it with that id in a task-local, turns a panic anywhere inside into
 //!    `500 {"error": "internal", "request_id": ...}` (the panic message goes to the log under
 //!    the same id), and writes one audit event and the metrics for the request (requests
@@ -18,7 +19,7 @@ use axum::Router;
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderValue, Method};
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use drover_proto::api::{ApiErrorCode, ErrorBody};
 use drover_proto::config::{ApiConfig, ApiLimitsConfig, ApiMode};
@@ -86,6 +87,8 @@ pub struct ApiState {
     pub(crate) params: routes::ParamsCache,
     /// Open event streams per token.
     pub streams: StreamSlots,
+    /// Requests in flight (`api.limits.max_concurrent_requests`).
+    requests: Arc<tokio::sync::Semaphore>,
     /// Set once the server begins to shut down; event streams end on it.
     shutdown: watch::Sender<bool>,
 }
@@ -138,6 +141,9 @@ impl ApiState {
             metrics: ApiMetrics::default(),
             params: routes::ParamsCache::default(),
             streams: StreamSlots::new(config.limits.sse_streams_per_token),
+            requests: Arc::new(tokio::sync::Semaphore::new(
+                config.limits.max_concurrent_requests.max(1) as usize,
+            )),
             shutdown: watch::Sender::new(false),
         }))
     }
@@ -219,10 +225,19 @@ pub async fn context(State(state): State<Arc<ApiState>>, request: Request, next:
         actor: Default::default(),
         rejection: Default::default(),
     });
-    let run = RequestContext::scope(
-        context.clone(),
-        std::panic::AssertUnwindSafe(next.run(request)).catch_unwind(),
-    );
+    // Requests in flight are capped; one more gets 503 with Retry-After at once.
+    let in_flight = state.requests.clone().try_acquire_owned();
+    let handle = async move {
+        match in_flight {
+            Ok(_permit) => next.run(request).await,
+            Err(_) => crate::error::ApiError::new(ApiErrorCode::Unavailable)
+                .with_message("the server is at its limit of requests in flight")
+                .with_retry_after(1)
+                .into_response(),
+        }
+    };
+    let run =
+        RequestContext::scope(context.clone(), std::panic::AssertUnwindSafe(handle).catch_unwind());
     let mut response = match run.await {
         Ok(response) => response,
         Err(payload) => {
@@ -277,19 +292,19 @@ pub async fn context(State(state): State<Arc<ApiState>>, request: Request, next:
     response
 }
 
-/// Serves the API of `state` on `listener` until `shutdown` completes; then ends every event
-/// stream and drains in-flight requests.
+/// Serves the API of `state` on `listener`, with its connection limits
+/// ([`crate::listener`]), until `shutdown` completes; then ends every event stream and drains
+/// in-flight requests.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: Arc<ApiState>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let app = router(state.clone());
+    let limits = state.settings.limits;
     let stop = async move {
         shutdown.await;
         state.end_streams();
     };
-    axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>())
-        .with_graceful_shutdown(stop)
-        .await
+    crate::listener::serve_limited(listener, app, limits, stop).await
 }

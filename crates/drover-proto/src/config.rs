@@ -178,14 +178,11 @@ pub struct ApiConfig {
 #[serde(deny_unknown_fields)]
 pub struct ApiLimitsConfig {
     /// Time a client has to send a request's complete headers, from the connection's start
-    /// or the end of its previous request. Default 10000 ms.
+    /// or the end of its previous response: a slow sender and an idle kept-alive connection
+    /// are both closed after it. Default 10000 ms.
     #[serde(default = "default_header_read_timeout_ms")]
     #[schemars(range(min = 100, max = 600_000))]
     pub header_read_timeout_ms: u32,
-    /// A connection with no request in flight is closed after this long. Default 60 s.
-    #[serde(default = "default_idle_timeout_s")]
-    #[schemars(range(min = 1, max = 86_400))]
-    pub idle_timeout_s: u32,
     /// Open connections at most; new ones wait in the kernel's backlog. Default 512.
     #[serde(default = "default_max_connections")]
     #[schemars(range(min = 1, max = 1_000_000))]
@@ -230,7 +227,6 @@ impl Default for ApiLimitsConfig {
     fn default() -> Self {
         Self {
             header_read_timeout_ms: default_header_read_timeout_ms(),
-            idle_timeout_s: default_idle_timeout_s(),
             max_connections: default_max_connections(),
             max_connections_per_peer: default_max_connections_per_peer(),
             max_concurrent_requests: default_max_concurrent_requests(),
@@ -245,9 +241,6 @@ impl Default for ApiLimitsConfig {
 
 fn default_header_read_timeout_ms() -> u32 {
     10_000
-}
-fn default_idle_timeout_s() -> u32 {
-    60
 }
 fn default_max_connections() -> u32 {
     512

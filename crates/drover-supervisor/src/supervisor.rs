@@ -8,6 +8,14 @@
 //! [`Options::crash_loop_window`] stop the keeper; a driver whose keepers have all stopped is
 //! `failed` and refuses jobs. A session that lived longer than the window resets the count
 //! and the backoff.
+//!
+//! A process that could not even be started because the machine was out of a resource
+//! (descriptors: `EMFILE`, `ENFILE`; processes or threads: `EAGAIN`; memory: `ENOMEM`) is
+//! not the driver's fault: such a start is retried with the same doubling backoff, forever,
+//! and never counts toward `max_restarts` (issue 21: a connection flood that exhausted the
+//! supervisor's descriptors used to mark drivers failed for good, so the service did not
+//! heal when the flood stopped). The API keeps descriptors in reserve for exactly this
+//! (`api.limits.fd_reserve`).
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -383,7 +391,9 @@ async fn keep(inner: Arc<Inner>, driver: Arc<Driver>, slot: u16) {
             deaths.clear();
             backoff = options.restart_backoff;
         }
-        deaths.push_back(now);
+        if !resources_exhausted(&report) {
+            deaths.push_back(now);
+        }
         while deaths.front().is_some_and(|t| now.duration_since(*t) > options.crash_loop_window) {
             deaths.pop_front();
         }
@@ -416,6 +426,27 @@ async fn keep(inner: Arc<Inner>, driver: Arc<Driver>, slot: u16) {
     }
 }
 
+/// Whether the process could not be started for lack of a machine resource (descriptors,
+/// processes or threads, memory), as the start error's text says: the sandbox reports its
+/// errors as text, so the errno is recognised in either spelling.
+fn resources_exhausted(report: &DeathReport) -> bool {
+    const SIGNS: [&str; 9] = [
+        "os error 24",
+        "os error 23",
+        "os error 11",
+        "os error 12",
+        "EMFILE",
+        "ENFILE",
+        "EAGAIN",
+        "ENOMEM",
+        "Too many open files",
+    ];
+    report.cause.is_none()
+        && report.session_end.as_deref().is_some_and(|end| {
+            end.starts_with("could not start") && SIGNS.iter().any(|s| end.contains(s))
+        })
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -431,6 +462,32 @@ mod tests {
             changed: watch::channel(0).0,
             leases: Mutex::new(HashMap::new()),
             checkers: Mutex::new(HashMap::new()),
+        }
+    }
+
+    #[test]
+    fn starts_that_failed_for_lack_of_resources_are_not_deaths() {
+        let report = |cause: Option<drover_sandbox::Cause>, end: &str| DeathReport {
+            cause,
+            session_end: Some(end.to_owned()),
+            at: std::time::SystemTime::now(),
+            stdout_tail: Vec::new(),
+            stderr_tail: Vec::new(),
+        };
+        for end in [
+            "could not start: driver d: transport: Too many open files (os error 24)",
+            "could not start: driver d: sandbox: pipe2: EMFILE: Too many open files",
+            "could not start: driver d: sandbox: fork: EAGAIN: Try again",
+            "could not start: driver d: stderr pipe: File table overflow (os error 23)",
+        ] {
+            assert!(resources_exhausted(&report(None, end)), "{end}");
+        }
+        for end in [
+            "could not start: driver d: command is empty",
+            "could not start: driver d: sandbox: exec: No such file or directory (os error 2)",
+            "no hello within 5000 ms",
+        ] {
+            assert!(!resources_exhausted(&report(None, end)), "{end}");
         }
     }
 
