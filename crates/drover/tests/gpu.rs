@@ -118,7 +118,8 @@ fn opened_by(machine: &FakeMachine, gpu: &str) -> String {
     let dev = machine.root().join("dev");
     let script = format!(
         "for n in nvidia0 nvidia1 nvidiactl nvidia-uvm nvidia-uvm-tools; do \
-           if true <> {dev}/$n; then echo \"$n open\"; else echo \"$n denied\"; fi; \
+           if [ ! -e {dev}/$n ]; then echo \"$n absent\"; \
+           elif true <> {dev}/$n; then echo \"$n open\"; else echo \"$n denied\"; fi; \
          done 2>/dev/null; echo \"cuda=$CUDA_VISIBLE_DEVICES nvidia=$NVIDIA_VISIBLE_DEVICES\"",
         dev = dev.display()
     );
@@ -140,18 +141,19 @@ fn a_driver_given_one_gpu_can_open_only_that_gpu_and_the_control_nodes() {
         return;
     }
     let machine = FakeMachine::new();
-    // GPU 0 is /dev/nvidia1 on this machine (its minor), GPU 1 is /dev/nvidia0.
+    // GPU 0 is /dev/nvidia1 on this machine (its minor), GPU 1 is /dev/nvidia0. The other GPU's
+    // node does not even exist in the driver's private tree (the GPU profile requires it).
     let first = opened_by(&machine, "0");
     assert_eq!(
         first,
         format!(
-            "nvidia0 denied\nnvidia1 open\nnvidiactl open\nnvidia-uvm open\nnvidia-uvm-tools open\n\
+            "nvidia0 absent\nnvidia1 open\nnvidiactl open\nnvidia-uvm open\nnvidia-uvm-tools open\n\
              cuda={UUID0} nvidia={UUID0}\n"
         )
     );
     // The other GPU, by UUID: the mirror image. Neither can open the other's node.
     let second = opened_by(&machine, UUID1);
-    assert!(second.starts_with("nvidia0 open\nnvidia1 denied\n"), "{second}");
+    assert!(second.starts_with("nvidia0 open\nnvidia1 absent\n"), "{second}");
     assert!(second.ends_with(&format!("cuda={UUID1} nvidia={UUID1}\n")), "{second}");
 }
 
