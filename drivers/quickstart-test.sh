@@ -20,7 +20,7 @@ trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 chmod 755 "$work"
 
 python3 - "$repo" "$work/quickstart.sh" "$@" <<'PY'
-import re, sys
+import re, shlex, sys
 repo, out, chosen = sys.argv[1], sys.argv[2], sys.argv[3:]
 readme = open(f"{repo}/drivers/README.md").read()
 section = readme.split("\n## Quick start\n", 1)[1].split("\n## ", 1)[0]
@@ -29,9 +29,16 @@ parts = [p for p in parts if not chosen or any(p.startswith(c) for c in chosen)]
 if not parts:
     sys.exit(f"quick start: no subsection starts with {chosen}")
 script = []
-for info, body in re.findall(r"^```([^\n]*)\n(.*?)^```$", "\n".join(parts), re.S | re.M):
+blocks = []
+for part in parts:
+    heading = part.split("\n", 1)[0]
+    blocks.append(("heading", heading))
+    blocks += re.findall(r"^```([^\n]*)\n(.*?)^```$", part, re.S | re.M)
+for info, body in blocks:
     words = info.split()
-    if words == ["sh"]:
+    if info == "heading":
+        script.append(f"printf '\\n=== quick start: %s\\n' {shlex.quote(body)}")
+    elif words == ["sh"]:
         script.append(body)
     elif len(words) == 2:
         path = words[1]
@@ -44,7 +51,8 @@ for info, body in re.findall(r"^```([^\n]*)\n(.*?)^```$", "\n".join(parts), re.S
         script.append(f"cat > {path} <<'QUICKSTART_EOF'\n{body}QUICKSTART_EOF\n")
     else:
         sys.exit(f"quick start: a block with info string {info!r}: use `sh` or `LANG PATH`")
-open(out, "w").write("set -euo pipefail\nset -x\n" + "\n".join(script))
+# No `set -x`: the serve section holds an API token in a variable, and tokens never reach logs.
+open(out, "w").write("set -euo pipefail\n" + "\n".join(script))
 PY
 
 export DROVER_SRC=$repo PATH="$(dirname "$DROVER_BIN"):$PATH"
