@@ -122,3 +122,57 @@ async fn the_real_listener_serves_the_api() {
     stop.send(()).unwrap();
     tokio::time::timeout(Duration::from_secs(10), server).await.unwrap().unwrap().unwrap();
 }
+
+/// Issue 21: on the real listener, a connection that does not send its headers in time is
+/// closed, one address holds at most `max_connections_per_peer` connections (one more is
+/// closed at once) while another address is still served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_headers_are_timed_out_and_connections_per_peer_are_capped() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Arc::new(StoreBackend::open(dir.path()).await);
+    let tokens = tokens();
+    let mut config = config(&tokens, generous());
+    config.limits.header_read_timeout_ms = 300;
+    config.limits.max_connections_per_peer = 3;
+    let state =
+        ApiState::new(&config, false, backend.clone(), Auditor::start(backend.clone(), None))
+            .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(serve(listener, state, async {
+        let _ = stopped.await;
+    }));
+    let closed_within = |mut stream: TcpStream, limit: Duration| async move {
+        let mut byte = [0u8; 1];
+        matches!(tokio::time::timeout(limit, stream.read(&mut byte)).await, Ok(Ok(0) | Err(_)))
+    };
+
+    // Three slowloris connections from 127.0.0.1: half a header each, then nothing.
+    let mut slow = Vec::new();
+    for _ in 0..3 {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream.write_all(b"GET /v1/jobs HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+        slow.push(stream);
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // A fourth from the same address is closed at once; another address is served.
+    let fourth = TcpStream::connect(addr).await.unwrap();
+    assert!(closed_within(fourth, Duration::from_millis(250)).await, "over the per-peer cap");
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+    let mut request = socket.connect(addr).await.unwrap();
+    request.write_all(get("/healthz", None).as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    request.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    // The slow ones are closed by the header-read timeout.
+    for stream in slow {
+        assert!(closed_within(stream, Duration::from_secs(2)).await, "a slow header was kept");
+    }
+    // Their slots are free again.
+    let (status, _) = exchange(addr, get("/healthz", None)).await;
+    assert_eq!(status, 200);
+    let _ = stop.send(());
+    server.await.unwrap().unwrap();
+}
