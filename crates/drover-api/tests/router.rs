@@ -1115,3 +1115,30 @@ async fn invented_methods_do_not_add_metric_series() {
     assert!(text.contains("method=\"other\""), "{text}");
     assert!(!text.contains("method=\"X2"), "{text}");
 }
+
+/// Issue 21: requests in flight are capped (`max_concurrent_requests`); one more is answered
+/// at once with 503 and `Retry-After`, and the slot is free again when the first ends.
+#[tokio::test]
+async fn requests_over_the_in_flight_limit_get_503() {
+    let app = app_limited(generous(), ApiMode::Production, false, |config| {
+        config.limits.max_concurrent_requests = 1;
+    })
+    .await;
+    // A submit whose body never finishes holds the only slot.
+    let (feed, body) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(1);
+    feed.send(Ok(bytes::Bytes::from_static(b"{\"driver\":"))).await.unwrap();
+    let held = Request::post("/v1/jobs")
+        .header(header::AUTHORIZATION, format!("Bearer {}", app.admin()))
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(body)))
+        .unwrap();
+    let holder = tokio::spawn(app.router.clone().oneshot(held));
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let refused = app.call(Method::GET, "/v1/jobs", Some(app.admin()), None).await;
+    assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE, "{}", refused.text);
+    assert!(refused.headers.contains_key(header::RETRY_AFTER));
+    drop(feed);
+    let _ = holder.await.unwrap();
+    let served = app.call(Method::GET, "/v1/jobs", Some(app.admin()), None).await;
+    assert_eq!(served.status, StatusCode::OK);
+}
