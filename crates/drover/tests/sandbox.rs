@@ -296,6 +296,7 @@ fn status_tells_the_truth_and_a_required_missing_feature_fails_closed() {
         .unwrap()
         .success();
     assert_eq!(status["namespaces"]["available"], unshare_works);
+    assert_eq!(status["private_tree"]["available"], unshare_works);
     assert_eq!(status["pid1"], false);
     assert_eq!(status["subreaper"], true, "Phase A makes the supervisor a subreaper");
 
@@ -305,6 +306,9 @@ fn status_tells_the_truth_and_a_required_missing_feature_fails_closed() {
     let status: Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(status["namespaces"]["available"], false);
     assert!(status["degradations"][0].as_str().unwrap().starts_with("no namespaces"));
+    // What is lost without them, said: the private tree.
+    assert_eq!(status["private_tree"]["available"], false);
+    assert!(status["degradations"][1].as_str().unwrap().starts_with("no private mount tree"));
 
     let required = profile("require = [\"namespaces\"]\n");
     let output = without_user_namespaces(&[

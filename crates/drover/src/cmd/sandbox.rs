@@ -119,6 +119,7 @@ fn status(as_json: bool, uid: Option<u32>, config: Option<&Path>) -> anyhow::Res
             Ok(()) => json!({"available": true}),
             Err(reason) => json!({"available": false, "reason": reason}),
         },
+        "private_tree": {"available": namespaces.is_ok()},
         "close_range": features.close_range,
         "memory_cgroup": match drover_sandbox::cgroup::memory_hierarchy() {
             Some((dir, version)) => json!({"available": true, "hierarchy": dir.display().to_string(),
@@ -189,6 +190,14 @@ fn status(as_json: bool, uid: Option<u32>, config: Option<&Path>) -> anyhow::Res
                     "user, pid, net, mount, ipc, uts, cgroup: available unprivileged".to_owned()
                 }
                 Err(reason) => format!("unavailable: {reason}"),
+            },
+        ));
+        lines.push((
+            "private tree",
+            if namespaces.is_ok() {
+                "yes: each driver runs on a root of its own (granted paths, own /proc, minimal /dev, tmpfs work directory)".to_owned()
+            } else {
+                "no (needs the namespaces): drivers see the host's filesystem within Landlock's rules, its /proc and its UNIX sockets".to_owned()
             },
         ));
         lines.push(("close_range", yes(features.close_range).to_owned()));
