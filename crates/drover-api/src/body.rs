@@ -163,6 +163,19 @@ impl<T: ApiBody> FromRequest<Arc<ApiState>> for ValidJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &Arc<ApiState>) -> Result<Self, ApiError> {
+        let (value, raw) = read_json(request, state).await?;
+        let value = check_value::<T>(value)?;
+        Ok(Self { value, raw })
+    }
+}
+
+/// A request's JSON body, parsed but not yet checked against a schema: 415 unless it is
+/// `application/json`, 413 over `api.max_body_bytes`, 400 unless it is strict JSON.
+pub async fn read_json(
+    request: Request,
+    state: &Arc<ApiState>,
+) -> Result<(Value, Bytes), ApiError> {
+    {
         let limit = state.settings.max_body_bytes;
         if !is_json(request.headers()) {
             return Err(ApiError::new(ApiErrorCode::UnsupportedMediaType)
@@ -179,8 +192,7 @@ impl<T: ApiBody> FromRequest<Arc<ApiState>> for ValidJson<T> {
         let raw = read_limited(request.into_body(), limit).await?;
         let value =
             json::parse(&raw).map_err(|error| ApiError::violation("", "", error.to_string()))?;
-        let value = check_value::<T>(value)?;
-        Ok(Self { value, raw })
+        Ok((value, raw))
     }
 }
 

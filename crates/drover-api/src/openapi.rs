@@ -263,7 +263,10 @@ pub fn document() -> Value {
             "/v1/estimates": {"post": operation("estimate",
                 "Dry-run cost estimate through the estimator and the gate; nothing is rented.",
                 Some("jobs:write"), invalid_body_responses(ok("EstimateResponse", "The estimate and the gate's decision.")),
-                body("EstimateRequest"))},
+                json!({"requestBody": {"required": true, "content": {"application/json": {"schema":
+                    {"oneOf": [schema_ref("EstimateRequest"),
+                        {"allOf": [schema_ref("JobSpec"), {"required": ["gpu"], "properties": {"gpu": {"type": "object"}}}],
+                         "description": "A job spec, estimated for its gpu, max_runtime_s and budget_usd (disk from params.disk_gib)."}]}}}}}))},
             "/v1/drivers": {"get": operation("listDrivers", "Registered drivers, their actions and params schemas, and health.",
                 Some("drivers:read"), ok("DriverList", "The drivers."), json!({}))},
             "/v1/openapi.json": {"get": operation("openapi", "This document.", None,

@@ -311,13 +311,38 @@ pub async fn cancel(
     Ok(json(StatusCode::OK, &outcome?))
 }
 
+/// The body of `POST /v1/estimates`: an [`EstimateRequest`], or a job spec (it has a
+/// `driver`), read as [`EstimateRequest::for_job`] does, so the API takes what `drover
+/// estimate` takes. Each is checked against its own schema; a job with no GPU is a violation
+/// at `/gpu`.
+#[derive(Debug)]
+pub struct EstimateBody(pub EstimateRequest);
+
+impl axum::extract::FromRequest<Arc<ApiState>> for EstimateBody {
+    type Rejection = ApiError;
+
+    async fn from_request(
+        request: axum::extract::Request,
+        state: &Arc<ApiState>,
+    ) -> Result<Self, ApiError> {
+        let (value, _) = crate::body::read_json(request, state).await?;
+        if value.get("driver").is_none() {
+            return crate::body::check_value::<EstimateRequest>(value).map(Self);
+        }
+        let spec = crate::body::check_value::<JobSpec>(value)?;
+        EstimateRequest::for_job(&spec).map(Self).ok_or_else(|| {
+            ApiError::violation("/gpu", "", "the job asks for no GPU, so it rents nothing")
+        })
+    }
+}
+
 /// `POST /v1/estimates`: a dry-run estimate through the estimator and the gate.
 pub async fn estimate(
     State(state): Shared,
     auth: Authorized<JobsWrite>,
-    body: ValidJson<EstimateRequest>,
+    EstimateBody(request): EstimateBody,
 ) -> Result<Response, ApiError> {
-    let response = state.backend.estimate(body.value).await?;
+    let response = state.backend.estimate(request).await?;
     let mut metadata = Map::new();
     metadata.insert("allowed".to_owned(), Value::from(response.allowed));
     if let Some(estimate) = &response.estimate {

@@ -1142,3 +1142,19 @@ async fn requests_over_the_in_flight_limit_get_503() {
     let served = app.call(Method::GET, "/v1/jobs", Some(app.admin()), None).await;
     assert_eq!(served.status, StatusCode::OK);
 }
+
+/// Issue 17: `/v1/estimates` takes the job spec `drover estimate` takes (it used to refuse
+/// one); a job without a GPU is a violation at `/gpu`.
+#[tokio::test]
+async fn estimates_accept_a_job_spec() {
+    let app = app().await;
+    let token = app.admin().to_owned();
+    let mut job = job_body();
+    job["gpu"] = json!({"count": 1});
+    let reply = app.call(Method::POST, "/v1/estimates", Some(&token), Some(job)).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    assert!(reply.json()["allowed"].is_boolean());
+    let reply = app.call(Method::POST, "/v1/estimates", Some(&token), Some(job_body())).await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{}", reply.text);
+    assert_eq!(reply.json()["violations"][0]["instance_path"], "/gpu");
+}

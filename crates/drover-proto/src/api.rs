@@ -13,7 +13,7 @@
 //! | `GET /v1/jobs/{id}` | | [`Job`] |
 //! | `DELETE /v1/jobs/{id}` | | [`Job`] |
 //! | `GET /v1/jobs/{id}/events` | `Last-Event-ID` | `text/event-stream` of [`JobEvent`] |
-//! | `POST /v1/estimates` | [`EstimateRequest`] | [`EstimateResponse`] |
+//! | `POST /v1/estimates` | [`EstimateRequest`], or a [`JobSpec`] ([`EstimateRequest::for_job`]) | [`EstimateResponse`] |
 //! | `GET /v1/drivers` | | [`DriverList`] |
 //! | `GET /healthz`, `GET /readyz` | | [`Health`], [`Readiness`] |
 //! | every error | | [`ErrorBody`] |
@@ -227,6 +227,30 @@ pub struct EstimateRequest {
 
 fn default_disk_gib() -> u32 {
     16
+}
+
+impl EstimateRequest {
+    /// The estimate request for a job spec, as `POST /v1/estimates` and `drover estimate`
+    /// read one: its `gpu`, `max_runtime_s` (at least 60, the estimate's floor) and
+    /// `budget_usd`, disk from `params.disk_gib` or `params.disk` (default 16 GiB, kept within
+    /// 8..=16384), no bandwidth. `None` when the job asks for no GPU: it rents nothing.
+    pub fn for_job(spec: &JobSpec) -> Option<Self> {
+        let gpu = spec.gpu.clone()?;
+        let disk = spec
+            .params
+            .get("disk_gib")
+            .or_else(|| spec.params.get("disk"))
+            .and_then(Value::as_u64)
+            .unwrap_or(u64::from(default_disk_gib()))
+            .clamp(8, 16_384);
+        Some(Self {
+            gpu,
+            max_runtime_s: spec.max_runtime_s.max(60),
+            disk_gib: u32::try_from(disk).unwrap_or(16_384),
+            bandwidth_gib: 0.0,
+            budget_usd: spec.budget_usd,
+        })
+    }
 }
 
 /// The answer to `POST /v1/estimates`.
