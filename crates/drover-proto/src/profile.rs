@@ -15,6 +15,8 @@
 //! | `limits.file_size_bytes` | 1 GiB |
 //! | `limits.cpu_seconds` | 3600 |
 //! | `limits.memory_bytes` | none (no memory cgroup) |
+//! | `limits.pids` | 512 (processes and threads, in the driver's pids cgroup) |
+//! | `limits.cpu_millicores` | 1000 (one core, in the driver's cpu cgroup) |
 //! | `limits.wall_clock_seconds` | none |
 //! | `limits.work_dir_bytes` | 256 MiB (the work directory's tmpfs in the private tree) |
 //! | `limits.work_dir_inodes` | 16384 |
@@ -133,6 +135,16 @@ pub struct LimitsProfile {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1_048_576))]
     pub memory_bytes: Option<u64>,
+    /// Most processes and threads of the driver together (its pids cgroup), so a fork or
+    /// thread bomb stops inside the driver's own cgroup. Needs a pids cgroup. Default 512.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 8, max = 4_194_304))]
+    pub pids: Option<u32>,
+    /// CPU quota of the driver's cgroup, in thousandths of a core (1000 = one core, 2500 = two
+    /// and a half), over a 100 ms period. Needs a cpu cgroup. Default 1000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 10, max = 1_024_000))]
+    pub cpu_millicores: Option<u32>,
     /// Wall-clock deadline in seconds; the supervisor kills the driver when it passes.
     /// Default none.
     #[serde(default, skip_serializing_if = "Option::is_none")]

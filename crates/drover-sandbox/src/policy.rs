@@ -9,7 +9,7 @@
 //! | `read` | none: nothing is readable unless listed |
 //! | `write` | none besides the work directory |
 //! | `devices` | none |
-//! | `limits` | core 0, 1024 open files, 1 GiB file size, 3600 s CPU, no memory cgroup limit, no wall-clock deadline; never an address-space limit (CUDA reserves huge mappings) |
+//! | `limits` | core 0, 1024 open files, 1 GiB file size, 3600 s CPU, no memory cgroup limit, 512 pids and one core (1000 millicores) per driver in its cgroups, no wall-clock deadline; never an address-space limit (CUDA reserves huge mappings) |
 //! | `network` | off: a network namespace when available, and always `socket()` restricted to `AF_UNIX` (other families: `ENOSYS`) |
 //! | `namespaces` | on: user, pid, net, mount, ipc, uts and cgroup namespaces when the kernel allows them unprivileged, and with them the private mount tree (`crate::tree`): only the granted paths, the driver's own /proc, a minimal /dev |
 //! | `limits.work_dir_bytes`, `limits.work_dir_inodes` | 256 MiB and 16384: the work directory is a tmpfs of that size in the private tree |
@@ -75,6 +75,11 @@ pub struct Limits {
     /// Memory limit of the driver's cgroup (all its processes), bytes. Default none. Needs a
     /// [`crate::cgroup::MemoryParent`]; an OOM kill is then reported as such.
     pub memory_bytes: Option<u64>,
+    /// Most processes and threads of the driver together (its pids cgroup). Default 512.
+    pub pids: Option<u32>,
+    /// CPU quota of the driver (its cpu cgroup), in thousandths of a core. Default 1000 (one
+    /// core).
+    pub cpu_millicores: Option<u32>,
     /// Wall-clock deadline from spawn; the supervisor kills the driver when it passes. Default
     /// none.
     pub wall_clock: Option<Duration>,
@@ -91,6 +96,8 @@ impl Default for Limits {
             file_size_bytes: 1 << 30,
             cpu_seconds: 3600,
             memory_bytes: None,
+            pids: Some(512),
+            cpu_millicores: Some(1000),
             wall_clock: None,
             work_dir_bytes: 256 << 20,
             work_dir_inodes: 16384,

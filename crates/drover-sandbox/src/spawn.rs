@@ -61,7 +61,7 @@ use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
-use crate::cgroup::{CgroupError, Leaf, MemoryParent};
+use crate::cgroup::{CgroupError, CgroupLimits, Controller, Leaf, MAX_HIERARCHIES, MemoryParent};
 use crate::death::{Cause, Death};
 use crate::features::{Features, NAMESPACE_FLAGS};
 use crate::fs_rules::{self, Grant, LandlockError};
@@ -144,6 +144,11 @@ pub enum Degradation {
     NoMemoryCgroup,
     /// No private mount tree (it needs the namespaces).
     NoPrivateTree,
+    /// These cgroup limits are not enforced: no hierarchy with their controller was given.
+    NoCgroup {
+        /// The controllers of the unenforced limits.
+        controllers: Vec<Controller>,
+    },
 }
 
 impl std::fmt::Display for Degradation {
@@ -172,6 +177,14 @@ impl std::fmt::Display for Degradation {
             Degradation::NoPrivateTree => f.write_str(
                 "no private mount tree: the driver sees the host's filesystem (within Landlock's rules), the host's /proc (every process and its command line, the kernel command line) and can connect to host UNIX sockets",
             ),
+            Degradation::NoCgroup { controllers } => {
+                let names: Vec<&str> = controllers.iter().map(|c| c.name()).collect();
+                write!(
+                    f,
+                    "no {} cgroup: these limits of the driver are not enforced, so it can starve other drivers and the supervisor",
+                    names.join(", ")
+                )
+            }
             Degradation::NoMemoryCgroup => f.write_str(
                 "no memory cgroup: the memory limit is not enforced and an OOM kill looks like any SIGKILL",
             ),
@@ -359,13 +372,28 @@ pub fn prepare(
         filters.push(FilterPlan { prog, flags });
     }
 
-    let leaf = match (policy.limits.memory_bytes, &command.memory_cgroup) {
-        (Some(limit), Some(parent)) => Some(parent.leaf(limit)?),
-        (Some(_), None) => {
-            degradations.push(Degradation::NoMemoryCgroup);
-            None
-        }
-        (None, _) => None,
+    let limits = CgroupLimits {
+        memory_bytes: policy.limits.memory_bytes,
+        pids: policy.limits.pids,
+        cpu_millicores: policy.limits.cpu_millicores,
+    };
+    let available = command.memory_cgroup.as_ref().map(MemoryParent::controllers);
+    let missing: Vec<Controller> = limits
+        .controllers()
+        .into_iter()
+        .filter(|c| !available.as_ref().is_some_and(|a| a.contains(c)))
+        .collect();
+    if missing.contains(&Controller::Memory) {
+        degradations.push(Degradation::NoMemoryCgroup);
+    }
+    let others: Vec<Controller> =
+        missing.into_iter().filter(|c| *c != Controller::Memory).collect();
+    if !others.is_empty() {
+        degradations.push(Degradation::NoCgroup { controllers: others });
+    }
+    let leaf = match &command.memory_cgroup {
+        Some(parent) if !limits.controllers().is_empty() => Some(parent.leaf(&limits)?),
+        _ => None,
     };
     let namespaces = policy.namespaces && !NAMESPACES_REFUSED.load(Ordering::Relaxed);
     if policy.namespaces && !namespaces {
@@ -593,7 +621,7 @@ impl Prepared {
                 envp: &self.envp_ptrs,
                 work_dir: &self.work_dir,
                 id_maps: (namespaces != 0).then_some(&self.id_maps),
-                cgroup_procs: self.leaf.as_ref().and_then(Leaf::procs).map(AsRawFd::as_raw_fd),
+                cgroup_procs: cgroup_procs(self.leaf.as_ref()),
                 last_cap: self.last_cap,
                 namespaces,
                 parent_pid: nix::unistd::getpid().as_raw(),
@@ -966,4 +994,13 @@ pub fn reap_strays(keep: &[u32]) -> usize {
         }
     }
     reaped
+}
+
+/// The descriptors the child writes itself into, one per hierarchy.
+fn cgroup_procs(leaf: Option<&Leaf>) -> [Option<std::os::fd::RawFd>; MAX_HIERARCHIES] {
+    let mut fds = [None; MAX_HIERARCHIES];
+    for (slot, fd) in fds.iter_mut().zip(leaf.map(Leaf::procs).unwrap_or_default()) {
+        *slot = Some(fd.as_raw_fd());
+    }
+    fds
 }

@@ -515,7 +515,7 @@ pub(crate) const REPORT_FAILED: u32 = 2;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u32)]
 pub enum ChildStep {
-    /// Joining the driver's memory cgroup.
+    /// Joining the driver's cgroups.
     Cgroup = 12,
     /// Writing `/proc/self/{setgroups,uid_map,gid_map}` in the new user namespace.
     IdMaps = 1,
@@ -668,8 +668,8 @@ pub(crate) struct ChildPlan<'a> {
     pub work_dir: &'a CStr,
     /// Maps to write when the child has its own user namespace.
     pub id_maps: Option<&'a IdMaps>,
-    /// The driver's memory cgroup's `cgroup.procs`, opened by the parent.
-    pub cgroup_procs: Option<RawFd>,
+    /// The `cgroup.procs` of the driver's cgroups (one per hierarchy), opened by the parent.
+    pub cgroup_procs: [Option<RawFd>; crate::cgroup::MAX_HIERARCHIES],
     /// Highest capability number (`/proc/sys/kernel/cap_last_cap`).
     pub last_cap: u32,
     /// `clone3` namespace flags (0: none).
@@ -991,11 +991,11 @@ fn child_main(plan: &ChildPlan<'_>) -> ! {
     // prepared (copied into this address space by clone3) or on locals; nothing allocates,
     // nothing unwinds, and every path ends in execve or `fail`/_exit.
     unsafe {
-        // 0. The memory cgroup, first, so that everything after is accounted there.
-        if let Some(procs) = plan.cgroup_procs
-            && libc::write(procs, b"0".as_ptr().cast(), 1) != 1
-        {
-            fail(report, ChildStep::Cgroup);
+        // 0. The cgroups, first, so that everything after is accounted and limited there.
+        for procs in plan.cgroup_procs.iter().flatten() {
+            if libc::write(*procs, b"0".as_ptr().cast(), 1) != 1 {
+                fail(report, ChildStep::Cgroup);
+            }
         }
         // 1. Identity inside the new user namespace.
         if let Some(maps) = plan.id_maps {

@@ -109,6 +109,9 @@ pub struct ServiceConfig {
     /// Sends `job.finished` to jobs' webhook URLs; `None`: jobs with a webhook URL are
     /// accepted but nothing is sent (logged).
     pub webhooks: Option<WebhookSender>,
+    /// Protections this deployment runs without (`supervisor.accept_risks`), reported by
+    /// readiness as the `sandbox` check (still ready). Default none.
+    pub accepted_risks: Vec<String>,
 }
 
 impl Default for ServiceConfig {
@@ -121,6 +124,7 @@ impl Default for ServiceConfig {
             confidence_floor: 0.95,
             simulator_ledger: None,
             webhooks: None,
+            accepted_risks: Vec::new(),
         }
     }
 }
@@ -796,6 +800,11 @@ impl<P: Provider, S: Store> Backend for Service<P, S> {
                 ProviderKind::Vastai => "vast.ai: rentals cost real money".to_owned(),
             };
             checks.insert("provider".to_owned(), Check { ok: true, message: Some(provider) });
+            if !self.config.accepted_risks.is_empty() {
+                let risks = self.config.accepted_risks.join(", ");
+                let message = format!("running with accepted risks: {risks}");
+                checks.insert("sandbox".to_owned(), Check { ok: true, message: Some(message) });
+            }
             let accepting = self.accepting.load(Ordering::SeqCst);
             checks.insert(
                 "accepting".to_owned(),

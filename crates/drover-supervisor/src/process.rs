@@ -141,6 +141,7 @@ pub(crate) async fn spawn(
     let stderr = pipe::Receiver::from_owned_fd(stderr_read).map_err(setup("stderr pipe"))?;
     let mut policy = spec.policy.clone();
     let mut command = Command::new(program, work_dir).args(argv);
+    command.memory_cgroup = options.cgroups.clone();
     let stdout = match spec.config.transport {
         TransportKind::Fd3 => {
             let (stdout_read, stdout_write) = pipe_pair(&driver, "stdout pipe")?;

@@ -22,6 +22,7 @@
 //! | `output_tail_lines` | 40 lines of stdout and of stderr kept for the death report |
 //! | `output_line_bytes` | 4096 bytes per captured stdout/stderr line (longer lines are cut) |
 //! | `scratch_dir` | the system temporary directory: where per-process work directories are made |
+//! | `cgroups` | none: the parent cgroups (prepared as root before Phase A) each driver process gets its memory, pids and cpu cgroups under; without them those limits are degradations |
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -93,6 +94,8 @@ pub struct Options {
     pub output_line_bytes: usize,
     /// Where private work directories are created.
     pub scratch_dir: PathBuf,
+    /// Where each driver process's cgroups are made.
+    pub cgroups: Option<drover_sandbox::cgroup::MemoryParent>,
 }
 
 impl Options {
@@ -114,6 +117,7 @@ impl Options {
             output_tail_lines: 40,
             output_line_bytes: 4096,
             scratch_dir: std::env::temp_dir(),
+            cgroups: None,
         }
     }
 }

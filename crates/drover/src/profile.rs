@@ -231,6 +231,8 @@ pub fn merge(base: Profile, over: Profile) -> Profile {
             file_size_bytes: b.file_size_bytes.or(a.file_size_bytes),
             cpu_seconds: b.cpu_seconds.or(a.cpu_seconds),
             memory_bytes: b.memory_bytes.or(a.memory_bytes),
+            pids: b.pids.or(a.pids),
+            cpu_millicores: b.cpu_millicores.or(a.cpu_millicores),
             wall_clock_seconds: b.wall_clock_seconds.or(a.wall_clock_seconds),
             work_dir_bytes: b.work_dir_bytes.or(a.work_dir_bytes),
             work_dir_inodes: b.work_dir_inodes.or(a.work_dir_inodes),
@@ -276,6 +278,8 @@ pub fn to_policy(profile: &Profile) -> (Policy, Option<PathBuf>) {
             file_size_bytes: limits.file_size_bytes.unwrap_or(defaults.limits.file_size_bytes),
             cpu_seconds: limits.cpu_seconds.map_or(defaults.limits.cpu_seconds, u64::from),
             memory_bytes: limits.memory_bytes,
+            pids: limits.pids.or(defaults.limits.pids),
+            cpu_millicores: limits.cpu_millicores.or(defaults.limits.cpu_millicores),
             wall_clock: limits.wall_clock_seconds.map(|s| Duration::from_secs(u64::from(s))),
             work_dir_bytes: limits.work_dir_bytes.unwrap_or(defaults.limits.work_dir_bytes),
             work_dir_inodes: limits

@@ -233,3 +233,102 @@ fn serve_refuses_a_data_dir_inside_a_tree_a_profile_grants() {
     }
     assert!(!data.exists(), "the refused data directory was created");
 }
+
+/// The leaves `serve` (pid `serve_pid`) made under `controller`'s `drover-65534` parent.
+fn serve_leaves(controller: &str, serve_pid: u32) -> Vec<PathBuf> {
+    let v1 = Path::new("/sys/fs/cgroup").join(controller).join("drover-65534");
+    let parent = if v1.is_dir() { v1 } else { PathBuf::from("/sys/fs/cgroup/drover-65534") };
+    let prefix = format!("{serve_pid}-");
+    std::fs::read_dir(parent)
+        .map(|dir| {
+            dir.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with(&prefix))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn every_driver_of_serve_runs_in_its_own_limited_cgroups() {
+    if !is_root() {
+        // Started non-root, serve has no cgroups to give (see the refusal test below).
+        return;
+    }
+    let drivers = drivers_dir();
+    std::fs::write(
+        drivers.path().join("limited.toml"),
+        "include = [\"test.toml\"]\n[limits]\npids = 100\ncpu_millicores = 300\n",
+    )
+    .unwrap();
+    chmod_tree(drivers.path());
+    let limited = |name: &str| {
+        python_driver(name, drivers.path(), "forge_log.py", &[])
+            .replace("test.toml", "limited.toml")
+    };
+    let token = ApiToken::generate().unwrap();
+    let extra = format!("{}{}", limited("first"), limited("second"));
+    let (_dir, _data, config) = config_dir(&token, &extra);
+    let scratch = scratch();
+    let (serve, log) = start_logged(&config, scratch.path());
+    collect_until(&log, |seen| {
+        seen.iter().filter(|l| l.contains("driver session ready")).count() >= 2
+    });
+    let pid = serve.child.id();
+    let pids = serve_leaves("pids", pid);
+    let limits: Vec<String> = pids
+        .iter()
+        .filter_map(|leaf| std::fs::read_to_string(leaf.join("pids.max")).ok())
+        .map(|s| s.trim().to_owned())
+        .collect();
+    assert!(limits.iter().filter(|l| *l == "100").count() >= 2, "pids leaves: {limits:?}");
+    let cpu = serve_leaves("cpu", pid);
+    let quotas: Vec<String> = cpu
+        .iter()
+        .filter_map(|leaf| {
+            std::fs::read_to_string(leaf.join("cpu.cfs_quota_us"))
+                .or_else(|_| std::fs::read_to_string(leaf.join("cpu.max")))
+                .ok()
+        })
+        .map(|s| s.trim().to_owned())
+        .collect();
+    let held = quotas.iter().filter(|q| *q == "30000" || q.starts_with("30000 ")).count();
+    assert!(held >= 2, "cpu leaves: {quotas:?}");
+}
+
+#[test]
+fn serve_without_cgroups_refuses_to_start_unless_the_risk_is_accepted() {
+    if !is_root() {
+        return;
+    }
+    let drivers = drivers_dir();
+    let scratch = scratch();
+    let data = scratch.path().join("data");
+    let config = scratch.path().join("drover.toml");
+    let driver = python_driver("tenant", drivers.path(), "forge_log.py", &[]);
+    std::fs::write(&config, format!("[supervisor]\ndata_dir = {data:?}\n{driver}")).unwrap();
+    chmod_tree(&config);
+    // A copy uid 65534 can run (the target directory may be closed to it).
+    let drover = drivers.path().join("drover");
+    std::fs::copy(env!("CARGO_BIN_EXE_drover"), &drover).unwrap();
+    std::fs::set_permissions(&drover, std::fs::Permissions::from_mode(0o755)).unwrap();
+    // Started as uid 65534 without capabilities, serve cannot prepare cgroups.
+    let output = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"])
+        .args(["--bounding-set=-all", "--"])
+        .arg(&drover)
+        .arg("serve")
+        .args(["--listen", "127.0.0.1:0", "--config"])
+        .arg(&config)
+        .env_remove("VASTAI_API_KEY")
+        .env("TMPDIR", scratch.path())
+        .current_dir(scratch.path())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    for part in ["driver \"tenant\"", "pids, cpu", "unenforced_limits"] {
+        assert!(stderr.contains(part), "{part} is not named in: {stderr}");
+    }
+}

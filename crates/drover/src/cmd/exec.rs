@@ -8,9 +8,9 @@
 //!    stdin (or `/dev/null` when stdin is a terminal: a driver is never handed the operator's
 //!    terminal to read or reconfigure), stdout and stderr, and the profile's work directory, or else a fresh private
 //!    directory (removed afterwards). `--net` turns the network on.
-//!    With `limits.memory_bytes`, a started-as-root `drover exec` first prepares a memory
-//!    cgroup for the dropped uid (see `drover_sandbox::cgroup`), so the limit is enforced and
-//!    an OOM kill is reported as one.
+//!    Started as root, `drover exec` first prepares the memory, pids and cpu cgroups for the
+//!    dropped uid (see `drover_sandbox::cgroup`), so `limits.memory_bytes`, `pids` and
+//!    `cpu_millicores` are enforced and an OOM kill is reported as one.
 //! 4. Phase C: `drover exec` exits with CMD's exit status, or 128 + the signal that killed it.
 //!    When the sandbox killed it (a refused system call, the deadline, SIGINT/SIGTERM/SIGHUP
 //!    to `drover exec`), one line on stderr says why.
@@ -111,12 +111,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     drover_sandbox::privilege::check_requested_uid(args.uid, &LinuxSys)
         .context("privilege drop failed")?;
     let uid = args.uid.unwrap_or(65534);
-    // Root-only preparation, before the drop: a memory cgroup the dropped uid owns.
-    let memory_cgroup = match policy.limits.memory_bytes {
-        Some(_) if nix::unistd::geteuid().is_root() => {
-            MemoryParent::prepare_as_root(uid, uid).context("preparing the memory cgroup")?
-        }
-        _ => None,
+    // Root-only preparation, before the drop: cgroups the dropped uid owns.
+    let cgroup_limited = policy.limits.memory_bytes.is_some()
+        || policy.limits.pids.is_some()
+        || policy.limits.cpu_millicores.is_some();
+    let memory_cgroup = if cgroup_limited && nix::unistd::geteuid().is_root() {
+        MemoryParent::prepare_as_root(uid, uid).context("preparing the cgroups")?
+    } else {
+        None
     };
     let dropped = drop_privileges(&DropConfig { uid, gid: uid }, &LinuxSys)
         .context("privilege drop failed")?;

@@ -12,6 +12,7 @@ pub mod sandbox;
 pub mod schemas;
 pub mod serve;
 pub mod serve_files;
+pub mod serve_limits;
 pub mod token;
 pub mod validate;
 

@@ -5,7 +5,8 @@
 //! default 65534), because what matters is what the *supervisor* can do afterwards, then says
 //! which sandbox features this kernel and this process offer: Landlock ABI and what it covers,
 //! seccomp filters and user notification, unprivileged namespaces (tried once), cgroup v2 and
-//! whether it is delegated to this process, PID 1 or child subreaper, `close_range`, the
+//! whether it is delegated to this process, the cgroup hierarchies each driver's memory, pids
+//! and cpu limits go in, PID 1 or child subreaper, `close_range`, the
 //! degradations the default profile would suffer here, and the local GPUs (`nvidia-smi`, see
 //! `drover_gpu::inventory`). With `--config FILE` it also says which GPUs each configured
 //! driver would hold, or why its `gpus` would be refused. Exit 0, or 1 when the privilege drop
@@ -126,6 +127,11 @@ fn status(as_json: bool, uid: Option<u32>, config: Option<&Path>) -> anyhow::Res
                 "version": format!("{version:?}").to_lowercase()}),
             None => json!({"available": false}),
         },
+        "driver_cgroups": drover_sandbox::cgroup::hierarchies().iter().map(|(dir, version, held)| json!({
+            "hierarchy": dir.display().to_string(),
+            "version": format!("{version:?}").to_lowercase(),
+            "controllers": held.iter().map(|c| c.name()).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
         "cgroup_v2": {
             "dir": cgroup.dir.as_ref().map(|d| d.display().to_string()),
             "controllers": cgroup.controllers,
@@ -209,6 +215,21 @@ fn status(as_json: bool, uid: Option<u32>, config: Option<&Path>) -> anyhow::Res
                     dir.display()
                 ),
                 None => "none: memory limits cannot be enforced".to_owned(),
+            },
+        ));
+        let held: Vec<String> = drover_sandbox::cgroup::hierarchies()
+            .iter()
+            .map(|(dir, version, held)| {
+                let names: Vec<&str> = held.iter().map(|c| c.name()).collect();
+                format!("{} ({version:?}) at {}", names.join(","), dir.display())
+            })
+            .collect();
+        lines.push((
+            "driver cgroups",
+            if held.is_empty() {
+                "none: pids, cpu and memory limits cannot be enforced".to_owned()
+            } else {
+                format!("{} (used when drover starts as root)", held.join("; "))
             },
         ));
         lines.push((

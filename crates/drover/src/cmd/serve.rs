@@ -59,7 +59,7 @@ use drover_service::{ProviderKind, Service, ServiceConfig, SimulatorLedger, Supe
 use drover_store::{SqliteStore, Store};
 use drover_supervisor::{DriverSpec, Options, ProvisionerBroker, Supervisor};
 
-use crate::cmd::serve_files;
+use crate::cmd::{serve_files, serve_limits};
 use crate::profile;
 
 /// Simulated seconds per real second of the embedded simulator.
@@ -196,6 +196,9 @@ pub struct Prepared {
     pub exe: PathBuf,
     /// The copy of the binary, removed when this is dropped; `None` when none was needed.
     pub exe_copy: Option<tempfile::TempDir>,
+    /// The parent cgroups drivers are limited under (prepared as root); `None` when started
+    /// non-root or without cgroup controllers.
+    pub cgroups: Option<drover_sandbox::cgroup::MemoryParent>,
 }
 
 /// Phase A: the root-only work, then the drop, then the proof. Call before any thread or
@@ -218,6 +221,7 @@ pub fn prepare(mut config: Config) -> anyhow::Result<Prepared> {
     serve_files::close_data_dir(&data_dir)?;
     let root = nix::unistd::geteuid().is_root();
     let mut exe_copy = None;
+    let mut cgroups = None;
     let target = if root {
         let (uid, gid) = (config.supervisor.uid, config.supervisor.gid);
         nix::unistd::chown(
@@ -241,6 +245,8 @@ pub fn prepare(mut config: Config) -> anyhow::Result<Prepared> {
             exe = copy.path().join("drover");
             exe_copy = Some(copy);
         }
+        cgroups = drover_sandbox::cgroup::MemoryParent::prepare_as_root(uid, gid)
+            .context("preparing the drivers' cgroups")?;
         DropConfig { uid, gid }
     } else {
         DropConfig { uid: nix::unistd::getuid().as_raw(), gid: nix::unistd::getgid().as_raw() }
@@ -250,7 +256,7 @@ pub fn prepare(mut config: Config) -> anyhow::Result<Prepared> {
         config.drivers.push(bundled_container(&exe)?);
     }
     let dropped = drop_privileges(&target, &LinuxSys).context("privilege drop (phase A) failed")?;
-    Ok(Prepared { dropped, config, data_dir, exe, exe_copy })
+    Ok(Prepared { dropped, config, data_dir, exe, exe_copy, cgroups })
 }
 
 /// Whether `uid`/`gid` (with no supplementary groups, as after Phase A) may search every
@@ -417,13 +423,15 @@ pub async fn start(
         let argv: Vec<std::ffi::OsString> = driver.command.iter().map(Into::into).collect();
         policy.read.extend(super::driver_check::read_grants(&argv));
         let gpus = grant_gpus(driver, &mut policy, inventory.as_ref())?;
+        serve_limits::refuse_unenforced(driver, &policy, prepared.cgroups.as_ref(), config)?;
         let mut spec = DriverSpec::new(driver.clone(), policy);
         spec.work_dir = work_dir;
         spec.gpus = gpus;
         specs.push(spec);
     }
     let broker = Arc::new(ProvisionerBroker::new(Arc::clone(&provisioner)));
-    let options = Options::new(prepared.dropped.clone());
+    let mut options = Options::new(prepared.dropped.clone());
+    options.cgroups = prepared.cgroups.clone();
     let supervisor = Arc::new(
         Supervisor::start(specs, broker, options).await.context("starting the supervisor")?,
     );
@@ -462,6 +470,7 @@ pub async fn start(
             on_shutdown: config.supervisor.on_shutdown,
             shutdown_grace: Duration::from_secs(u64::from(config.supervisor.shutdown_grace_s)),
             webhooks,
+            accepted_risks: serve_limits::accepted_risks(config),
             ..ServiceConfig::default()
         },
     );
