@@ -16,12 +16,15 @@ For each request, in drover's order:
    `{"error": "invalid_request", "violations": [...]}`. The drivers are `--driver-schema
    DRIVER/ACTION=JSON` (repeatable); by default the one drover's API bench server declares,
    `echo/run` with `{"n": integer 0..10 (required), "text": string of at most 64}`.
-4. 201 with the accepted job (`id`, `state: "queued"`, the spec) and a `Location` header.
+4. With `--durable DB`: the job row and its first event committed to SQLite in one
+   transaction (WAL, `synchronous = FULL`, so the commit is fsynced) before the answer, as
+   drover's store does; without it nothing is stored (the volatile peer).
+5. 201 with the accepted job (`id`, `state: "queued"`, the spec) and a `Location` header.
 
 Usage (needs `jsonschema`; benches/validation-peers.sh installs it into target/bench-venv):
 
     target/bench-venv/bin/python benches/api-python-peer.py --token-sha256 HEX [--port 0]
-        [--driver-schema DRIVER/ACTION=JSON ...]
+        [--driver-schema DRIVER/ACTION=JSON ...] [--durable DB]
 
 It binds 127.0.0.1 (port 0: a free one), prints the port alone on the first line of stdout,
 then serves HTTP/1.1 with keep-alive, one thread per connection, until SIGTERM or SIGINT.
@@ -43,7 +46,9 @@ import json
 import os
 import secrets
 import signal
+import sqlite3
 import sys
+import time
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -108,8 +113,54 @@ def violations(validator, instance, prefix=""):
         for e in itertools.islice(validator.iter_errors(instance), 64)]
 
 
+class Store:
+    """Accepted jobs in SQLite: one connection per server thread (Python's sqlite3 releases
+    the GIL while SQLite works), each job and its first event in one fsynced transaction."""
+
+    SCHEMA = """
+        CREATE TABLE IF NOT EXISTS jobs (id INTEGER PRIMARY KEY AUTOINCREMENT,
+            state TEXT NOT NULL, spec TEXT NOT NULL, created_ms INTEGER NOT NULL);
+        CREATE TABLE IF NOT EXISTS job_events (job INTEGER NOT NULL REFERENCES jobs(id),
+            seq INTEGER NOT NULL, event TEXT NOT NULL, PRIMARY KEY (job, seq));
+    """
+
+    def __init__(self, path):
+        self.path = path
+        self.local = threading.local()
+        self.connection().executescript(self.SCHEMA)
+
+    def connection(self):
+        conn = getattr(self.local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, isolation_level=None, timeout=60,
+                                   check_same_thread=False)
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = FULL")
+            conn.execute("PRAGMA foreign_keys = ON")
+            self.local.conn = conn
+        return conn
+
+    def insert(self, spec) -> int:
+        conn = self.connection()
+        now = int(time.time() * 1000)
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            job = conn.execute("INSERT INTO jobs (state, spec, created_ms) VALUES (?, ?, ?)",
+                               ("queued", json.dumps(spec, separators=(",", ":")), now)).lastrowid
+            conn.execute("INSERT INTO job_events (job, seq, event) VALUES (?, 1, ?)",
+                         (job, json.dumps({"type": "job_state", "state": "queued"})))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return job
+
+    def count(self) -> int:
+        return self.connection().execute("SELECT count(*) FROM jobs").fetchone()[0]
+
+
 class Peer:
-    def __init__(self, tokens, drivers=None):
+    def __init__(self, tokens, drivers=None, store=None):
         # (digest bytes, may write)
         self.tokens = [(bytes.fromhex(d), write) for d, write in tokens]
         with open(SCHEMA) as f:
@@ -119,6 +170,7 @@ class Peer:
                        for key, schema in drivers.items()}
         self.ids = itertools.count(1)
         self.lock = threading.Lock()
+        self.store = store
 
     def authenticate(self, header):
         if not header:
@@ -202,8 +254,11 @@ def make_handler(peer: Peer):
             errors = violations(params, body.get("params", {}), "/params")
             if errors:
                 return self.error(400, "invalid_request", violations=errors)
-            with peer.lock:
-                job_id = f"job-{next(peer.ids)}"
+            if peer.store is not None:
+                job_id = f"job-{peer.store.insert(body)}"
+            else:
+                with peer.lock:
+                    job_id = f"job-{next(peer.ids)}"
             self.reply(201, {"id": job_id, "state": "queued", "spec": body},
                        [("Location", f"/v1/jobs/{job_id}")])
 
@@ -223,11 +278,13 @@ def serve(peer, port):
     return Server(("127.0.0.1", port), make_handler(peer))
 
 
-def check() -> int:
-    """Every status path against a server on a free port."""
+def check(durable=None) -> int:
+    """Every status path against a server on a free port; with `durable`, also that exactly
+    the accepted job was committed."""
     writer, reader = new_token(), new_token()
+    store = Store(durable) if durable else None
     peer = Peer([(hashlib.sha256(writer.encode()).hexdigest(), True),
-                 (hashlib.sha256(reader.encode()).hexdigest(), False)])
+                 (hashlib.sha256(reader.encode()).hexdigest(), False)], store=store)
     server = serve(peer, 0)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     port = server.server_address[1]
@@ -273,6 +330,11 @@ def check() -> int:
         print(f"{'ok  ' if ok else 'FAIL'} {name}: {status} (want {want})")
         failed += not ok
     server.shutdown()
+    if store is not None:
+        stored = store.count()
+        ok = stored == 1
+        print(f"{'ok  ' if ok else 'FAIL'} durable store: {stored} job(s) committed (want 1)")
+        failed += not ok
     return 1 if failed else 0
 
 
@@ -283,10 +345,12 @@ def main() -> int:
     ap.add_argument("--token-sha256-read", action="append", default=[])
     ap.add_argument("--driver-schema", action="append", default=[],
                     metavar="DRIVER/ACTION=JSON")
+    ap.add_argument("--durable", metavar="DB",
+                    help="commit every accepted job to this SQLite file before answering")
     ap.add_argument("--check", action="store_true")
     args = ap.parse_args()
     if args.check:
-        return check()
+        return check(args.durable)
     if not args.token_sha256:
         ap.error("give at least one --token-sha256 (the digest of a jobs:write token)")
     drivers = {}
@@ -295,7 +359,7 @@ def main() -> int:
         driver, _, action = name.partition("/")
         drivers[(driver, action)] = json.loads(schema)
     peer = Peer([(d, True) for d in args.token_sha256] + [(d, False) for d in args.token_sha256_read],
-                drivers)
+                drivers, Store(args.durable) if args.durable else None)
     server = serve(peer, args.port)
     print(server.server_address[1], flush=True)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))

@@ -40,7 +40,8 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 SCHEMAS = os.path.join(REPO, "schemas", "transport")
-TARGET_PYDANTIC = 2.0
+# Issue 18: at least 3x pydantic on small frames, 1.5x on the 36 KB job_log.
+TARGET_PYDANTIC = {"control": 3.0, "log": 1.5, "mix": 3.0}
 TARGET_JSONSCHEMA = 30.0
 
 # ---------------------------------------------------------------------------------------------
@@ -339,6 +340,13 @@ def run_drover(exe, corpus_dir, millis):
     return {row["corpus"]: row for row in map(json.loads, out.splitlines())}
 
 
+def verdict(measured, target):
+    """pass, or fail with how far short of the target (relative) the measurement is."""
+    if measured >= target:
+        return "pass"
+    return f"**fail**, {(1 - measured / target) * 100:.0f}% short"
+
+
 def fmt_ns(ns):
     return f"{ns / 1000:.2f} µs" if ns >= 1000 else f"{ns:.0f} ns"
 
@@ -409,7 +417,9 @@ def main():
     print("from a busy driver (every driver-sent type: mostly progress, states, pongs and small logs,")
     print("two 100-line logs). *drover*: `FrameValidator::decode` of each payload (UTF-8, strict parse")
     print("rejecting duplicate keys, dispatch on `msg.type`, that type's compiled schema, the typed")
-    print("frame). *limit*: `serde_json::from_slice::<Frame>`, no validation. The peers do the same")
+    print("frame). *serde Frame*: `serde_json::from_slice::<Frame>`, no validation (not the limit: its")
+    print("tagged enum buffers each message; the Frame validation section has the direct typed parse).")
+    print("The peers do the same")
     print("work as a Python supervisor would: pydantic `model_validate_json` into models mirroring the")
     print("schemas (a union discriminated by `type`, every bound and pattern, unknown fields")
     print("forbidden); fastjsonschema and python-jsonschema (`Draft202012Validator`, every error")
@@ -421,7 +431,7 @@ def main():
     print()
     print("Median time per frame, with the min-max over rounds:")
     print()
-    print("| Corpus | Frames, bytes | drover | limit (no validation) | serde_json scan | pydantic | fastjsonschema | python-jsonschema |")
+    print("| Corpus | Frames, bytes | drover | serde `Frame` (no validation) | serde_json scan | pydantic | fastjsonschema | python-jsonschema |")
     print("|---|---|---|---|---|---|---|---|")
     for n in names:
         frames, size = sizes[n]
@@ -429,23 +439,25 @@ def main():
         print(f"| {n} | {frames}, {size} B | " + " | ".join(cells) + " |")
     print()
     print("Ratios (peer time / drover time, per round; median with min-max). Targets: drover at least")
-    print(f"{TARGET_PYDANTIC:g}x faster than pydantic and {TARGET_JSONSCHEMA:g}x faster than python-jsonschema.")
+    print(f"{TARGET_PYDANTIC['control']:g}x faster than pydantic on small frames (control, mix), "
+          f"{TARGET_PYDANTIC['log']:g}x on the log, and")
+    print(f"{TARGET_JSONSCHEMA:g}x faster than python-jsonschema.")
     print()
-    print("| Corpus | pydantic / drover | Verdict | python-jsonschema / drover | Verdict | fastjsonschema / drover | drover / limit |")
+    print("| Corpus | pydantic / drover | Verdict | python-jsonschema / drover | Verdict | fastjsonschema / drover | drover / serde `Frame` |")
     print("|---|---|---|---|---|---|---|")
     x = lambda v: f"{v:.1f}x"  # noqa: E731
     for n in names:
         rp, rj, rf = ratios(n, "pydantic"), ratios(n, "python-jsonschema"), ratios(n, "fastjsonschema")
         rl = [d / lim for d, lim in zip(samples[n]["drover"], samples[n]["limit"])]
-        vp = "pass" if statistics.median(rp) >= TARGET_PYDANTIC else "**miss**"
-        vj = "pass" if statistics.median(rj) >= TARGET_JSONSCHEMA else "**miss**"
-        print(f"| {n} | {spread(rp, x)} | {vp} (>= {TARGET_PYDANTIC:g}x) | {spread(rj, x)} | {vj} "
+        vp = verdict(statistics.median(rp), TARGET_PYDANTIC[n])
+        vj = verdict(statistics.median(rj), TARGET_JSONSCHEMA)
+        print(f"| {n} | {spread(rp, x)} | {vp} (>= {TARGET_PYDANTIC[n]:g}x) | {spread(rj, x)} | {vj} "
               f"(>= {TARGET_JSONSCHEMA:g}x) | {spread(rf, x)} | {spread(rl, lambda v: f'{v:.2f}x')} |")
     print()
     log_p = statistics.median(ratios("log", "pydantic"))
     scan_p = statistics.median([p / sc for p, sc in zip(samples["log"]["pydantic"], samples["log"]["scan"])])
-    if log_p < TARGET_PYDANTIC:
-        print(f"Where the pydantic target is missed (log: {log_p:.1f}x): a `job_log` is 500 strings, and the")
+    if any(statistics.median(ratios(n, "pydantic")) < TARGET_PYDANTIC[n] for n in names):
+        print(f"**Why the pydantic target is missed, and the plan** (log: {log_p:.1f}x): a `job_log` is 500 strings, and the")
         print("time goes to JSON parsing and allocation, not to validation. *serde_json scan* is")
         print("serde_json reading the same bytes with `IgnoredAny` (syntax checked, nothing built, nothing")
         print("allocated), the floor of any design on serde_json; pydantic's parser (jiter) takes")
@@ -455,12 +467,11 @@ def main():
         print("(`deserialize_any`, `skip_to_escape`, `parse_str`, UTF-8 checks), malloc and free about")
         print("30% (a `String` per line and the tree's nodes, all freed after), building the typed frame")
         print("about 12%, and the schema check about 9% (mostly counting characters for `maxLength`).")
-        print("The limit, a typed parse with no validation at all, costs the same as drover here, so no")
-        print("validator on serde_json's `Value` can reach 2x. Plan: parse into a borrowed tree (strings")
+        print("No validator on serde_json's owned `Value` can reach the target. Plan: parse into a borrowed tree (strings")
         print("as `Cow<str>` slices of the payload, allocated only when they hold escapes), validate that,")
         print("and build the typed frame with borrowed-or-moved strings; that removes the allocation share")
         print("and the copy.")
-        met = [n for n in names if statistics.median(ratios(n, "pydantic")) >= TARGET_PYDANTIC]
+        met = [n for n in names if statistics.median(ratios(n, "pydantic")) >= TARGET_PYDANTIC[n]]
         print(f"Corpora that meet the pydantic target in this run: {', '.join(met) or 'none'}.")
         print()
     print("Peer and drover run in separate processes, alternating which goes first each round, so")
