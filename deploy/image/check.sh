@@ -59,7 +59,8 @@ with tarfile.open(fileobj=sys.stdin.buffer, mode="r|") as tar:
         if member.name.lstrip("./") == "usr/local/bin/drover":
             found = unstripped_sections(tar.extractfile(member).read())
             if found:
-                bad.append(f"{member.name}: not stripped ({', '.join(found)})")
+                names = ", ".join(found)
+                bad.append(f"{member.name}: not stripped ({names})")
 for line in bad:
     print("check.sh:", line, file=sys.stderr)
 print(f"check.sh: {files} entries in the image, {len(bad)} problems", file=sys.stderr)

@@ -275,6 +275,7 @@ pub struct Prepared {
     namespaces: bool,
     network: bool,
     require_namespaces: bool,
+    require_private_tree: bool,
     wall_clock: Option<Duration>,
     transport: Option<OwnedFd>,
     stdio: [Option<OwnedFd>; 3],
@@ -285,6 +286,14 @@ pub struct Prepared {
 
 /// Set once a namespaced clone failed, so later spawns go straight to the fallback.
 static NAMESPACES_REFUSED: AtomicBool = AtomicBool::new(false);
+
+/// Set once the child could not build its private tree for lack of permission although the
+/// namespaces themselves were granted: container runtimes (Docker, Podman) mask parts of
+/// their /proc, and the kernel then refuses a fresh procfs in a nested user namespace
+/// ("mount too revealing"). Later spawns go straight to the fallback: the host's tree under
+/// Landlock's rules, reported as [`Degradation::NoPrivateTree`]; a profile that `require`s
+/// `private_tree` fails instead.
+static PRIVATE_TREE_REFUSED: AtomicBool = AtomicBool::new(false);
 
 /// Prepares `command` under `policy`. `_dropped` proves Phase A ran: a process that still holds
 /// privilege cannot spawn drivers.
@@ -407,7 +416,17 @@ pub fn prepare(
             .push(Degradation::NoNamespaces { reason: "refused earlier in this process".into() });
         degradations.push(Degradation::NoPrivateTree);
     }
-    let tree = if namespaces {
+    let tree_refused = namespaces && PRIVATE_TREE_REFUSED.load(Ordering::Relaxed);
+    if tree_refused {
+        if policy.require.contains(&Feature::PrivateTree) {
+            return Err(SpawnError::MissingFeature {
+                feature: Feature::PrivateTree,
+                reason: "building the private tree was refused earlier in this process".into(),
+            });
+        }
+        degradations.push(Degradation::NoPrivateTree);
+    }
+    let tree = if namespaces && !tree_refused {
         crate::tree::plan(policy, &command.work_dir, features.landlock_abi())?
     } else {
         crate::tree::Plan { steps: Vec::new(), landlock: Vec::new() }
@@ -431,6 +450,7 @@ pub fn prepare(
         network: policy.network,
         require_namespaces: policy.require.contains(&Feature::Namespaces)
             || policy.require.contains(&Feature::PrivateTree),
+        require_private_tree: policy.require.contains(&Feature::PrivateTree),
         wall_clock: policy.limits.wall_clock,
         transport: command.transport,
         stdio: command.stdio,
@@ -594,7 +614,35 @@ impl Prepared {
 
     /// Clones and starts the driver. The returned handle must be waited for; dropping it
     /// kills and reaps the driver.
+    ///
+    /// When the child was refused its private tree (EPERM or EACCES while mounting it) and the
+    /// policy does not require one, the driver is started again without it, once, and so is
+    /// every later spawn of this process ([`PRIVATE_TREE_REFUSED`]).
     pub fn spawn(mut self) -> Result<Sandboxed, SpawnError> {
+        loop {
+            match self.attempt() {
+                Err(SpawnError::Child { step: ChildStep::MountTree, source })
+                    if !self.tree.steps.is_empty()
+                        && !self.require_private_tree
+                        && matches!(source.raw_os_error(), Some(libc::EPERM | libc::EACCES)) =>
+                {
+                    PRIVATE_TREE_REFUSED.store(true, Ordering::Relaxed);
+                    self.tree = crate::tree::Plan { steps: Vec::new(), landlock: Vec::new() };
+                    self.degradations.push(Degradation::NoPrivateTree);
+                }
+                outcome => {
+                    drop(self.transport.take());
+                    drop(std::mem::take(&mut self.stdio));
+                    return outcome;
+                }
+            }
+        }
+    }
+
+    /// One clone and start. The transport and stdio stay ours until the caller is done, so a
+    /// refused private tree can be retried with the same descriptors; on a failure in the
+    /// child, the degradations and the cgroup leaf come back to `self` for that retry.
+    fn attempt(&mut self) -> Result<Sandboxed, SpawnError> {
         let os = |what| move |source| SpawnError::Os { what, source };
         let (parent_end, child_end) = nix::sys::socket::socketpair(
             nix::sys::socket::AddressFamily::Unix,
@@ -679,7 +727,7 @@ impl Prepared {
             pid_namespace,
             started: Instant::now(),
             deadline: self.wall_clock,
-            degradations: std::mem::take(&mut self.degradations),
+            degradations: self.degradations.clone(),
             logged: BTreeMap::new(),
             verdict: None,
             reaped: false,
@@ -687,8 +735,6 @@ impl Prepared {
             memory_bytes: self.memory_bytes,
         };
         // The child's copies are in place; ours are no longer needed.
-        drop(self.transport.take());
-        drop(std::mem::take(&mut self.stdio));
         // One wake-up: the child's end closes when it executes (close-on-exec) or exits.
         sys::wait_hangup(parent_end.as_fd()).map_err(os("poll"))?;
         loop {
@@ -703,6 +749,7 @@ impl Prepared {
                 4 if word(0) == sys::REPORT_LISTENER && fd.is_some() => sandboxed.listener = fd,
                 12 if word(0) == sys::REPORT_FAILED => {
                     sandboxed.reap_now();
+                    self.leaf = sandboxed.leaf.take();
                     let step = ChildStep::from_u32(word(1)).unwrap_or(ChildStep::Exec);
                     let source = std::io::Error::from_raw_os_error(word(2) as i32);
                     return Err(SpawnError::Child { step, source });
