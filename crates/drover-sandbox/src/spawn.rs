@@ -617,7 +617,7 @@ impl Prepared {
     ///
     /// When the child was refused its private tree (EPERM or EACCES while mounting it) and the
     /// policy does not require one, the driver is started again without it, once, and so is
-    /// every later spawn of this process ([`PRIVATE_TREE_REFUSED`]).
+    /// every later spawn of this process.
     pub fn spawn(mut self) -> Result<Sandboxed, SpawnError> {
         loop {
             match self.attempt() {
