@@ -817,10 +817,7 @@ impl<P: Provider, S: Store> Backend for Service<P, S> {
 
     fn audit(&self, events: Vec<AuditEvent>) -> BoxFuture<'_, Result<(), BackendError>> {
         Box::pin(async move {
-            for event in &events {
-                self.store.append_audit(event).await.map_err(store_error)?;
-            }
-            Ok(())
+            self.store.append_audit_batch(&events).await.map_err(store_error)
         })
     }
 

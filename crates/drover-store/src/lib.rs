@@ -183,6 +183,13 @@ pub trait Store: Clone + Send + Sync + 'static {
         event: &AuditEvent,
     ) -> impl Future<Output = Result<i64, StoreError>> + Send;
 
+    /// Appends `events` in order, all or none, in one durable write (one transaction: the API
+    /// hands its audit events over in batches, and a commit each would cost one fsync each).
+    fn append_audit_batch(
+        &self,
+        events: &[AuditEvent],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
     /// Audit events after position `after`, oldest first, at most `limit`.
     fn audit_after(
         &self,

@@ -266,9 +266,7 @@ impl Backend for StoreBackend {
 
     fn audit(&self, events: Vec<AuditEvent>) -> BoxFuture<'_, Result<(), BackendError>> {
         Box::pin(async move {
-            for event in &events {
-                self.store.append_audit(event).await.map_err(store_error)?;
-            }
+            self.store.append_audit_batch(&events).await.map_err(store_error)?;
             self.audit.lock().unwrap().extend(events);
             Ok(())
         })
