@@ -18,6 +18,11 @@
 //!
 //! - `profile FILE SECONDS` runs only drover's pipeline over one corpus file for that long,
 //!   for `perf record` (what it showed is in BENCHMARKS.md's peers section).
+//! - `count WHAT FILE N` runs one contender N times over one corpus file and nothing else, for
+//!   `valgrind --tool=callgrind` (instruction counts hold on a loaded machine where times do
+//!   not): WHAT is `drover` (`FrameValidator::decode`), `full` (the pipeline without its fast
+//!   path), `direct` (a typed `from_slice` into the envelope and the message struct, the
+//!   limit), `tagged` (`from_slice::<Frame>`) or `none` (reading the corpus only, to subtract).
 //!
 //! Usage: `cargo bench -p drover-transport --bench peers -- corpus DIR` (the script runs the
 //! built executable directly). Default MILLIS: 300.
@@ -28,6 +33,9 @@
 use std::hint::black_box;
 use std::path::Path;
 use std::time::{Duration, Instant};
+
+#[path = "common/direct.rs"]
+mod direct;
 
 use drover_proto::{Frame, MessageType, Party, examples};
 use drover_transport::FrameValidator;
@@ -169,6 +177,19 @@ fn measure(dir: &Path, budget: Duration) {
     }
 }
 
+/// One run of contender `what` on `payload` (see `count` in the module docs).
+fn count_one(validator: &FrameValidator, what: &str, payload: &[u8], direct: fn(&[u8])) {
+    let payload = black_box(payload);
+    match what {
+        "drover" => drop(black_box(validator.decode(payload).unwrap())),
+        "full" => drop(black_box(validator.decode_full(payload).unwrap())),
+        "tagged" => drop(black_box(serde_json::from_slice::<Frame>(payload).unwrap())),
+        "direct" => direct(payload),
+        "none" => {}
+        other => panic!("unknown contender {other}"),
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
     match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
@@ -181,6 +202,23 @@ fn main() {
             while start.elapsed() < budget {
                 for p in &payloads {
                     black_box(validator.decode(black_box(p)).unwrap());
+                }
+            }
+        }
+        ["count", what, file, n] => {
+            let validator = FrameValidator::shared();
+            // The typed parser for each payload is chosen before the loop: the limit knows the
+            // type in advance.
+            let payloads: Vec<_> = read_corpus(Path::new(file))
+                .into_iter()
+                .map(|p| {
+                    let t = serde_json::from_slice::<Frame>(&p).unwrap().msg.message_type();
+                    (p, direct::parser_for(t))
+                })
+                .collect();
+            for _ in 0..n.parse::<usize>().unwrap() {
+                for (p, direct) in &payloads {
+                    count_one(validator, what, p, *direct);
                 }
             }
         }

@@ -101,6 +101,7 @@
 
 pub mod codec;
 pub mod connection;
+mod fast;
 pub mod json;
 pub mod validate;
 

@@ -22,6 +22,13 @@
 //! - The typed [`Frame`] is built from the already parsed `Value`, moving its strings rather
 //!   than parsing again.
 //!
+//! That is the *full path*. [`FrameValidator::decode`] first tries the *fast path*
+//! (the private `fast` module): one pass from the bytes straight into the typed frame with the same
+//! schema checked on every value as it is read, which costs little more than a typed parse with
+//! no validation. It accepts only what the full path accepts (when in doubt it declines, and
+//! the full path decides), so a frame the fast path declines, including every invalid one,
+//! takes the full path and gets its precise violations from there.
+//!
 //! The validators are compiled on first use and shared by every connection in the process
 //! ([`FrameValidator::shared`]).
 
@@ -34,6 +41,7 @@ use drover_proto::{ErrorCode, Frame, Message, MessageType, MsgId, Violation, Wir
 use serde_json::Value;
 
 use crate::codec::FrameTooLarge;
+use crate::fast::FastPath;
 use crate::json::{self, JsonError};
 
 /// A schema that could not be compiled. Only a bug in the generated schemas causes this for
@@ -297,6 +305,7 @@ impl From<JsonError> for InvalidFrame {
 #[derive(Debug)]
 pub struct FrameValidator {
     by_type: HashMap<MessageType, SchemaChecker>,
+    fast: FastPath,
 }
 
 impl FrameValidator {
@@ -304,11 +313,29 @@ impl FrameValidator {
     /// takes a few milliseconds.
     pub fn new() -> Result<Self, SchemaError> {
         let frame = frame_schema();
+        let mut fast = FastPath::default();
         let by_type = MessageType::ALL
             .iter()
-            .map(|&t| Ok((t, SchemaChecker::new(&message_schema_from(&frame, t))?)))
+            .map(|&t| {
+                let schema = message_schema_from(&frame, t);
+                fast.add(t, &schema);
+                Ok((t, SchemaChecker::new(&schema)?))
+            })
             .collect::<Result<_, SchemaError>>()?;
-        Ok(Self { by_type })
+        Ok(Self { by_type, fast })
+    }
+
+    /// The message types the fast path handles (the others always take the full path): those
+    /// whose schemas use only keywords it knows.
+    pub fn fast_path_types(&self) -> Vec<MessageType> {
+        self.fast.types().collect()
+    }
+
+    /// The fast path alone: the frame if it accepts `payload`, `None` if it leaves the
+    /// decision to the full path. For tests and benchmarks; [`FrameValidator::decode`] is the
+    /// pipeline.
+    pub fn decode_fast(&self, payload: &[u8]) -> Option<Frame> {
+        self.fast.decode(payload)
     }
 
     /// The process-wide validator, compiled on first use.
@@ -324,7 +351,19 @@ impl FrameValidator {
     }
 
     /// Runs the whole pipeline on one payload: UTF-8, strict JSON, dispatch, schema, typed.
+    /// The fast path answers for a frame it can accept; every other frame takes the full path
+    /// ([`FrameValidator::decode_full`]), with the same result.
     pub fn decode(&self, payload: &[u8]) -> Result<Frame, InvalidFrame> {
+        match self.fast.decode(payload) {
+            Some(frame) => Ok(frame),
+            None => self.decode_full(payload),
+        }
+    }
+
+    /// The pipeline without its fast path: strict parse to a `Value`, dispatch, schema (with
+    /// every violation), typed frame from the tree. [`FrameValidator::decode`] gives the same
+    /// result; this is the reference the fast path is tested against.
+    pub fn decode_full(&self, payload: &[u8]) -> Result<Frame, InvalidFrame> {
         self.decode_value(json::parse(payload)?)
     }
 
@@ -351,14 +390,17 @@ impl FrameValidator {
     }
 
     /// Serializes `frame` and checks it against its schema, so nothing invalid is ever sent.
+    /// The message is written with its `type` first (as the other SDKs write it), which is what
+    /// lets the receiver's fast path dispatch without a second look.
     pub fn encode(&self, frame: &Frame) -> Result<Vec<u8>, InvalidFrame> {
-        let value = serde_json::to_value(frame).map_err(|e| InvalidFrame::InvalidJson {
+        let bytes = serde_json::to_vec(frame).map_err(|e| InvalidFrame::InvalidJson {
             reason: truncate(&e.to_string(), MESSAGE_LEN),
         })?;
-        self.check(&value)?;
-        serde_json::to_vec(&value).map_err(|e| InvalidFrame::InvalidJson {
-            reason: truncate(&e.to_string(), MESSAGE_LEN),
-        })
+        if !self.fast.accepts(&bytes) {
+            // Not a frame the fast path can accept: the full check decides, with violations.
+            self.check(&json::parse(&bytes)?)?;
+        }
+        Ok(bytes)
     }
 }
 
