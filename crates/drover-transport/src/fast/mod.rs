@@ -83,7 +83,11 @@ impl FastPath {
             && root.properties.iter().all(|(name, _)| matches!(name.as_str(), "id" | "re" | "msg"));
         let Some(msg) = root.property("msg") else { return };
         let Some(tag) = root.properties[msg].1.property("type") else { return };
-        if is_envelope && root.properties[msg].1.allows(OBJECT) {
+        // The dispatch reads the tag before the message's checks start, and relies on the
+        // schema's `type` being exactly this type's tag.
+        let tag_is_constant =
+            root.properties[msg].1.properties[tag].1.is_constant(message_type.as_str());
+        if is_envelope && tag_is_constant && root.properties[msg].1.allows(OBJECT) {
             self.by_type.push(Envelope {
                 message_type,
                 id: root.property("id"),
@@ -251,10 +255,8 @@ impl<'de> Visitor<'de> for MessageSeed<'_> {
         let tag = map.next_value::<Key<'de>>()?;
         let message_type = MessageType::from_tag(tag.as_str()).ok_or_else(declined)?;
         let envelope = self.fast.envelope(message_type).ok_or_else(declined)?;
+        // `type` is this type's tag: `from_tag` matched it, and `add` checked the schema says so.
         let node = envelope.msg();
-        if !node.properties[envelope.tag].1.check_str(tag.as_str()) {
-            return Err(declined());
-        }
         let done = Cell::new(false);
         let fields = CheckedMap::new(map, node, &done).after(envelope.tag);
         let fields = MapAccessDeserializer::new(fields);

@@ -125,6 +125,15 @@ impl Node {
         self.allows(FRACTION) && v.is_finite() && self.number_in_range(v)
     }
 
+    /// True if this node is a string that must be exactly `s`: a message's `type`.
+    pub(super) fn is_constant(&self, s: &str) -> bool {
+        self.types == STRING
+            && self.strings.as_deref().is_some_and(|c| c.len() == 1 && c[0] == s)
+            && self.min_length.is_none()
+            && self.max_length.is_none()
+            && self.pattern.is_none()
+    }
+
     pub(super) fn check_str(&self, s: &str) -> bool {
         if !self.allows(STRING) {
             return false;
@@ -151,8 +160,11 @@ impl Node {
     }
 
     pub(super) fn property(&self, key: &str) -> Option<usize> {
-        // Lengths first: most names differ in length, and then no bytes are compared.
-        self.properties.iter().position(|(name, _)| name.len() == key.len() && name == key)
+        // Length and first byte first: most names differ there, and then no call to `memcmp`.
+        let first = key.as_bytes().first();
+        self.properties.iter().position(|(name, _)| {
+            name.len() == key.len() && name.as_bytes().first() == first && name == key
+        })
     }
 }
 
