@@ -19,6 +19,8 @@
 //!
 //! - `profile FILE SECONDS` runs only drover's pipeline over one corpus file for that long,
 //!   for `perf record` (what it showed is in BENCHMARKS.md's peers section).
+//! - `memory` prints, as JSON, the private memory (KiB of `RssAnon`) a new `FrameValidator`
+//!   holds once built and once every message type went through both of its paths.
 //! - `count WHAT FILE N` runs one contender N times over one corpus file and nothing else, for
 //!   `valgrind --tool=callgrind` (instruction counts hold on a loaded machine where times do
 //!   not): WHAT is `drover` (`FrameValidator::decode`), `full` (the pipeline without its fast
@@ -210,6 +212,29 @@ fn main() {
                     black_box(validator.decode(black_box(p)).unwrap());
                 }
             }
+        }
+        ["memory"] => {
+            // What the validators hold: private resident memory before and after compiling
+            // them, then after every example frame was decoded and encoded (what a session
+            // that has seen every type holds), in KiB.
+            let anon = || {
+                let status = std::fs::read_to_string("/proc/self/status").unwrap();
+                let line = status.lines().find(|l| l.starts_with("RssAnon:")).unwrap().to_owned();
+                line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap()
+            };
+            let before = anon();
+            let validator = FrameValidator::new().unwrap();
+            let compiled = anon();
+            for frame in examples::frames() {
+                let payload = validator.encode(&frame).unwrap();
+                black_box(validator.decode(&payload).unwrap());
+                black_box(validator.decode_full(&payload).unwrap());
+            }
+            let used = anon();
+            println!(
+                "{}",
+                serde_json::json!({"compiled_kib": compiled - before, "every_type_used_kib": used - before})
+            );
         }
         ["count", what, file, n] => {
             let validator = FrameValidator::shared();
