@@ -10,14 +10,22 @@
 //!   states and small logs, a few large logs).
 //! - `measure DIR MILLIS` times, for each corpus, drover's whole inbound pipeline on every
 //!   frame (`FrameValidator::decode`: UTF-8, strict parse, dispatch on `msg.type`, that type's
-//!   compiled schema, the typed frame) and the limit (`serde_json::from_slice::<Frame>`, no
-//!   validation) and serde_json's bare syntax scan (`from_slice::<IgnoredAny>`: nothing built,
+//!   compiled schema, the typed frame) and the limit (a direct typed parse: `from_slice` into
+//!   the envelope and the message struct, its type known in advance, no validation; see
+//!   `common/direct.rs`) and serde_json's bare syntax scan (`from_slice::<IgnoredAny>`: nothing built,
 //!   nothing allocated), each in alternating batches for about MILLIS milliseconds, and prints
 //!   one JSON line per corpus: `{"corpus", "frames", "bytes", "drover_ns", "limit_ns",
 //!   "scan_ns"}` with the median nanoseconds per frame over the batches.
 //!
 //! - `profile FILE SECONDS` runs only drover's pipeline over one corpus file for that long,
 //!   for `perf record` (what it showed is in BENCHMARKS.md's peers section).
+//! - `memory` prints, as JSON, the private memory (KiB of `RssAnon`) a new `FrameValidator`
+//!   holds once built and once every message type went through both of its paths.
+//! - `count WHAT FILE N` runs one contender N times over one corpus file and nothing else, for
+//!   `valgrind --tool=callgrind` (instruction counts hold on a loaded machine where times do
+//!   not): WHAT is `drover` (`FrameValidator::decode`), `full` (the pipeline without its fast
+//!   path), `direct` (a typed `from_slice` into the envelope and the message struct, the
+//!   limit), `tagged` (`from_slice::<Frame>`) or `none` (reading the corpus only, to subtract).
 //!
 //! Usage: `cargo bench -p drover-transport --bench peers -- corpus DIR` (the script runs the
 //! built executable directly). Default MILLIS: 300.
@@ -28,6 +36,9 @@
 use std::hint::black_box;
 use std::path::Path;
 use std::time::{Duration, Instant};
+
+#[path = "common/direct.rs"]
+mod direct;
 
 use drover_proto::{Frame, MessageType, Party, examples};
 use drover_transport::FrameValidator;
@@ -105,6 +116,11 @@ fn measure(dir: &Path, budget: Duration) {
     for name in CORPORA {
         let payloads = read_corpus(&dir.join(format!("{name}.frames")));
         let bytes: usize = payloads.iter().map(Vec::len).sum();
+        // The limit knows each frame's type in advance.
+        let direct: Vec<fn(&[u8])> = payloads
+            .iter()
+            .map(|p| direct::parser_for(validator.decode(p).unwrap().msg.message_type()))
+            .collect();
         // Every frame must pass, or the comparison is meaningless.
         for p in &payloads {
             validator.decode(p).expect("corpus frame is valid");
@@ -121,8 +137,8 @@ fn measure(dir: &Path, budget: Duration) {
         let limit = |passes: usize| {
             let start = Instant::now();
             for _ in 0..passes {
-                for p in &payloads {
-                    black_box(serde_json::from_slice::<Frame>(black_box(p)).unwrap());
+                for (p, parse) in payloads.iter().zip(&direct) {
+                    parse(black_box(p));
                 }
             }
             start.elapsed()
@@ -169,6 +185,19 @@ fn measure(dir: &Path, budget: Duration) {
     }
 }
 
+/// One run of contender `what` on `payload` (see `count` in the module docs).
+fn count_one(validator: &FrameValidator, what: &str, payload: &[u8], direct: fn(&[u8])) {
+    let payload = black_box(payload);
+    match what {
+        "drover" => drop(black_box(validator.decode(payload).unwrap())),
+        "full" => drop(black_box(validator.decode_full(payload).unwrap())),
+        "tagged" => drop(black_box(serde_json::from_slice::<Frame>(payload).unwrap())),
+        "direct" => direct(payload),
+        "none" => {}
+        other => panic!("unknown contender {other}"),
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
     match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
@@ -181,6 +210,46 @@ fn main() {
             while start.elapsed() < budget {
                 for p in &payloads {
                     black_box(validator.decode(black_box(p)).unwrap());
+                }
+            }
+        }
+        ["memory"] => {
+            // What the validators hold: private resident memory before and after compiling
+            // them, then after every example frame was decoded and encoded (what a session
+            // that has seen every type holds), in KiB.
+            let anon = || {
+                let status = std::fs::read_to_string("/proc/self/status").unwrap();
+                let line = status.lines().find(|l| l.starts_with("RssAnon:")).unwrap().to_owned();
+                line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap()
+            };
+            let before = anon();
+            let validator = FrameValidator::new().unwrap();
+            let compiled = anon();
+            for frame in examples::frames() {
+                let payload = validator.encode(&frame).unwrap();
+                black_box(validator.decode(&payload).unwrap());
+                black_box(validator.decode_full(&payload).unwrap());
+            }
+            let used = anon();
+            println!(
+                "{}",
+                serde_json::json!({"compiled_kib": compiled - before, "every_type_used_kib": used - before})
+            );
+        }
+        ["count", what, file, n] => {
+            let validator = FrameValidator::shared();
+            // The typed parser for each payload is chosen before the loop: the limit knows the
+            // type in advance.
+            let payloads: Vec<_> = read_corpus(Path::new(file))
+                .into_iter()
+                .map(|p| {
+                    let t = serde_json::from_slice::<Frame>(&p).unwrap().msg.message_type();
+                    (p, direct::parser_for(t))
+                })
+                .collect();
+            for _ in 0..n.parse::<usize>().unwrap() {
+                for (p, direct) in &payloads {
+                    count_one(validator, what, p, *direct);
                 }
             }
         }

@@ -19,11 +19,13 @@
 //!
 //! - [`codec`]: framing. Oversize frames are skipped as they stream in and reported, not
 //!   buffered; a length beyond the hard ceiling ends the session with a diagnostic.
-//! - [`validate`]: the pipeline every payload goes through before anything acts on it:
+//! - [`validate`]: the pipeline every payload goes through before anything acts on it. A fast
+//!   path reads the bytes in one pass into the typed frame, checking every value against the
+//!   schema of its `msg.type` as it goes; a frame it does not accept takes the full path:
 //!   UTF-8, strict JSON (duplicate keys rejected, nesting bounded), dispatch on `msg.type` to a
-//!   JSON Schema validator compiled once per message type from `drover-proto`'s types, every
-//!   violation collected with its JSON pointer, then the typed value built from the parsed
-//!   tree. Outgoing frames pass the same schemas.
+//!   JSON Schema validator compiled (on first use) per message type from `drover-proto`'s
+//!   types, every violation collected with its JSON pointer, then the typed value built from
+//!   the parsed tree. Both give the same answer. Outgoing frames pass the same schemas.
 //! - [`connection`]: a session over any `AsyncRead + AsyncWrite`, with sender and `id`/`re`
 //!   correlation rules, automatic `error` answers to bad frames, and [`pair`] for tests.
 //!
@@ -101,6 +103,7 @@
 
 pub mod codec;
 pub mod connection;
+mod fast;
 pub mod json;
 pub mod validate;
 

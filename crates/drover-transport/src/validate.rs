@@ -22,10 +22,16 @@
 //! - The typed [`Frame`] is built from the already parsed `Value`, moving its strings rather
 //!   than parsing again.
 //!
+//! That is the *full path*. [`FrameValidator::decode`] first tries the *fast path*
+//! (the private `fast` module): one pass from the bytes straight into the typed frame with the same
+//! schema checked on every value as it is read, which costs little more than a typed parse with
+//! no validation. It accepts only what the full path accepts (when in doubt it declines, and
+//! the full path decides), so a frame the fast path declines, including every invalid one,
+//! takes the full path and gets its precise violations from there.
+//!
 //! The validators are compiled on first use and shared by every connection in the process
 //! ([`FrameValidator::shared`]).
 
-use std::collections::HashMap;
 use std::sync::OnceLock;
 
 use drover_proto::limits::{MESSAGE_LEN, POINTER_LEN, VIOLATIONS};
@@ -34,6 +40,7 @@ use drover_proto::{ErrorCode, Frame, Message, MessageType, MsgId, Violation, Wir
 use serde_json::Value;
 
 use crate::codec::FrameTooLarge;
+use crate::fast::FastPath;
 use crate::json::{self, JsonError};
 
 /// A schema that could not be compiled. Only a bug in the generated schemas causes this for
@@ -294,21 +301,57 @@ impl From<JsonError> for InvalidFrame {
 }
 
 /// The compiled validators for every message type, and the pipeline that uses them.
+///
+/// The fast path's checks are compiled up front (they are small). Each type's full
+/// `jsonschema` validator is compiled the first time the full path needs it: a frame of that
+/// type the fast path declined (every rejected frame, and every frame of a type the fast path
+/// leaves to the full one). Compiled for all types they held about 6 MiB (issue 18's memory
+/// item); a supervisor whose drivers send valid frames compiles only the few the fast path
+/// does not cover.
 #[derive(Debug)]
 pub struct FrameValidator {
-    by_type: HashMap<MessageType, SchemaChecker>,
+    /// One per entry of [`MessageType::ALL`], in that order.
+    full: Vec<OnceLock<SchemaChecker>>,
+    fast: FastPath,
 }
 
 impl FrameValidator {
-    /// Generates every message schema and compiles it. Prefer [`FrameValidator::shared`]; this
-    /// takes a few milliseconds.
+    /// Generates every message schema and compiles the fast path's checks; the full validators
+    /// are compiled on first use. Prefer [`FrameValidator::shared`].
     pub fn new() -> Result<Self, SchemaError> {
         let frame = frame_schema();
-        let by_type = MessageType::ALL
-            .iter()
-            .map(|&t| Ok((t, SchemaChecker::new(&message_schema_from(&frame, t))?)))
-            .collect::<Result<_, SchemaError>>()?;
-        Ok(Self { by_type })
+        let mut fast = FastPath::default();
+        for &t in MessageType::ALL {
+            fast.add(t, &message_schema_from(&frame, t));
+        }
+        let full = MessageType::ALL.iter().map(|_| OnceLock::new()).collect();
+        Ok(Self { full, fast })
+    }
+
+    /// The full validator of `message_type`, compiled now if this is its first use.
+    fn full_checker(&self, message_type: MessageType) -> Option<&SchemaChecker> {
+        let index = MessageType::ALL.iter().position(|&t| t == message_type)?;
+        Some(self.full[index].get_or_init(|| {
+            // Invariant: the schemas are generated from this build's own types and the test
+            // `every_message_schema_compiles` compiles each one, so this cannot fail at run
+            // time without failing the test suite first.
+            #[allow(clippy::expect_used)]
+            SchemaChecker::new(&message_schema_from(&frame_schema(), message_type))
+                .expect("drover's own message schemas compile")
+        }))
+    }
+
+    /// The message types the fast path handles (the others always take the full path): those
+    /// whose schemas use only keywords it knows.
+    pub fn fast_path_types(&self) -> Vec<MessageType> {
+        self.fast.types().collect()
+    }
+
+    /// The fast path alone: the frame if it accepts `payload`, `None` if it leaves the
+    /// decision to the full path. For tests and benchmarks; [`FrameValidator::decode`] is the
+    /// pipeline.
+    pub fn decode_fast(&self, payload: &[u8]) -> Option<Frame> {
+        self.fast.decode(payload)
     }
 
     /// The process-wide validator, compiled on first use.
@@ -324,7 +367,19 @@ impl FrameValidator {
     }
 
     /// Runs the whole pipeline on one payload: UTF-8, strict JSON, dispatch, schema, typed.
+    /// The fast path answers for a frame it can accept; every other frame takes the full path
+    /// ([`FrameValidator::decode_full`]), with the same result.
     pub fn decode(&self, payload: &[u8]) -> Result<Frame, InvalidFrame> {
+        match self.fast.decode(payload) {
+            Some(frame) => Ok(frame),
+            None => self.decode_full(payload),
+        }
+    }
+
+    /// The pipeline without its fast path: strict parse to a `Value`, dispatch, schema (with
+    /// every violation), typed frame from the tree. [`FrameValidator::decode`] gives the same
+    /// result; this is the reference the fast path is tested against.
+    pub fn decode_full(&self, payload: &[u8]) -> Result<Frame, InvalidFrame> {
         self.decode_value(json::parse(payload)?)
     }
 
@@ -338,7 +393,7 @@ impl FrameValidator {
     pub fn check(&self, value: &Value) -> Result<MessageType, InvalidFrame> {
         let id = value.get("id").and_then(Value::as_u64).and_then(|v| MsgId::new(v).ok());
         let message_type = dispatch_type(value, id)?;
-        let checker = self.by_type.get(&message_type).ok_or_else(|| InvalidFrame::UnknownType {
+        let checker = self.full_checker(message_type).ok_or_else(|| InvalidFrame::UnknownType {
             type_name: shown_name(message_type.as_str()),
             id,
         })?;
@@ -351,14 +406,17 @@ impl FrameValidator {
     }
 
     /// Serializes `frame` and checks it against its schema, so nothing invalid is ever sent.
+    /// The message is written with its `type` first (as the other SDKs write it), which is what
+    /// lets the receiver's fast path dispatch without a second look.
     pub fn encode(&self, frame: &Frame) -> Result<Vec<u8>, InvalidFrame> {
-        let value = serde_json::to_value(frame).map_err(|e| InvalidFrame::InvalidJson {
+        let bytes = serde_json::to_vec(frame).map_err(|e| InvalidFrame::InvalidJson {
             reason: truncate(&e.to_string(), MESSAGE_LEN),
         })?;
-        self.check(&value)?;
-        serde_json::to_vec(&value).map_err(|e| InvalidFrame::InvalidJson {
-            reason: truncate(&e.to_string(), MESSAGE_LEN),
-        })
+        if !self.fast.accepts(&bytes) {
+            // Not a frame the fast path can accept: the full check decides, with violations.
+            self.check(&json::parse(&bytes)?)?;
+        }
+        Ok(bytes)
     }
 }
 
@@ -431,8 +489,18 @@ mod tests {
 
     #[test]
     fn every_message_schema_compiles() {
+        let frame = frame_schema();
+        for &t in MessageType::ALL {
+            SchemaChecker::new(&message_schema_from(&frame, t)).unwrap();
+        }
         let validator = FrameValidator::new().unwrap();
-        assert_eq!(validator.by_type.len(), MessageType::ALL.len());
+        assert_eq!(validator.full.len(), MessageType::ALL.len());
+        // Nothing compiled before it is needed; then only the type that needed it.
+        assert!(validator.full.iter().all(|c| c.get().is_none()));
+        assert!(validator.decode(br#"{"msg":{"type":"ping"}}"#).is_err());
+        let compiled: Vec<bool> = validator.full.iter().map(|c| c.get().is_some()).collect();
+        let ping = MessageType::ALL.iter().position(|&t| t == MessageType::Ping).unwrap();
+        assert!(compiled[ping] && compiled.iter().filter(|&&c| c).count() == 1);
     }
 
     #[test]
