@@ -32,8 +32,15 @@
 //! - Readiness says loudly when the provider is the embedded simulator, and says "not ready"
 //!   while the store cannot write (its last write failed and a probe write fails too).
 //!
+//! - A job's log lines are stored up to its log quota ([`ServiceConfig::log_quota_bytes`],
+//!   default 16 MiB of line text per job); lines beyond it are dropped and counted, and one
+//!   `job_log` event recorded just before the job's terminal state says how many lines and
+//!   bytes were dropped (its `dropped` field is the line count). One chatty job cannot fill
+//!   the store's volume.
+//!
 //! Defaults ([`ServiceConfig::default`]): dispatch retried every 500 ms while a driver is
-//! starting or busy, shutdown mode `cancel` with a 10 s grace period, no webhooks.
+//! starting or busy, shutdown mode `cancel` with a 10 s grace period, no webhooks, a 16 MiB
+//! log quota per job.
 
 #![forbid(unsafe_code)]
 
@@ -112,6 +119,63 @@ pub struct ServiceConfig {
     /// Protections this deployment runs without (`supervisor.accept_risks`), reported by
     /// readiness as the `sandbox` check (still ready). Default none.
     pub accepted_risks: Vec<String>,
+    /// Bytes of log line text stored per job; lines beyond it are dropped and counted (see
+    /// the [module docs](self)). Default [`DEFAULT_LOG_QUOTA_BYTES`] (16 MiB).
+    pub log_quota_bytes: u64,
+}
+
+/// The default per-job log quota: 16 MiB of line text.
+pub const DEFAULT_LOG_QUOTA_BYTES: u64 = 16 * 1024 * 1024;
+
+/// What a job's log quota has let through and dropped so far.
+#[derive(Debug, Default)]
+struct LogQuota {
+    stored_bytes: u64,
+    dropped_lines: u64,
+    dropped_bytes: u64,
+    /// A line did not fit: every later line is dropped too, so the stored log is a prefix.
+    full: bool,
+}
+
+impl LogQuota {
+    /// Keeps the leading lines of `log` that fit the quota and counts the rest; `None` when
+    /// nothing of it is to be stored (then the lines the driver itself reported dropped are
+    /// counted here, so the summary carries them).
+    fn admit(&mut self, mut log: drover_proto::JobLog, quota: u64) -> Option<drover_proto::JobLog> {
+        let mut kept = 0;
+        for line in &log.lines {
+            let len = line.len() as u64;
+            if !self.full && self.stored_bytes.saturating_add(len) <= quota {
+                self.stored_bytes += len;
+                kept += 1;
+            } else {
+                self.full = true;
+                self.dropped_lines += 1;
+                self.dropped_bytes = self.dropped_bytes.saturating_add(len);
+            }
+        }
+        if kept == 0 {
+            self.dropped_lines = self.dropped_lines.saturating_add(log.dropped);
+            return None;
+        }
+        log.lines.truncate(kept);
+        Some(log)
+    }
+
+    /// The one event that reports what was dropped, if anything was.
+    fn summary(&self, id: &JobId, quota: u64) -> Option<JobEventKind> {
+        (self.dropped_lines > 0).then(|| {
+            JobEventKind::JobLog(drover_proto::JobLog {
+                job_id: id.clone(),
+                stream: drover_proto::LogStream::Stderr,
+                lines: vec![format!(
+                    "drover: log quota of {quota} bytes reached; {} lines ({} bytes) dropped",
+                    self.dropped_lines, self.dropped_bytes
+                )],
+                dropped: self.dropped_lines,
+            })
+        })
+    }
 }
 
 impl Default for ServiceConfig {
@@ -125,6 +189,7 @@ impl Default for ServiceConfig {
             simulator_ledger: None,
             webhooks: None,
             accepted_risks: Vec::new(),
+            log_quota_bytes: DEFAULT_LOG_QUOTA_BYTES,
         }
     }
 }
@@ -409,6 +474,8 @@ impl<P: Provider, S: Store> Service<P, S> {
         }
         let mut ended = false;
         let mut watching_cancel = true;
+        let mut quota = LogQuota::default();
+        let quota_bytes = self.config.log_quota_bytes;
         loop {
             tokio::select! {
                 event = events.recv() => {
@@ -420,6 +487,16 @@ impl<P: Provider, S: Store> Service<P, S> {
                                 continue;
                             }
                             let terminal = matches!(&kind, JobEventKind::JobState(s) if s.state.is_terminal());
+                            let kind = match kind {
+                                JobEventKind::JobLog(log) => match quota.admit(log, quota_bytes) {
+                                    Some(log) => JobEventKind::JobLog(log),
+                                    None => continue,
+                                },
+                                other => other,
+                            };
+                            if terminal && let Some(summary) = quota.summary(&id, quota_bytes) {
+                                self.record(&id, summary).await;
+                            }
                             self.record(&id, kind).await;
                             if terminal {
                                 ended = true;
@@ -446,6 +523,9 @@ impl<P: Provider, S: Store> Service<P, S> {
             }
         }
         if !ended {
+            if let Some(summary) = quota.summary(&id, quota_bytes) {
+                self.record(&id, summary).await;
+            }
             let message = "the supervisor lost the job's driver session before the job ended";
             self.record(&id, state(&id, JobPhase::Failed, message)).await;
         }

@@ -471,6 +471,7 @@ pub async fn start(
             shutdown_grace: Duration::from_secs(u64::from(config.supervisor.shutdown_grace_s)),
             webhooks,
             accepted_risks: serve_limits::accepted_risks(config),
+            log_quota_bytes: config.store.log_quota_bytes,
             ..ServiceConfig::default()
         },
     );
