@@ -443,16 +443,30 @@ pub struct StoreConfig {
     #[serde(default = "default_log_quota_bytes")]
     #[schemars(range(min = 1024, max = crate::ids::MAX_SAFE_INTEGER))]
     pub log_quota_bytes: u64,
+    /// Free bytes the data directory's volume must keep: below it new jobs are refused with
+    /// 503 `storage_low` and `Retry-After`, and `/readyz` is not ready, until space returns.
+    /// Default 67108864 (64 MiB).
+    #[serde(default = "default_min_free_bytes")]
+    #[schemars(range(max = crate::ids::MAX_SAFE_INTEGER))]
+    pub min_free_bytes: u64,
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        Self { url: None, log_quota_bytes: default_log_quota_bytes() }
+        Self {
+            url: None,
+            log_quota_bytes: default_log_quota_bytes(),
+            min_free_bytes: default_min_free_bytes(),
+        }
     }
 }
 
 fn default_log_quota_bytes() -> u64 {
     16 * 1024 * 1024
+}
+
+fn default_min_free_bytes() -> u64 {
+    64 * 1024 * 1024
 }
 
 /// Where GPUs are rented.

@@ -38,6 +38,11 @@
 //!   bytes were dropped (its `dropped` field is the line count). One chatty job cannot fill
 //!   the store's volume.
 //!
+//! - Below a disk-space watermark on the store's volume ([`ServiceConfig::min_free_bytes`],
+//!   default 64 MiB free, measured with `statvfs` on [`ServiceConfig::data_volume`]) new
+//!   jobs are refused with 503 `storage_low` and `Retry-After` before the store fails, and
+//!   readiness is not ready with the reason; once space returns submits succeed again.
+//!
 //! Defaults ([`ServiceConfig::default`]): dispatch retried every 500 ms while a driver is
 //! starting or busy, shutdown mode `cancel` with a 10 s grace period, no webhooks, a 16 MiB
 //! log quota per job.
@@ -122,7 +127,18 @@ pub struct ServiceConfig {
     /// Bytes of log line text stored per job; lines beyond it are dropped and counted (see
     /// the [module docs](self)). Default [`DEFAULT_LOG_QUOTA_BYTES`] (16 MiB).
     pub log_quota_bytes: u64,
+    /// A directory on the store's volume, whose free space (`statvfs`) is checked against
+    /// `min_free_bytes` at every submit and readiness probe. `None`: not checked. Default
+    /// `None` (serve passes its data directory).
+    pub data_volume: Option<std::path::PathBuf>,
+    /// Free bytes the volume must keep; below it submits get
+    /// [`BackendError::StorageLow`] (503 `storage_low`, `Retry-After`) and readiness says
+    /// not ready. Default [`DEFAULT_MIN_FREE_BYTES`] (64 MiB).
+    pub min_free_bytes: u64,
 }
+
+/// The default disk-space watermark: 64 MiB free.
+pub const DEFAULT_MIN_FREE_BYTES: u64 = 64 * 1024 * 1024;
 
 /// The default per-job log quota: 16 MiB of line text.
 pub const DEFAULT_LOG_QUOTA_BYTES: u64 = 16 * 1024 * 1024;
@@ -190,6 +206,8 @@ impl Default for ServiceConfig {
             webhooks: None,
             accepted_risks: Vec::new(),
             log_quota_bytes: DEFAULT_LOG_QUOTA_BYTES,
+            data_volume: None,
+            min_free_bytes: DEFAULT_MIN_FREE_BYTES,
         }
     }
 }
@@ -363,6 +381,27 @@ impl<P: Provider, S: Store> Service<P, S> {
             return left;
         }
         0
+    }
+
+    /// [`BackendError::StorageLow`] when the store's volume has less than the watermark
+    /// free; a volume that cannot be measured is not refused (the store's own errors show).
+    fn check_free_space(&self) -> Result<(), BackendError> {
+        let Some(dir) = &self.config.data_volume else { return Ok(()) };
+        let stat = match nix::sys::statvfs::statvfs(dir.as_path()) {
+            Ok(stat) => stat,
+            Err(error) => {
+                tracing::warn!(%error, "the data directory's free space cannot be measured");
+                return Ok(());
+            }
+        };
+        #[allow(clippy::useless_conversion)] // the field types differ between targets
+        let free_bytes =
+            u64::from(stat.blocks_available()).saturating_mul(u64::from(stat.fragment_size()));
+        let min_free_bytes = self.config.min_free_bytes;
+        if free_bytes < min_free_bytes {
+            return Err(BackendError::StorageLow { free_bytes, min_free_bytes });
+        }
+        Ok(())
     }
 
     /// Waits until no job is running.
@@ -626,6 +665,7 @@ impl<P: Provider, S: Store> Backend for Service<P, S> {
             if !self.accepting.load(Ordering::SeqCst) {
                 return Err(BackendError::Unavailable("the supervisor is shutting down"));
             }
+            self.check_free_space()?;
             let new = NewJob {
                 id: new_job_id().map_err(BackendError::internal)?,
                 spec: submission.spec,
@@ -853,6 +893,8 @@ impl<P: Provider, S: Store> Backend for Service<P, S> {
             let mut checks = BTreeMap::new();
             let message = if self.store.ping().await.is_err() {
                 Some("the store does not answer".to_owned())
+            } else if let Err(low) = self.check_free_space() {
+                Some(low.to_string())
             } else if self.store.writable().await.is_err() {
                 Some("the store cannot write (a full disk or an I/O error)".to_owned())
             } else {

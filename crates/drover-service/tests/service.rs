@@ -622,3 +622,66 @@ async fn a_job_flooding_its_log_keeps_its_quota_and_the_rest_is_counted() {
         "the job still ends normally: {last:?}"
     );
 }
+
+/// The "Why" of issue 17: once the store's volume was full every submit got 500. Below the
+/// watermark a submit is refused as `storage_low` (503 with Retry-After) before the store
+/// fails, readiness says why, and once space returns submits succeed with no restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn below_the_disk_watermark_submits_are_refused_until_space_returns() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let mount = dir.path().join("fs");
+    std::fs::create_dir(&mount).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=8m,mode=0700", "tmpfs"])
+        .arg(&mount)
+        .status()
+        .unwrap();
+    assert!(mounted.success(), "mounting a tmpfs needs root (CI runs as root)");
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(mount.clone());
+    let data = mount.join("data");
+    let store = SqliteStore::open_in(&data).await.unwrap();
+    let config = ServiceConfig {
+        data_volume: Some(data.clone()),
+        min_free_bytes: 2 * 1024 * 1024,
+        ..ServiceConfig::default()
+    };
+    let rig = rig_full(dir, store, config).await;
+    submit(&rig, "ok").await;
+    assert!(rig.service.readiness().await.checks["store"].ok);
+
+    // Leave 1 MiB free: below the 2 MiB watermark, but the store could still write.
+    let filler = mount.join("filler");
+    let mut file = std::fs::File::create(&filler).unwrap();
+    while file.write(&[0u8; 4096]).is_ok_and(|n| n > 0) {}
+    file.set_len(file.metadata().unwrap().len() - 1024 * 1024).unwrap();
+    drop(file);
+    for _ in 0..3 {
+        let submission = Submission {
+            spec: spec("ok"),
+            actor: "t".to_owned(),
+            idempotency: None,
+            request_id: "r".to_owned(),
+        };
+        let error = rig.service.submit(submission).await.unwrap_err();
+        assert!(matches!(error, BackendError::StorageLow { .. }), "{error:?}");
+        let api =
+            axum::response::IntoResponse::into_response(drover_api::error::ApiError::from(error));
+        assert_eq!(api.status(), 503);
+        assert!(api.headers().contains_key("retry-after"));
+    }
+    let readiness = rig.service.readiness().await;
+    assert!(!readiness.ready && !readiness.checks["store"].ok, "{readiness:?}");
+    let reason = readiness.checks["store"].message.clone().unwrap_or_default();
+    assert!(reason.contains("watermark"), "{reason}");
+
+    std::fs::remove_file(&filler).unwrap();
+    assert!(rig.service.readiness().await.checks["store"].ok);
+    submit(&rig, "ok").await;
+}

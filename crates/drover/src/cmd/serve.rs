@@ -472,6 +472,8 @@ pub async fn start(
             webhooks,
             accepted_risks: serve_limits::accepted_risks(config),
             log_quota_bytes: config.store.log_quota_bytes,
+            data_volume: Some(prepared.data_dir.clone()),
+            min_free_bytes: config.store.min_free_bytes,
             ..ServiceConfig::default()
         },
     );
