@@ -110,6 +110,17 @@ pub enum BackendError {
     /// The backend cannot serve this now (starting, shutting down, store unreachable).
     #[error("unavailable: {0}")]
     Unavailable(&'static str),
+    /// Free space on the store's volume is below the watermark: new work is refused (503
+    /// `storage_low` with `Retry-After`) before the store fails.
+    #[error(
+        "free space on the store's volume ({free_bytes} bytes) is below the watermark ({min_free_bytes} bytes)"
+    )]
+    StorageLow {
+        /// Bytes available to the store.
+        free_bytes: u64,
+        /// `store.min_free_bytes`.
+        min_free_bytes: u64,
+    },
     /// Anything else. Logged under the request id; the client sees only `internal`.
     #[error("internal error")]
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),

@@ -195,6 +195,12 @@ impl From<crate::backend::BackendError> for ApiError {
             B::IdempotencyConflict => Self::new(ApiErrorCode::Conflict)
                 .with_message("the Idempotency-Key was already used for a different request"),
             B::Unavailable(what) => Self::new(ApiErrorCode::Unavailable).with_message(what),
+            B::StorageLow { .. } => Self::new(ApiErrorCode::StorageLow)
+                .with_message(
+                    "free space on the store's volume is below store.min_free_bytes; \
+                     new jobs are refused until space returns",
+                )
+                .with_retry_after(30),
             B::Internal(cause) => Self::internal(cause),
         }
     }

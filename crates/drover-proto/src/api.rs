@@ -442,6 +442,9 @@ pub enum ApiErrorCode {
     Internal,
     /// 503: the supervisor cannot serve this now.
     Unavailable,
+    /// 503: free space on the store's volume is below `store.min_free_bytes`; new work is
+    /// refused until space returns. See `Retry-After`.
+    StorageLow,
 }
 
 impl ApiErrorCode {
@@ -458,7 +461,7 @@ impl ApiErrorCode {
             Self::UnsupportedMediaType => 415,
             Self::RateLimited => 429,
             Self::Internal => 500,
-            Self::Unavailable => 503,
+            Self::Unavailable | Self::StorageLow => 503,
         }
     }
 
@@ -476,6 +479,7 @@ impl ApiErrorCode {
             Self::RateLimited => "rate_limited",
             Self::Internal => "internal",
             Self::Unavailable => "unavailable",
+            Self::StorageLow => "storage_low",
         }
     }
 }
@@ -610,6 +614,7 @@ mod tests {
             ApiErrorCode::RateLimited,
             ApiErrorCode::Internal,
             ApiErrorCode::Unavailable,
+            ApiErrorCode::StorageLow,
         ] {
             let json = serde_json::to_value(code).unwrap();
             assert_eq!(json, code.as_str());

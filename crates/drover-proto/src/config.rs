@@ -430,7 +430,7 @@ impl std::str::FromStr for Scope {
 }
 
 /// Persistence.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
     /// Database URL: `sqlite://PATH` or `postgres://...`. Default: SQLite at
@@ -438,6 +438,35 @@ pub struct StoreConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 4096), regex(pattern = r"^(sqlite|postgres|postgresql)://"))]
     pub url: Option<String>,
+    /// Bytes of log line text stored per job; later lines are dropped and counted, and one
+    /// log event before the job's end says how many. Default 16777216 (16 MiB).
+    #[serde(default = "default_log_quota_bytes")]
+    #[schemars(range(min = 1024, max = crate::ids::MAX_SAFE_INTEGER))]
+    pub log_quota_bytes: u64,
+    /// Free bytes the data directory's volume must keep: below it new jobs are refused with
+    /// 503 `storage_low` and `Retry-After`, and `/readyz` is not ready, until space returns.
+    /// Default 67108864 (64 MiB).
+    #[serde(default = "default_min_free_bytes")]
+    #[schemars(range(max = crate::ids::MAX_SAFE_INTEGER))]
+    pub min_free_bytes: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            log_quota_bytes: default_log_quota_bytes(),
+            min_free_bytes: default_min_free_bytes(),
+        }
+    }
+}
+
+fn default_log_quota_bytes() -> u64 {
+    16 * 1024 * 1024
+}
+
+fn default_min_free_bytes() -> u64 {
+    64 * 1024 * 1024
 }
 
 /// Where GPUs are rented.

@@ -32,8 +32,20 @@
 //! - Readiness says loudly when the provider is the embedded simulator, and says "not ready"
 //!   while the store cannot write (its last write failed and a probe write fails too).
 //!
+//! - A job's log lines are stored up to its log quota ([`ServiceConfig::log_quota_bytes`],
+//!   default 16 MiB of line text per job); lines beyond it are dropped and counted, and one
+//!   `job_log` event recorded just before the job's terminal state says how many lines and
+//!   bytes were dropped (its `dropped` field is the line count). One chatty job cannot fill
+//!   the store's volume.
+//!
+//! - Below a disk-space watermark on the store's volume ([`ServiceConfig::min_free_bytes`],
+//!   default 64 MiB free, measured with `statvfs` on [`ServiceConfig::data_volume`]) new
+//!   jobs are refused with 503 `storage_low` and `Retry-After` before the store fails, and
+//!   readiness is not ready with the reason; once space returns submits succeed again.
+//!
 //! Defaults ([`ServiceConfig::default`]): dispatch retried every 500 ms while a driver is
-//! starting or busy, shutdown mode `cancel` with a 10 s grace period, no webhooks.
+//! starting or busy, shutdown mode `cancel` with a 10 s grace period, no webhooks, a 16 MiB
+//! log quota per job.
 
 #![forbid(unsafe_code)]
 
@@ -112,6 +124,74 @@ pub struct ServiceConfig {
     /// Protections this deployment runs without (`supervisor.accept_risks`), reported by
     /// readiness as the `sandbox` check (still ready). Default none.
     pub accepted_risks: Vec<String>,
+    /// Bytes of log line text stored per job; lines beyond it are dropped and counted (see
+    /// the [module docs](self)). Default [`DEFAULT_LOG_QUOTA_BYTES`] (16 MiB).
+    pub log_quota_bytes: u64,
+    /// A directory on the store's volume, whose free space (`statvfs`) is checked against
+    /// `min_free_bytes` at every submit and readiness probe. `None`: not checked. Default
+    /// `None` (serve passes its data directory).
+    pub data_volume: Option<std::path::PathBuf>,
+    /// Free bytes the volume must keep; below it submits get
+    /// [`BackendError::StorageLow`] (503 `storage_low`, `Retry-After`) and readiness says
+    /// not ready. Default [`DEFAULT_MIN_FREE_BYTES`] (64 MiB).
+    pub min_free_bytes: u64,
+}
+
+/// The default disk-space watermark: 64 MiB free.
+pub const DEFAULT_MIN_FREE_BYTES: u64 = 64 * 1024 * 1024;
+
+/// The default per-job log quota: 16 MiB of line text.
+pub const DEFAULT_LOG_QUOTA_BYTES: u64 = 16 * 1024 * 1024;
+
+/// What a job's log quota has let through and dropped so far.
+#[derive(Debug, Default)]
+struct LogQuota {
+    stored_bytes: u64,
+    dropped_lines: u64,
+    dropped_bytes: u64,
+    /// A line did not fit: every later line is dropped too, so the stored log is a prefix.
+    full: bool,
+}
+
+impl LogQuota {
+    /// Keeps the leading lines of `log` that fit the quota and counts the rest; `None` when
+    /// nothing of it is to be stored (then the lines the driver itself reported dropped are
+    /// counted here, so the summary carries them).
+    fn admit(&mut self, mut log: drover_proto::JobLog, quota: u64) -> Option<drover_proto::JobLog> {
+        let mut kept = 0;
+        for line in &log.lines {
+            let len = line.len() as u64;
+            if !self.full && self.stored_bytes.saturating_add(len) <= quota {
+                self.stored_bytes += len;
+                kept += 1;
+            } else {
+                self.full = true;
+                self.dropped_lines += 1;
+                self.dropped_bytes = self.dropped_bytes.saturating_add(len);
+            }
+        }
+        if kept == 0 {
+            self.dropped_lines = self.dropped_lines.saturating_add(log.dropped);
+            return None;
+        }
+        log.lines.truncate(kept);
+        Some(log)
+    }
+
+    /// The one event that reports what was dropped, if anything was.
+    fn summary(&self, id: &JobId, quota: u64) -> Option<JobEventKind> {
+        (self.dropped_lines > 0).then(|| {
+            JobEventKind::JobLog(drover_proto::JobLog {
+                job_id: id.clone(),
+                stream: drover_proto::LogStream::Stderr,
+                lines: vec![format!(
+                    "drover: log quota of {quota} bytes reached; {} lines ({} bytes) dropped",
+                    self.dropped_lines, self.dropped_bytes
+                )],
+                dropped: self.dropped_lines,
+            })
+        })
+    }
 }
 
 impl Default for ServiceConfig {
@@ -125,6 +205,9 @@ impl Default for ServiceConfig {
             simulator_ledger: None,
             webhooks: None,
             accepted_risks: Vec::new(),
+            log_quota_bytes: DEFAULT_LOG_QUOTA_BYTES,
+            data_volume: None,
+            min_free_bytes: DEFAULT_MIN_FREE_BYTES,
         }
     }
 }
@@ -300,6 +383,27 @@ impl<P: Provider, S: Store> Service<P, S> {
         0
     }
 
+    /// [`BackendError::StorageLow`] when the store's volume has less than the watermark
+    /// free; a volume that cannot be measured is not refused (the store's own errors show).
+    fn check_free_space(&self) -> Result<(), BackendError> {
+        let Some(dir) = &self.config.data_volume else { return Ok(()) };
+        let stat = match nix::sys::statvfs::statvfs(dir.as_path()) {
+            Ok(stat) => stat,
+            Err(error) => {
+                tracing::warn!(%error, "the data directory's free space cannot be measured");
+                return Ok(());
+            }
+        };
+        #[allow(clippy::useless_conversion)] // the field types differ between targets
+        let free_bytes =
+            u64::from(stat.blocks_available()).saturating_mul(u64::from(stat.fragment_size()));
+        let min_free_bytes = self.config.min_free_bytes;
+        if free_bytes < min_free_bytes {
+            return Err(BackendError::StorageLow { free_bytes, min_free_bytes });
+        }
+        Ok(())
+    }
+
     /// Waits until no job is running.
     async fn wait_all(&self) {
         let waiting: Vec<watch::Receiver<bool>> =
@@ -409,6 +513,8 @@ impl<P: Provider, S: Store> Service<P, S> {
         }
         let mut ended = false;
         let mut watching_cancel = true;
+        let mut quota = LogQuota::default();
+        let quota_bytes = self.config.log_quota_bytes;
         loop {
             tokio::select! {
                 event = events.recv() => {
@@ -420,6 +526,16 @@ impl<P: Provider, S: Store> Service<P, S> {
                                 continue;
                             }
                             let terminal = matches!(&kind, JobEventKind::JobState(s) if s.state.is_terminal());
+                            let kind = match kind {
+                                JobEventKind::JobLog(log) => match quota.admit(log, quota_bytes) {
+                                    Some(log) => JobEventKind::JobLog(log),
+                                    None => continue,
+                                },
+                                other => other,
+                            };
+                            if terminal && let Some(summary) = quota.summary(&id, quota_bytes) {
+                                self.record(&id, summary).await;
+                            }
                             self.record(&id, kind).await;
                             if terminal {
                                 ended = true;
@@ -446,6 +562,9 @@ impl<P: Provider, S: Store> Service<P, S> {
             }
         }
         if !ended {
+            if let Some(summary) = quota.summary(&id, quota_bytes) {
+                self.record(&id, summary).await;
+            }
             let message = "the supervisor lost the job's driver session before the job ended";
             self.record(&id, state(&id, JobPhase::Failed, message)).await;
         }
@@ -546,6 +665,7 @@ impl<P: Provider, S: Store> Backend for Service<P, S> {
             if !self.accepting.load(Ordering::SeqCst) {
                 return Err(BackendError::Unavailable("the supervisor is shutting down"));
             }
+            self.check_free_space()?;
             let new = NewJob {
                 id: new_job_id().map_err(BackendError::internal)?,
                 spec: submission.spec,
@@ -773,6 +893,8 @@ impl<P: Provider, S: Store> Backend for Service<P, S> {
             let mut checks = BTreeMap::new();
             let message = if self.store.ping().await.is_err() {
                 Some("the store does not answer".to_owned())
+            } else if let Err(low) = self.check_free_space() {
+                Some(low.to_string())
             } else if self.store.writable().await.is_err() {
                 Some("the store cannot write (a full disk or an I/O error)".to_owned())
             } else {

@@ -75,6 +75,19 @@ impl JobRunner for Script {
                         }
                     }
                     "vanish" => {}
+                    "flood" => {
+                        // 100 lines of 1 KiB per batch, 50 batches: 5,000 KiB of log text.
+                        for _ in 0..50 {
+                            let log = drover_proto::JobLog {
+                                job_id: id.clone(),
+                                stream: drover_proto::LogStream::Stdout,
+                                lines: vec!["y".repeat(1024); 100],
+                                dropped: 0,
+                            };
+                            tx.send(RunEvent::Job(JobEventKind::JobLog(log))).await.unwrap();
+                        }
+                        tx.send(state(&id, JobPhase::Succeeded)).await.unwrap();
+                    }
                     _ => {
                         let _ = cancelled.changed().await;
                         tx.send(state(&id, JobPhase::Cancelled)).await.unwrap();
@@ -129,15 +142,11 @@ async fn rig_with(dir: tempfile::TempDir, store: SqliteStore) -> Rig {
 }
 
 async fn rig_mode(dir: tempfile::TempDir, store: SqliteStore, on_shutdown: ShutdownMode) -> Rig {
-    rig_full(dir, store, on_shutdown, None).await
+    rig_full(dir, store, ServiceConfig { on_shutdown, ..ServiceConfig::default() }).await
 }
 
-async fn rig_full(
-    dir: tempfile::TempDir,
-    store: SqliteStore,
-    on_shutdown: ShutdownMode,
-    webhooks: Option<drover_api::webhook::WebhookSender>,
-) -> Rig {
+/// A rig whose service has `config` (with short dispatch retries and grace period).
+async fn rig_full(dir: tempfile::TempDir, store: SqliteStore, config: ServiceConfig) -> Rig {
     let clock = Clock::scaled(100.0);
     let sim = Simulator::start(
         "127.0.0.1:0".parse().unwrap(),
@@ -160,9 +169,7 @@ async fn rig_full(
     let config = ServiceConfig {
         dispatch_retry: Duration::from_millis(20),
         shutdown_grace: Duration::from_secs(2),
-        on_shutdown,
-        webhooks,
-        ..ServiceConfig::default()
+        ..config
     };
     let service = Service::new(store, runner.clone(), provisioner, config);
     Rig { service, runner, _sim: sim, _dir: dir }
@@ -443,7 +450,8 @@ async fn a_finished_job_is_reported_to_its_webhook_signed() {
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStore::open_in(dir.path()).await.unwrap();
-    let rig = rig_full(dir, store, ShutdownMode::Cancel, Some(sender)).await;
+    let config = ServiceConfig { webhooks: Some(sender), ..ServiceConfig::default() };
+    let rig = rig_full(dir, store, config).await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/hook", listener.local_addr().unwrap());
     let received = tokio::spawn(receive_one(listener));
@@ -574,4 +582,106 @@ async fn a_job_whose_client_hangs_up_after_the_commit_is_still_dispatched() {
     }
     let dispatched = rig.runner.dispatched.lock().unwrap().len();
     assert_eq!(dispatched, 10, "every job reached the runner");
+}
+
+/// The "Why" of issue 17: one job's log lines filled the store's volume. With a 256 KiB
+/// quota, a driver writing 5,000 KiB ends with exactly its quota stored and the rest counted
+/// in one event before its terminal state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_flooding_its_log_keeps_its_quota_and_the_rest_is_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open_in(dir.path()).await.unwrap();
+    let config = ServiceConfig { log_quota_bytes: 256 * 1024, ..ServiceConfig::default() };
+    let rig = rig_full(dir, store, config).await;
+    let id = submit(&rig, "flood").await;
+    let stream = rig.service.events(&id, 0).await.unwrap();
+    let events: Vec<_> = tokio::time::timeout(Duration::from_secs(30), stream.collect())
+        .await
+        .expect("the stream ends");
+    let logs: Vec<_> = events
+        .iter()
+        .filter_map(|e| match &e.event {
+            JobEventKind::JobLog(log) => Some(log),
+            _ => None,
+        })
+        .collect();
+    let (summary, stored) = logs.split_last().expect("log events");
+    let stored_bytes: usize = stored.iter().flat_map(|l| &l.lines).map(String::len).sum();
+    assert_eq!(stored_bytes, 256 * 1024, "exactly the quota is stored");
+    assert!(stored.iter().all(|l| l.dropped == 0));
+    assert_eq!(summary.dropped, 5_000 - 256, "every other line is counted");
+    assert_eq!(summary.lines.len(), 1);
+    assert!(
+        summary.lines[0].contains(&format!("{} bytes) dropped", (5_000 - 256) * 1024)),
+        "{:?}",
+        summary.lines
+    );
+    let last = events.last().unwrap();
+    assert!(
+        matches!(&last.event, JobEventKind::JobState(s) if s.state == JobPhase::Succeeded),
+        "the job still ends normally: {last:?}"
+    );
+}
+
+/// The "Why" of issue 17: once the store's volume was full every submit got 500. Below the
+/// watermark a submit is refused as `storage_low` (503 with Retry-After) before the store
+/// fails, readiness says why, and once space returns submits succeed with no restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn below_the_disk_watermark_submits_are_refused_until_space_returns() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let mount = dir.path().join("fs");
+    std::fs::create_dir(&mount).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=8m,mode=0700", "tmpfs"])
+        .arg(&mount)
+        .status()
+        .unwrap();
+    assert!(mounted.success(), "mounting a tmpfs needs root (CI runs as root)");
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(mount.clone());
+    let data = mount.join("data");
+    let store = SqliteStore::open_in(&data).await.unwrap();
+    let config = ServiceConfig {
+        data_volume: Some(data.clone()),
+        min_free_bytes: 2 * 1024 * 1024,
+        ..ServiceConfig::default()
+    };
+    let rig = rig_full(dir, store, config).await;
+    submit(&rig, "ok").await;
+    assert!(rig.service.readiness().await.checks["store"].ok);
+
+    // Leave 1 MiB free: below the 2 MiB watermark, but the store could still write.
+    let filler = mount.join("filler");
+    let mut file = std::fs::File::create(&filler).unwrap();
+    while file.write(&[0u8; 4096]).is_ok_and(|n| n > 0) {}
+    file.set_len(file.metadata().unwrap().len() - 1024 * 1024).unwrap();
+    drop(file);
+    for _ in 0..3 {
+        let submission = Submission {
+            spec: spec("ok"),
+            actor: "t".to_owned(),
+            idempotency: None,
+            request_id: "r".to_owned(),
+        };
+        let error = rig.service.submit(submission).await.unwrap_err();
+        assert!(matches!(error, BackendError::StorageLow { .. }), "{error:?}");
+        let api =
+            axum::response::IntoResponse::into_response(drover_api::error::ApiError::from(error));
+        assert_eq!(api.status(), 503);
+        assert!(api.headers().contains_key("retry-after"));
+    }
+    let readiness = rig.service.readiness().await;
+    assert!(!readiness.ready && !readiness.checks["store"].ok, "{readiness:?}");
+    let reason = readiness.checks["store"].message.clone().unwrap_or_default();
+    assert!(reason.contains("watermark"), "{reason}");
+
+    std::fs::remove_file(&filler).unwrap();
+    assert!(rig.service.readiness().await.checks["store"].ok);
+    submit(&rig, "ok").await;
 }

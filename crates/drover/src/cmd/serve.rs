@@ -471,6 +471,9 @@ pub async fn start(
             shutdown_grace: Duration::from_secs(u64::from(config.supervisor.shutdown_grace_s)),
             webhooks,
             accepted_risks: serve_limits::accepted_risks(config),
+            log_quota_bytes: config.store.log_quota_bytes,
+            data_volume: Some(prepared.data_dir.clone()),
+            min_free_bytes: config.store.min_free_bytes,
             ..ServiceConfig::default()
         },
     );
