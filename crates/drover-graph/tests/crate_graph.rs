@@ -48,8 +48,8 @@ const ALLOWED: &[(&str, &str)] = &[
     ("drover-service", "drover-supervisor"),
     ("drover-store", "drover-proto"),
     ("drover-supervisor", "drover-proto"),
-    // To go (issue 19): only for the `ProvisionerBroker` adapter (broker.rs), which moves to
-    // drover-service.
+    // To go, both (issue 19): only for the `ProvisionerBroker` adapter (broker.rs), which
+    // moves to drover-service.
     ("drover-supervisor", "drover-provision"),
     ("drover-supervisor", "drover-store"),
     ("drover-supervisor", "drover-sandbox"),
