@@ -938,9 +938,7 @@ impl<P: Provider, S: Store> Backend for Service<P, S> {
     }
 
     fn audit(&self, events: Vec<AuditEvent>) -> BoxFuture<'_, Result<(), BackendError>> {
-        Box::pin(async move {
-            self.store.append_audit_batch(&events).await.map_err(store_error)
-        })
+        Box::pin(async move { self.store.append_audit_batch(&events).await.map_err(store_error) })
     }
 
     fn metrics(&self) -> BoxFuture<'_, String> {
