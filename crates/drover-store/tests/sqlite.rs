@@ -252,16 +252,7 @@ async fn the_ledger_report_notices_an_entry_without_its_lease_state() {
 async fn audit_events_are_appended_and_read_back_in_order() {
     let (_dir, store) = open().await;
     for i in 0..3 {
-        let event = AuditEvent {
-            timestamp: "2026-11-22T00:00:00.000Z".to_owned(),
-            request_id: Some(format!("req-{i}")),
-            actor: "ci".to_owned(),
-            action: "job.submit".to_owned(),
-            resource: format!("job:job-{i}"),
-            result: "ok".to_owned(),
-            metadata: serde_json::Map::new(),
-        };
-        store.append_audit(&event).await.unwrap();
+        store.append_audit(&audit_event(i)).await.unwrap();
     }
     let events = store.audit_after(1, 10).await.unwrap();
     assert_eq!(events.len(), 2);
@@ -273,15 +264,7 @@ async fn audit_events_are_appended_and_read_back_in_order() {
 #[tokio::test]
 async fn an_audit_batch_is_appended_in_order_after_single_events() {
     let (_dir, store) = open().await;
-    let event = |i: usize| AuditEvent {
-        timestamp: "2026-12-05T00:00:00.000Z".to_owned(),
-        request_id: Some(format!("req-{i}")),
-        actor: "ci".to_owned(),
-        action: "job.submit".to_owned(),
-        resource: format!("job:job-{i}"),
-        result: "ok".to_owned(),
-        metadata: serde_json::Map::new(),
-    };
+    let event = audit_event;
     let first = store.append_audit(&event(0)).await.unwrap();
     store.append_audit_batch(&[]).await.unwrap();
     let batch: Vec<AuditEvent> = (1..=5).map(event).collect();
@@ -290,4 +273,16 @@ async fn an_audit_batch_is_appended_in_order_after_single_events() {
     let ids: Vec<_> = events.iter().map(|(_, e)| e.request_id.clone().unwrap()).collect();
     assert_eq!(ids, ["req-0", "req-1", "req-2", "req-3", "req-4", "req-5"]);
     assert!(events.windows(2).all(|w| w[0].0 < w[1].0), "positions ascend");
+}
+
+fn audit_event(i: usize) -> AuditEvent {
+    AuditEvent {
+        timestamp: "2026-11-22T00:00:00.000Z".to_owned(),
+        request_id: Some(format!("req-{i}")),
+        actor: "ci".to_owned(),
+        action: "job.submit".to_owned(),
+        resource: format!("job:job-{i}"),
+        result: "ok".to_owned(),
+        metadata: serde_json::Map::new(),
+    }
 }
