@@ -49,6 +49,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod metrics;
 pub mod runner;
 pub mod supervisor;
 
@@ -228,6 +229,7 @@ pub struct Service<P: Provider, S: Store> {
     live: broadcast::Sender<JobEvent>,
     running: Mutex<HashMap<JobId, Running>>,
     accepting: AtomicBool,
+    metrics: metrics::ServiceMetrics,
     me: Weak<Self>,
 }
 
@@ -303,8 +305,14 @@ impl<P: Provider, S: Store> Service<P, S> {
             live,
             running: Mutex::new(HashMap::new()),
             accepting: AtomicBool::new(true),
+            metrics: metrics::ServiceMetrics::default(),
             me: me.clone(),
         })
+    }
+
+    /// Adds the service's metrics to the shared registry (see [`metrics`]).
+    pub fn register_metrics(&self, registry: &mut drover_api::metrics::Registry) {
+        self.metrics.register(registry);
     }
 
     /// The store.
@@ -941,37 +949,24 @@ impl<P: Provider, S: Store> Backend for Service<P, S> {
         Box::pin(async move { self.store.append_audit_batch(&events).await.map_err(store_error) })
     }
 
-    fn metrics(&self) -> BoxFuture<'_, String> {
+    fn refresh_metrics(&self) -> BoxFuture<'_, ()> {
         Box::pin(async move {
-            let mut text = String::new();
-            text.push_str("# HELP drover_jobs_active Jobs waiting for a driver or running.\n");
-            text.push_str("# TYPE drover_jobs_active gauge\n");
-            text.push_str(&format!("drover_jobs_active {}\n", self.running_jobs()));
-            if let Ok(report) = self.store.ledger_report().await {
-                text.push_str("# HELP drover_leases_open Leases not yet settled.\n");
-                text.push_str("# TYPE drover_leases_open gauge\n");
-                text.push_str(&format!("drover_leases_open {}\n", report.open));
-                text.push_str("# HELP drover_ledger_usd Net ledger total (reserved plus charged, minus released), USD.\n");
-                text.push_str("# TYPE drover_ledger_usd gauge\n");
-                text.push_str(&format!(
-                    "drover_ledger_usd {}\n",
-                    drover_store::micros_to_usd(report.ledger_micros)
-                ));
-            }
-            if let Some(SimulatorLedger(read)) = &self.config.simulator_ledger {
-                let (billed, live) = read();
-                text.push_str(
-                    "# HELP drover_simulator_billed_usd What the embedded simulator billed, USD.\n",
-                );
-                text.push_str("# TYPE drover_simulator_billed_usd gauge\n");
-                text.push_str(&format!("drover_simulator_billed_usd {billed}\n"));
-                text.push_str(
-                    "# HELP drover_simulator_live_instances Simulator instances still billing.\n",
-                );
-                text.push_str("# TYPE drover_simulator_live_instances gauge\n");
-                text.push_str(&format!("drover_simulator_live_instances {live}\n"));
-            }
-            text
+            let ledger = match self.store.ledger_report().await {
+                Ok(report) => {
+                    Some((report.open, drover_store::micros_to_usd(report.ledger_micros)))
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "metrics: the ledger could not be read");
+                    None
+                }
+            };
+            let simulator =
+                self.config.simulator_ledger.as_ref().map(|SimulatorLedger(read)| read());
+            self.metrics.set(metrics::Snapshot {
+                jobs_active: self.running_jobs(),
+                ledger,
+                simulator,
+            });
         })
     }
 }
