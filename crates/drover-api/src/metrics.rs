@@ -110,42 +110,34 @@ impl ApiMetrics {
     /// Adds the API's metrics, `drover_build_info` and the process metrics to `registry`,
     /// which holds whatever the rest of drover registered, and keeps it for scrapes.
     pub fn new(mut registry: Registry) -> Self {
-        let metrics = Self {
-            requests: Family::default(),
-            durations: Durations::new_with_constructor(duration_histogram),
-            auth_failures: Family::default(),
-            rate_limited: Counter::default(),
-            panics: Counter::default(),
-            registry: Registry::default(),
-        };
+        let requests = Family::<RequestLabels, Counter>::default();
+        let durations = Durations::new_with_constructor(duration_histogram);
+        let auth_failures = Family::default();
+        let (rate_limited, panics) = (Counter::default(), Counter::default());
         registry.register(
             "drover_api_requests",
             "API requests by method, route template and status",
-            metrics.requests.clone(),
+            requests.clone(),
         );
         registry.register(
             "drover_api_request_duration_seconds",
             "Time spent serving API requests, by method and route template",
-            metrics.durations.clone(),
+            durations.clone(),
         );
         registry.register(
             "drover_api_auth_failures",
             "Requests refused with 401, by reason",
-            metrics.auth_failures.clone(),
+            auth_failures.clone(),
         );
         registry.register(
             "drover_api_rate_limited",
             "Requests refused with 429",
-            metrics.rate_limited.clone(),
+            rate_limited.clone(),
         );
-        registry.register(
-            "drover_api_panics",
-            "Handler panics turned into 500",
-            metrics.panics.clone(),
-        );
+        registry.register("drover_api_panics", "Handler panics turned into 500", panics.clone());
         registry.register("drover_build", "Which drover this is (always 1)", build_info());
         registry.register_collector(Box::new(process::ProcessCollector));
-        Self { registry, ..metrics }
+        Self { registry, requests, durations, auth_failures, rate_limited, panics }
     }
 
     pub(crate) fn request(&self, method: &Method, route: &str, status: u16, took: Duration) {
