@@ -53,6 +53,9 @@ use crate::auth::Rejection;
 pub const REQUEST_DURATION_BUCKETS: [f64; 13] =
     [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
+/// The `reason` label values of `drover_api_auth_failures_total`.
+const AUTH_FAILURE_REASONS: [&str; 4] = ["missing", "malformed", "unknown", "revoked"];
+
 /// The `Content-Type` of the Prometheus text format.
 pub const PROMETHEUS_TEXT: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
 
@@ -112,7 +115,7 @@ impl ApiMetrics {
     pub fn new(mut registry: Registry) -> Self {
         let requests = Family::<RequestLabels, Counter>::default();
         let durations = Durations::new_with_constructor(duration_histogram);
-        let auth_failures = Family::default();
+        let auth_failures = Family::<[(&'static str, &'static str); 1], Counter>::default();
         let (rate_limited, panics) = (Counter::default(), Counter::default());
         registry.register(
             "drover_api_requests",
@@ -124,6 +127,10 @@ impl ApiMetrics {
             "Time spent serving API requests, by method and route template",
             durations.clone(),
         );
+        // Every reason is there from the start, so a rate over it is defined before the first.
+        for reason in AUTH_FAILURE_REASONS {
+            let _ = auth_failures.get_or_create(&[("reason", reason)]);
+        }
         registry.register(
             "drover_api_auth_failures",
             "Requests refused with 401, by reason",
@@ -149,12 +156,12 @@ impl ApiMetrics {
     }
 
     pub(crate) fn auth_failure(&self, rejection: Rejection) {
-        let reason = match rejection {
-            Rejection::Missing => "missing",
-            Rejection::Malformed => "malformed",
-            Rejection::Unknown => "unknown",
-            Rejection::Revoked => "revoked",
-        };
+        let reason = AUTH_FAILURE_REASONS[match rejection {
+            Rejection::Missing => 0,
+            Rejection::Malformed => 1,
+            Rejection::Unknown => 2,
+            Rejection::Revoked => 3,
+        }];
         self.auth_failures.get_or_create(&[("reason", reason)]).inc();
     }
 

@@ -13,33 +13,33 @@ use prometheus_client::metrics::gauge::ConstGauge;
 pub(super) struct ProcessCollector;
 
 impl Collector for ProcessCollector {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let mut gauge = |name: &str, help: &str, value: Option<f64>| match value {
-            Some(value) => {
-                let gauge = ConstGauge::new(value);
-                gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)
-            }
-            None => Ok(()),
-        };
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let e = &mut encoder;
         let stat = Stat::read();
         let statm = std::fs::read_to_string("/proc/self/statm").ok();
-        let pages = |field: usize| -> Option<f64> {
-            let pages: f64 = statm.as_deref()?.split_whitespace().nth(field)?.parse().ok()?;
-            Some(pages * sysconf(nix::unistd::SysconfVar::PAGE_SIZE)?)
+        let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE).ok().flatten();
+        let bytes = |field: usize| -> Option<i64> {
+            let pages: i64 = statm.as_deref()?.split_whitespace().nth(field)?.parse().ok()?;
+            Some(pages.saturating_mul(page?))
         };
-        gauge("process_resident_memory_bytes", "Resident memory size in bytes", pages(1))?;
-        gauge("process_virtual_memory_bytes", "Virtual memory size in bytes", pages(0))?;
-        let open = std::fs::read_dir("/proc/self/fd").ok().map(|dir| dir.count() as f64);
-        gauge("process_open_fds", "Open file descriptors", open)?;
+        gauge(e, "process_resident_memory_bytes", "Resident memory size in bytes", bytes(1))?;
+        gauge(e, "process_virtual_memory_bytes", "Virtual memory size in bytes", bytes(0))?;
+        let open = std::fs::read_dir("/proc/self/fd").ok().map(|dir| dir.count() as i64);
+        gauge(e, "process_open_fds", "Open file descriptors", open)?;
         let max = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
             .ok()
-            .map(|(soft, _)| soft as f64);
-        gauge("process_max_fds", "The limit on open file descriptors", max)?;
+            .map(|(soft, _)| i64::try_from(soft).unwrap_or(i64::MAX));
+        gauge(e, "process_max_fds", "The limit on open file descriptors", max)?;
         let started = stat.as_ref().and_then(Stat::start_time_seconds);
-        gauge("process_start_time_seconds", "Start time since the Unix epoch, seconds", started)?;
+        gauge(
+            e,
+            "process_start_time_seconds",
+            "Start time since the Unix epoch, seconds",
+            started,
+        )?;
         if let Some(cpu) = stat.as_ref().and_then(Stat::cpu_seconds) {
             let counter = ConstCounter::new(cpu);
-            counter.encode(encoder.encode_descriptor(
+            counter.encode(e.encode_descriptor(
                 "process_cpu_seconds",
                 "User and system CPU time spent, seconds",
                 None,
@@ -48,6 +48,21 @@ impl Collector for ProcessCollector {
         }
         Ok(())
     }
+}
+
+/// Encodes one gauge, or nothing when its value could not be read.
+fn gauge<N>(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    value: Option<N>,
+) -> Result<(), std::fmt::Error>
+where
+    ConstGauge<N>: EncodeMetric,
+{
+    let Some(value) = value else { return Ok(()) };
+    let gauge = ConstGauge::new(value);
+    gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)
 }
 
 /// The fields of `/proc/self/stat` after the command name (which may hold spaces).
