@@ -186,9 +186,10 @@ pub trait Backend: Send + Sync + 'static {
     /// Appends audit events to the store.
     fn audit(&self, events: Vec<AuditEvent>) -> BoxFuture<'_, Result<(), BackendError>>;
 
-    /// Extra Prometheus samples for `/metrics` (jobs by state, leases, spend), as complete
-    /// exposition text; empty by default.
-    fn metrics(&self) -> BoxFuture<'_, String> {
-        Box::pin(async { String::new() })
+    /// Brings the backend's metrics up to date before a scrape (what it reads from the
+    /// store: jobs, leases, spend). The metrics themselves live in the registry given to
+    /// [`ApiState::with_registry`](crate::ApiState::with_registry); nothing by default.
+    fn refresh_metrics(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
     }
 }

@@ -273,7 +273,8 @@ pub fn document() -> Value {
                 json!({"200": {"description": "OpenAPI 3.1.", "content": {"application/json": {"schema": {"type": "object"}}}}}),
                 json!({}))},
             "/metrics": {"get": operation("metrics", "Prometheus metrics.", Some("metrics:read"),
-                json!({"200": {"description": "Text exposition format 0.0.4.", "content": {"text/plain": {"schema": {"type": "string"}}}}}),
+                json!({"200": {"description": "Prometheus text format 0.0.4, or OpenMetrics 1.0 when Accept asks for application/openmetrics-text.",
+                    "content": {"text/plain": {"schema": {"type": "string"}}, "application/openmetrics-text": {"schema": {"type": "string"}}}}}),
                 json!({}))},
         },
     })

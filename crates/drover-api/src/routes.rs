@@ -384,15 +384,26 @@ pub async fn openapi(_auth: Authorized<AnyScope>) -> Response {
     response
 }
 
-/// `GET /metrics`: Prometheus text; needs `metrics:read`.
-pub async fn metrics(State(state): Shared, _auth: Authorized<MetricsRead>) -> Response {
-    let mut text = state.metrics.render();
-    text.push_str(&state.backend.metrics().await);
+/// `GET /metrics`: Prometheus text (OpenMetrics when `Accept` asks for it); needs
+/// `metrics:read`.
+pub async fn metrics(
+    State(state): Shared,
+    _auth: Authorized<MetricsRead>,
+    headers: HeaderMap,
+) -> Response {
+    state.backend.refresh_metrics().await;
+    let openmetrics = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("application/openmetrics-text"));
+    let (text, content_type) = if openmetrics {
+        (state.metrics.render_openmetrics(), crate::metrics::OPENMETRICS_TEXT)
+    } else {
+        (state.metrics.render(), crate::metrics::PROMETHEUS_TEXT)
+    };
     let mut response = (StatusCode::OK, text).into_response();
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-    );
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     response
 }
 

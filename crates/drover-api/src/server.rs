@@ -32,7 +32,7 @@ use crate::audit::Auditor;
 use crate::auth::{RateLimiter, TokenConfigError, TokenRegistry, TokenSet};
 use crate::backend::Backend;
 use crate::error::{RequestContext, error_response};
-use crate::metrics::ApiMetrics;
+use crate::metrics::{ApiMetrics, Registry};
 use crate::routes;
 use crate::sse::StreamSlots;
 
@@ -81,7 +81,7 @@ pub struct ApiState {
     pub settings: ApiSettings,
     /// Audit sink.
     pub auditor: Auditor,
-    /// Counters for `/metrics`.
+    /// The registry behind `/metrics`, with the API's own metrics.
     pub metrics: ApiMetrics,
     /// Compiled params validators per driver action.
     pub(crate) params: routes::ParamsCache,
@@ -109,6 +109,18 @@ impl ApiState {
         development_flag: bool,
         backend: Arc<dyn Backend>,
         auditor: Auditor,
+    ) -> Result<Arc<Self>, StartError> {
+        Self::with_registry(config, development_flag, backend, auditor, Registry::default())
+    }
+
+    /// [`ApiState::new`], serving `registry` (with whatever the rest of drover registered in
+    /// it) at `/metrics`, the API's own metrics added.
+    pub fn with_registry(
+        config: &ApiConfig,
+        development_flag: bool,
+        backend: Arc<dyn Backend>,
+        auditor: Auditor,
+        registry: Registry,
     ) -> Result<Arc<Self>, StartError> {
         let mode = match (config.mode, development_flag) {
             (ApiMode::Production, false) => ApiMode::Production,
@@ -138,7 +150,7 @@ impl ApiState {
                 limits: config.limits,
             },
             auditor,
-            metrics: ApiMetrics::default(),
+            metrics: ApiMetrics::new(registry),
             params: routes::ParamsCache::default(),
             streams: StreamSlots::new(config.limits.sse_streams_per_token),
             requests: Arc::new(tokio::sync::Semaphore::new(

@@ -68,7 +68,11 @@ async fn app_limited(
     config.mode = mode;
     adjust(&mut config);
     let auditor = Auditor::start(backend.clone(), Some(dir.path().join("audit.jsonl")));
-    let state = ApiState::new(&config, development_flag, backend.clone(), auditor).unwrap();
+    let mut registry = drover_api::metrics::Registry::default();
+    registry.register("drover_jobs", "Jobs in the store", backend.jobs_gauge.clone());
+    let state =
+        ApiState::with_registry(&config, development_flag, backend.clone(), auditor, registry)
+            .unwrap();
     App {
         router: router(state.clone()),
         state,
@@ -789,6 +793,112 @@ async fn estimates_drivers_readiness_and_metrics_answer() {
         app.call(Method::PUT, "/v1/drivers", Some(&token), None).await.status,
         StatusCode::METHOD_NOT_ALLOWED
     );
+}
+
+/// Checks a Prometheus text exposition the way a scraper reads it: every line is `# HELP`,
+/// `# TYPE` or `name{labels} value`; every sample belongs to a family with a `# TYPE` given
+/// before it, and only histograms have `_bucket`/`_sum`/`_count` samples; label values are
+/// quoted; values are numbers, never `-0`. Returns the samples as (name, labels, value).
+pub fn parse_exposition(text: &str) -> Vec<(String, String, f64)> {
+    let mut types: std::collections::HashMap<String, String> = Default::default();
+    let mut samples = Vec::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap_or_else(|| panic!("bad TYPE: {line}"));
+            assert!(
+                ["counter", "gauge", "histogram", "summary", "untyped"].contains(&kind),
+                "{line}"
+            );
+            assert!(types.insert(name.to_owned(), kind.to_owned()).is_none(), "twice: {line}");
+            continue;
+        }
+        if line.starts_with("# HELP ") {
+            continue;
+        }
+        assert!(!line.starts_with('#') && !line.is_empty(), "stray line: {line:?}");
+        let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("{line}"));
+        assert!(!value.starts_with("-0"), "negative zero: {line}");
+        let value: f64 = match value {
+            "+Inf" => f64::INFINITY,
+            "-Inf" => f64::NEG_INFINITY,
+            v => v.parse().unwrap_or_else(|_| panic!("bad value: {line}")),
+        };
+        let (name, labels) = match series.split_once('{') {
+            Some((name, rest)) => {
+                let labels = rest.strip_suffix('}').unwrap_or_else(|| panic!("{line}"));
+                for pair in labels.split("\",").filter(|p| !p.is_empty()) {
+                    let (key, quoted) = pair.split_once('=').unwrap_or_else(|| panic!("{line}"));
+                    assert!(key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'), "{line}");
+                    assert!(quoted.starts_with('"'), "{line}");
+                }
+                (name, labels)
+            }
+            None => (series, ""),
+        };
+        assert!(name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'), "{line}");
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|suffix| {
+                let base = name.strip_suffix(suffix)?;
+                (types.get(base).map(String::as_str) == Some("histogram")).then_some(base)
+            })
+            .unwrap_or(name);
+        assert!(types.contains_key(family), "no # TYPE before {line}");
+        samples.push((name.to_owned(), labels.to_owned(), value));
+    }
+    samples
+}
+
+/// Issue 17: the metrics were hand-formatted text with a latency summary; they are encoded
+/// by prometheus-client, parse as the exposition format, and latency is a histogram.
+#[tokio::test]
+async fn metrics_parse_as_the_exposition_format_with_a_latency_histogram() {
+    let app = app().await;
+    let token = app.admin().to_owned();
+    app.call(Method::GET, "/v1/drivers", Some(&token), None).await;
+    app.call(Method::GET, "/v1/jobs", Some("not-a-token"), None).await;
+    let scraper = app.tokens.metrics.expose().to_owned();
+    let response = app.call(Method::GET, "/metrics", Some(&scraper), None).await;
+    assert_eq!(
+        response.headers[header::CONTENT_TYPE].to_str().unwrap(),
+        "text/plain; version=0.0.4; charset=utf-8"
+    );
+    let samples = parse_exposition(&response.text);
+    let bucket = samples
+        .iter()
+        .find(|(name, labels, _)| {
+            name == "drover_api_request_duration_seconds_bucket"
+                && labels.contains("route=\"/v1/drivers\"")
+                && labels.contains("le=\"+Inf\"")
+        })
+        .unwrap_or_else(|| panic!("no +Inf bucket for /v1/drivers in\n{}", response.text));
+    assert_eq!(bucket.2, 1.0);
+    let named = |wanted: &str| samples.iter().any(|(name, _, _)| name == wanted);
+    for wanted in [
+        "drover_build_info",
+        "process_resident_memory_bytes",
+        "process_cpu_seconds_total",
+        "process_open_fds",
+        "process_start_time_seconds",
+        "drover_api_auth_failures_total",
+        "drover_jobs",
+    ] {
+        assert!(named(wanted), "no {wanted} in\n{}", response.text);
+    }
+    // A scraper asking for OpenMetrics gets it.
+    let request = Request::get("/metrics")
+        .header(header::AUTHORIZATION, format!("Bearer {scraper}"))
+        .header(header::ACCEPT, "application/openmetrics-text;version=1.0.0,text/plain;q=0.5")
+        .body(Body::empty())
+        .unwrap();
+    let open = app.send(request).await;
+    assert!(
+        open.headers[header::CONTENT_TYPE]
+            .to_str()
+            .unwrap()
+            .starts_with("application/openmetrics-text")
+    );
+    assert!(open.text.ends_with("# EOF\n"), "{}", open.text);
 }
 
 #[tokio::test]

@@ -9,6 +9,7 @@
 //! | [`estimate`] | the deterministic cost model, with worked examples |
 //! | [`gate`] | the cost gate (SR-007): below 95% confidence, or any doubt, nothing is rented |
 //! | [`provisioner`] | leases: reserve, rent with failover, watchdog, confirmed destroy, settle, reaper; persisted through [`drover_store::Store`] |
+//! | [`metrics`] | gate decisions and provider calls for `/metrics` |
 //! | [`redact`] | blanks secret-bearing fields before anything is logged |
 //!
 //! Architecture invariants:
@@ -45,6 +46,7 @@
 pub mod clock;
 pub mod estimate;
 pub mod gate;
+pub mod metrics;
 pub mod provider;
 pub mod provisioner;
 pub mod redact;
@@ -56,6 +58,7 @@ pub mod vast;
 pub use clock::Clock;
 pub use estimate::{CostModel, Estimate, EstimateInputs};
 pub use gate::{CostGateError, Gate, GateReason};
+pub use metrics::{GatePurpose, ProvisionMetrics};
 pub use provider::Provider;
 pub use provisioner::{
     AcquireError, DryRun, JobContext, LeaseError, Provisioner, ProvisionerConfig, ReapReport,

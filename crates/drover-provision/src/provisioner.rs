@@ -92,6 +92,8 @@ pub struct ProvisionerConfig {
     /// How long past its lease's hard deadline an instance's own dead-man's switch waits
     /// before ending it. Default 60.
     pub deadman_grace_s: f64,
+    /// Where gate decisions are counted (see [`crate::metrics`]). Default: counted for nobody.
+    pub metrics: crate::ProvisionMetrics,
 }
 
 impl ProvisionerConfig {
@@ -110,6 +112,7 @@ impl ProvisionerConfig {
             search_limit: 16,
             create_confirm_s: 60.0,
             deadman_grace_s: 60.0,
+            metrics: crate::ProvisionMetrics::default(),
         }
     }
 }
@@ -553,6 +556,7 @@ impl<P: Provider, S: Store> Provisioner<P, S> {
             budget_usd,
         );
         let decision = inner.gate.decide(&inputs, day_usd);
+        inner.cfg.metrics.gate_decision(crate::GatePurpose::Estimate, decision.as_ref().err());
         let (result, reason) = match &decision {
             Ok(_) => ("allowed", Value::Null),
             Err(rejection) => ("rejected", Value::from(rejection.reason_code())),
@@ -808,7 +812,9 @@ impl<P: Provider, S: Store> Inner<P, S> {
                 ctx.budget_usd - committed.job_usd,
             );
             let resource = format!("lease:{lease_id}");
-            let estimate = match self.gate.decide(&inputs, committed.day_usd) {
+            let decision = self.gate.decide(&inputs, committed.day_usd);
+            self.cfg.metrics.gate_decision(crate::GatePurpose::Rental, decision.as_ref().err());
+            let estimate = match decision {
                 Ok(e) => e,
                 Err(rejection) => {
                     self.audit("gate.decide", &ctx.actor, resource, "rejected", json!({

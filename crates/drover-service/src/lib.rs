@@ -49,168 +49,33 @@
 
 #![forbid(unsafe_code)]
 
+mod backend;
+mod config;
+pub mod metrics;
+mod quota;
 pub mod runner;
 pub mod supervisor;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
-use drover_api::backend::{
-    Backend, BackendError, BoxFuture, EventStream, JobQuery, SchemaLookupError, Submission,
-    Submitted,
-};
-use drover_api::webhook::WebhookSender;
-use drover_proto::api::{
-    AuditEvent, Check, DriverHealth, DriverList, EstimateRequest, EstimateResponse, Job, JobEvent,
-    JobEventKind, JobList, OfferSummary, Readiness, WebhookEvent, WebhookKind,
-};
-use drover_proto::{ActionName, DriverName, JobId, JobPhase, JobState, ParamsSchema};
-use drover_provision::{AcquireError, Provider, Provisioner};
-use drover_store::{Idempotency, JobFilter, NewJob, Store, StoreError};
-use futures_util::StreamExt;
-use serde_json::{Map, Value, json};
-use tokio::sync::{broadcast, mpsc, watch};
+use drover_api::backend::BackendError;
+use drover_proto::api::{AuditEvent, Job, JobEvent, JobEventKind, WebhookEvent, WebhookKind};
+use drover_proto::{JobId, JobPhase, JobState};
+use drover_provision::{Provider, Provisioner};
+use drover_store::{Store, StoreError};
+use serde_json::{Map, Value};
+use tokio::sync::{broadcast, watch};
 
+pub use config::{
+    DEFAULT_LOG_QUOTA_BYTES, DEFAULT_MIN_FREE_BYTES, ProviderKind, SIMULATOR_NOTICE, ServiceConfig,
+    SimulatorLedger,
+};
+use quota::LogQuota;
 pub use runner::{JobRunner, RunError, RunEvent, RunRequest};
 pub use supervisor::SupervisorRunner;
-
-/// Where rentals go, as readiness and the logs name it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ProviderKind {
-    /// The embedded Vast.ai simulator: nothing real is rented, nothing is spent.
-    Simulator,
-    /// The real Vast.ai: rentals cost real money.
-    Vastai,
-}
-
-/// What readiness says about the simulator.
-pub const SIMULATOR_NOTICE: &str = "SIMULATOR: the embedded Vast.ai simulator is the provider; \
-     nothing real is rented and nothing is spent";
-
-/// Reads the embedded simulator's ledger: (USD billed so far, instances still billing).
-#[derive(Clone)]
-pub struct SimulatorLedger(pub Arc<dyn Fn() -> (f64, usize) + Send + Sync>);
-
-impl std::fmt::Debug for SimulatorLedger {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("SimulatorLedger")
-    }
-}
-
-/// How the service behaves.
-#[derive(Clone, Debug)]
-pub struct ServiceConfig {
-    /// The provider behind the provisioner.
-    pub provider: ProviderKind,
-    /// Pause between dispatch attempts while the driver is starting or busy. Default 500 ms.
-    pub dispatch_retry: Duration,
-    /// How long [`Service::shutdown`] waits for jobs to end. Default 10 s.
-    pub shutdown_grace: Duration,
-    /// Cancel running jobs at shutdown, or let them finish first. Default cancel.
-    pub on_shutdown: drover_proto::config::ShutdownMode,
-    /// The gate's confidence floor, for answers made without the gate (no offers). Default
-    /// 0.95.
-    pub confidence_floor: f64,
-    /// The embedded simulator's own billing ledger, when it is the provider: a function that
-    /// returns (USD billed so far, instances still billing). Exported by `/metrics` as
-    /// `drover_simulator_billed_usd` and `drover_simulator_live_instances`, next to
-    /// `drover_ledger_usd`, so the provider's bill and drover's ledger can be compared.
-    pub simulator_ledger: Option<SimulatorLedger>,
-    /// Sends `job.finished` to jobs' webhook URLs; `None`: jobs with a webhook URL are
-    /// accepted but nothing is sent (logged).
-    pub webhooks: Option<WebhookSender>,
-    /// Protections this deployment runs without (`supervisor.accept_risks`), reported by
-    /// readiness as the `sandbox` check (still ready). Default none.
-    pub accepted_risks: Vec<String>,
-    /// Bytes of log line text stored per job; lines beyond it are dropped and counted (see
-    /// the [module docs](self)). Default [`DEFAULT_LOG_QUOTA_BYTES`] (16 MiB).
-    pub log_quota_bytes: u64,
-    /// A directory on the store's volume, whose free space (`statvfs`) is checked against
-    /// `min_free_bytes` at every submit and readiness probe. `None`: not checked. Default
-    /// `None` (serve passes its data directory).
-    pub data_volume: Option<std::path::PathBuf>,
-    /// Free bytes the volume must keep; below it submits get
-    /// [`BackendError::StorageLow`] (503 `storage_low`, `Retry-After`) and readiness says
-    /// not ready. Default [`DEFAULT_MIN_FREE_BYTES`] (64 MiB).
-    pub min_free_bytes: u64,
-}
-
-/// The default disk-space watermark: 64 MiB free.
-pub const DEFAULT_MIN_FREE_BYTES: u64 = 64 * 1024 * 1024;
-
-/// The default per-job log quota: 16 MiB of line text.
-pub const DEFAULT_LOG_QUOTA_BYTES: u64 = 16 * 1024 * 1024;
-
-/// What a job's log quota has let through and dropped so far.
-#[derive(Debug, Default)]
-struct LogQuota {
-    stored_bytes: u64,
-    dropped_lines: u64,
-    dropped_bytes: u64,
-    /// A line did not fit: every later line is dropped too, so the stored log is a prefix.
-    full: bool,
-}
-
-impl LogQuota {
-    /// Keeps the leading lines of `log` that fit the quota and counts the rest; `None` when
-    /// nothing of it is to be stored (then the lines the driver itself reported dropped are
-    /// counted here, so the summary carries them).
-    fn admit(&mut self, mut log: drover_proto::JobLog, quota: u64) -> Option<drover_proto::JobLog> {
-        let mut kept = 0;
-        for line in &log.lines {
-            let len = line.len() as u64;
-            if !self.full && self.stored_bytes.saturating_add(len) <= quota {
-                self.stored_bytes += len;
-                kept += 1;
-            } else {
-                self.full = true;
-                self.dropped_lines += 1;
-                self.dropped_bytes = self.dropped_bytes.saturating_add(len);
-            }
-        }
-        if kept == 0 {
-            self.dropped_lines = self.dropped_lines.saturating_add(log.dropped);
-            return None;
-        }
-        log.lines.truncate(kept);
-        Some(log)
-    }
-
-    /// The one event that reports what was dropped, if anything was.
-    fn summary(&self, id: &JobId, quota: u64) -> Option<JobEventKind> {
-        (self.dropped_lines > 0).then(|| {
-            JobEventKind::JobLog(drover_proto::JobLog {
-                job_id: id.clone(),
-                stream: drover_proto::LogStream::Stderr,
-                lines: vec![format!(
-                    "drover: log quota of {quota} bytes reached; {} lines ({} bytes) dropped",
-                    self.dropped_lines, self.dropped_bytes
-                )],
-                dropped: self.dropped_lines,
-            })
-        })
-    }
-}
-
-impl Default for ServiceConfig {
-    fn default() -> Self {
-        Self {
-            provider: ProviderKind::Simulator,
-            dispatch_retry: Duration::from_millis(500),
-            shutdown_grace: Duration::from_secs(10),
-            on_shutdown: drover_proto::config::ShutdownMode::Cancel,
-            confidence_floor: 0.95,
-            simulator_ledger: None,
-            webhooks: None,
-            accepted_risks: Vec::new(),
-            log_quota_bytes: DEFAULT_LOG_QUOTA_BYTES,
-            data_volume: None,
-            min_free_bytes: DEFAULT_MIN_FREE_BYTES,
-        }
-    }
-}
 
 /// A job the service is running (waiting for a driver, or on one).
 #[derive(Debug)]
@@ -228,6 +93,7 @@ pub struct Service<P: Provider, S: Store> {
     live: broadcast::Sender<JobEvent>,
     running: Mutex<HashMap<JobId, Running>>,
     accepting: AtomicBool,
+    metrics: metrics::ServiceMetrics,
     me: Weak<Self>,
 }
 
@@ -303,8 +169,14 @@ impl<P: Provider, S: Store> Service<P, S> {
             live,
             running: Mutex::new(HashMap::new()),
             accepting: AtomicBool::new(true),
+            metrics: metrics::ServiceMetrics::default(),
             me: me.clone(),
         })
+    }
+
+    /// Adds the service's metrics to the shared registry (see [`metrics`]).
+    pub fn register_metrics(&self, registry: &mut drover_api::metrics::Registry) {
+        self.metrics.register(registry);
     }
 
     /// The store.
@@ -657,321 +529,4 @@ pub fn phase_name(phase: JobPhase) -> &'static str {
 
 fn is_terminal_event(event: &JobEvent) -> bool {
     matches!(&event.event, JobEventKind::JobState(s) if s.state.is_terminal())
-}
-
-impl<P: Provider, S: Store> Backend for Service<P, S> {
-    fn submit(&self, submission: Submission) -> BoxFuture<'_, Result<Submitted, BackendError>> {
-        Box::pin(async move {
-            if !self.accepting.load(Ordering::SeqCst) {
-                return Err(BackendError::Unavailable("the supervisor is shutting down"));
-            }
-            self.check_free_space()?;
-            let new = NewJob {
-                id: new_job_id().map_err(BackendError::internal)?,
-                spec: submission.spec,
-                submitted_by: submission.actor,
-                at_unix_ms: now_ms(),
-                idempotency: submission
-                    .idempotency
-                    .map(|(key, request_sha256)| Idempotency { key, request_sha256 }),
-            };
-            // The commit and the handoff to the dispatcher run in their own task: a client
-            // that hangs up drops the request's future, and a job committed as queued must
-            // still be dispatched (issue 17), not wait for the next restart.
-            let me =
-                self.me.upgrade().ok_or(BackendError::Unavailable("the service has stopped"))?;
-            let accepted = tokio::spawn(async move {
-                let done = me.store.submit_job(new).await.map_err(store_error)?;
-                if !done.replayed {
-                    me.spawn(done.job.clone());
-                    let mut metadata = Map::new();
-                    metadata
-                        .insert("driver".to_owned(), Value::from(done.job.spec.driver.as_str()));
-                    metadata.insert("budget_usd".to_owned(), json!(done.job.spec.budget_usd));
-                    me.audit_internal("job.dispatch", &done.job.id, "queued", metadata).await;
-                }
-                Ok(Submitted { job: done.job, replayed: done.replayed })
-            });
-            accepted.await.map_err(BackendError::internal)?
-        })
-    }
-
-    fn job<'a>(&'a self, id: &'a JobId) -> BoxFuture<'a, Result<Option<Job>, BackendError>> {
-        Box::pin(async move { self.store.get_job(id).await.map_err(store_error) })
-    }
-
-    fn jobs(&self, query: JobQuery) -> BoxFuture<'_, Result<JobList, BackendError>> {
-        Box::pin(async move {
-            let filter = JobFilter {
-                state: query.state,
-                driver: query.driver.map(|d| d.to_string()),
-                label: query.label,
-                before: query.cursor.map(|c| i64::try_from(c).unwrap_or(i64::MAX)),
-                limit: query.limit,
-                submitted_by: query.submitted_by,
-            };
-            let page = self.store.list_jobs(&filter).await.map_err(store_error)?;
-            Ok(JobList { jobs: page.jobs, next_cursor: page.next_cursor.map(|c| c.to_string()) })
-        })
-    }
-
-    fn cancel<'a>(
-        &'a self,
-        id: &'a JobId,
-        actor: &'a str,
-    ) -> BoxFuture<'a, Result<Job, BackendError>> {
-        Box::pin(async move {
-            let job =
-                self.store.get_job(id).await.map_err(store_error)?.ok_or(BackendError::NotFound)?;
-            if job.state.is_terminal() {
-                return Err(BackendError::Conflict("the job has already ended"));
-            }
-            let reason = format!("cancelled through the API by {actor}");
-            let mut metadata = Map::new();
-            metadata.insert("state_before".to_owned(), Value::from(phase_name(job.state)));
-            let event = AuditEvent {
-                timestamp: drover_api::audit::rfc3339(now_ms()),
-                request_id: None,
-                actor: actor.to_owned(),
-                action: "job.cancel".to_owned(),
-                resource: format!("job:{id}"),
-                result: "requested".to_owned(),
-                metadata,
-            };
-            if let Err(error) = self.store.append_audit(&event).await {
-                tracing::warn!(%error, "audit event could not be stored");
-            }
-            let sender = lock(&self.running).get(id).map(|run| run.cancel.clone());
-            match sender {
-                Some(sender) => {
-                    // The job task passes it to the runner (now, or once dispatched).
-                    let _ = sender.send(Some(reason));
-                }
-                None => {
-                    // Not running here (e.g. left queued by a previous run and not resumed):
-                    // end it directly.
-                    self.record(id, state(id, JobPhase::Cancelled, reason)).await;
-                }
-            }
-            self.store.get_job(id).await.map_err(store_error)?.ok_or(BackendError::NotFound)
-        })
-    }
-
-    fn events<'a>(
-        &'a self,
-        id: &'a JobId,
-        after: u64,
-    ) -> BoxFuture<'a, Result<EventStream, BackendError>> {
-        Box::pin(async move {
-            // Subscribe first, then read history, so nothing falls between the two.
-            let mut live = self.live.subscribe();
-            let job =
-                self.store.get_job(id).await.map_err(store_error)?.ok_or(BackendError::NotFound)?;
-            let mut history = Vec::new();
-            let mut last = after;
-            loop {
-                let page = self.store.events_after(id, last, 1000).await.map_err(store_error)?;
-                let full = page.len() == 1000;
-                if let Some(event) = page.last() {
-                    last = event.seq;
-                }
-                history.extend(page);
-                if !full {
-                    break;
-                }
-            }
-            let ended = job.state.is_terminal() || history.iter().any(is_terminal_event);
-            let (tx, rx) = mpsc::channel(64);
-            let id = id.clone();
-            let store = self.store.clone();
-            if !ended {
-                tokio::spawn(async move {
-                    loop {
-                        let batch = match live.recv().await {
-                            Ok(event) if event.event.job_id() == &id && event.seq > last => {
-                                vec![event]
-                            }
-                            Ok(_) => continue,
-                            Err(broadcast::error::RecvError::Lagged(_)) => {
-                                // Fell behind: the store has everything.
-                                match store.events_after(&id, last, 1000).await {
-                                    Ok(events) => events,
-                                    Err(_) => return,
-                                }
-                            }
-                            Err(broadcast::error::RecvError::Closed) => return,
-                        };
-                        for event in batch {
-                            last = event.seq;
-                            let terminal = is_terminal_event(&event);
-                            if tx.send(event).await.is_err() || terminal {
-                                return;
-                            }
-                        }
-                    }
-                });
-            }
-            let rest = tokio_stream::wrappers::ReceiverStream::new(rx);
-            let stream: EventStream = Box::pin(futures_util::stream::iter(history).chain(rest));
-            Ok(stream)
-        })
-    }
-
-    fn drivers(&self) -> BoxFuture<'_, Result<DriverList, BackendError>> {
-        Box::pin(async move { Ok(self.runner.drivers().await) })
-    }
-
-    fn params_schema(
-        &self,
-        driver: &DriverName,
-        action: &ActionName,
-    ) -> Result<Arc<ParamsSchema>, SchemaLookupError> {
-        self.runner.params_schema(driver, action)
-    }
-
-    fn estimate(
-        &self,
-        request: EstimateRequest,
-    ) -> BoxFuture<'_, Result<EstimateResponse, BackendError>> {
-        Box::pin(async move {
-            let dry = self
-                .provisioner
-                .dry_run(
-                    &request.gpu,
-                    request.max_runtime_s,
-                    request.disk_gib,
-                    request.bandwidth_gib,
-                    request.budget_usd,
-                    "api",
-                )
-                .await;
-            let dry = match dry {
-                Ok(dry) => dry,
-                Err(AcquireError::NoOffers) => {
-                    return Ok(EstimateResponse {
-                        allowed: false,
-                        estimate: None,
-                        confidence_floor: self.config.confidence_floor,
-                        reason: Some("no offer matches the GPU request".to_owned()),
-                        offer: None,
-                    });
-                }
-                Err(AcquireError::Provider(error)) => {
-                    tracing::warn!(%error, "estimate: the provider did not answer");
-                    return Err(BackendError::Unavailable("the GPU provider cannot be reached"));
-                }
-                Err(other) => return Err(BackendError::internal(other)),
-            };
-            let offer = dry.offer.and_then(|(model, count, rate)| {
-                Some(OfferSummary {
-                    gpu_model: model.chars().take(64).collect(),
-                    gpu_count: u8::try_from(count).ok()?,
-                    usd_per_hour: rate.is_finite().then_some(rate)?,
-                })
-            });
-            Ok(match dry.decision {
-                Ok(estimate) => EstimateResponse {
-                    allowed: true,
-                    estimate: Some(estimate.to_proto()),
-                    confidence_floor: dry.floor,
-                    reason: None,
-                    offer,
-                },
-                Err(rejection) => EstimateResponse {
-                    allowed: false,
-                    estimate: rejection.estimate.as_ref().map(|e| e.to_proto()),
-                    confidence_floor: dry.floor,
-                    reason: Some(rejection.reason.to_string().chars().take(1000).collect()),
-                    offer,
-                },
-            })
-        })
-    }
-
-    fn readiness(&self) -> BoxFuture<'_, Readiness> {
-        Box::pin(async move {
-            let mut checks = BTreeMap::new();
-            let message = if self.store.ping().await.is_err() {
-                Some("the store does not answer".to_owned())
-            } else if let Err(low) = self.check_free_space() {
-                Some(low.to_string())
-            } else if self.store.writable().await.is_err() {
-                Some("the store cannot write (a full disk or an I/O error)".to_owned())
-            } else {
-                None
-            };
-            checks.insert("store".to_owned(), Check { ok: message.is_none(), message });
-            let drivers = self.runner.drivers().await;
-            let not_ready: Vec<String> = drivers
-                .drivers
-                .iter()
-                .filter(|d| d.ready_sessions == 0 || d.health == DriverHealth::Failed)
-                .map(|d| d.name.to_string())
-                .collect();
-            let drivers_ok = !drivers.drivers.is_empty() && not_ready.is_empty();
-            let message = if drivers.drivers.is_empty() {
-                Some("no drivers are configured".to_owned())
-            } else if !not_ready.is_empty() {
-                Some(format!("not ready: {}", not_ready.join(", ")).chars().take(256).collect())
-            } else {
-                None
-            };
-            checks.insert("drivers".to_owned(), Check { ok: drivers_ok, message });
-            let provider = match self.config.provider {
-                ProviderKind::Simulator => SIMULATOR_NOTICE.to_owned(),
-                ProviderKind::Vastai => "vast.ai: rentals cost real money".to_owned(),
-            };
-            checks.insert("provider".to_owned(), Check { ok: true, message: Some(provider) });
-            if !self.config.accepted_risks.is_empty() {
-                let risks = self.config.accepted_risks.join(", ");
-                let message = format!("running with accepted risks: {risks}");
-                checks.insert("sandbox".to_owned(), Check { ok: true, message: Some(message) });
-            }
-            let accepting = self.accepting.load(Ordering::SeqCst);
-            checks.insert(
-                "accepting".to_owned(),
-                Check { ok: accepting, message: (!accepting).then(|| "shutting down".to_owned()) },
-            );
-            let ready = checks.values().all(|c| c.ok);
-            Readiness { ready, checks }
-        })
-    }
-
-    fn audit(&self, events: Vec<AuditEvent>) -> BoxFuture<'_, Result<(), BackendError>> {
-        Box::pin(async move { self.store.append_audit_batch(&events).await.map_err(store_error) })
-    }
-
-    fn metrics(&self) -> BoxFuture<'_, String> {
-        Box::pin(async move {
-            let mut text = String::new();
-            text.push_str("# HELP drover_jobs_active Jobs waiting for a driver or running.\n");
-            text.push_str("# TYPE drover_jobs_active gauge\n");
-            text.push_str(&format!("drover_jobs_active {}\n", self.running_jobs()));
-            if let Ok(report) = self.store.ledger_report().await {
-                text.push_str("# HELP drover_leases_open Leases not yet settled.\n");
-                text.push_str("# TYPE drover_leases_open gauge\n");
-                text.push_str(&format!("drover_leases_open {}\n", report.open));
-                text.push_str("# HELP drover_ledger_usd Net ledger total (reserved plus charged, minus released), USD.\n");
-                text.push_str("# TYPE drover_ledger_usd gauge\n");
-                text.push_str(&format!(
-                    "drover_ledger_usd {}\n",
-                    drover_store::micros_to_usd(report.ledger_micros)
-                ));
-            }
-            if let Some(SimulatorLedger(read)) = &self.config.simulator_ledger {
-                let (billed, live) = read();
-                text.push_str(
-                    "# HELP drover_simulator_billed_usd What the embedded simulator billed, USD.\n",
-                );
-                text.push_str("# TYPE drover_simulator_billed_usd gauge\n");
-                text.push_str(&format!("drover_simulator_billed_usd {billed}\n"));
-                text.push_str(
-                    "# HELP drover_simulator_live_instances Simulator instances still billing.\n",
-                );
-                text.push_str("# TYPE drover_simulator_live_instances gauge\n");
-                text.push_str(&format!("drover_simulator_live_instances {live}\n"));
-            }
-            text
-        })
-    }
 }

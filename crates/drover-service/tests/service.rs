@@ -685,3 +685,36 @@ async fn below_the_disk_watermark_submits_are_refused_until_space_returns() {
     assert!(rig.service.readiness().await.checks["store"].ok);
     submit(&rig, "ok").await;
 }
+
+/// Issue 17: `/metrics` showed `drover_simulator_billed_usd -0` while the simulator had billed
+/// nothing (an empty floating-point sum is negative zero). The service's gauges are read at
+/// each refresh and a zero is written as `0.0`.
+#[tokio::test]
+async fn metrics_write_an_empty_bill_as_zero_not_negative_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open_in(dir.path()).await.unwrap();
+    let billing = Arc::new(
+        Simulator::start("127.0.0.1:0".parse().unwrap(), SimConfig::default()).await.unwrap(),
+    );
+    let read = Arc::clone(&billing);
+    let ledger = drover_service::SimulatorLedger(Arc::new(move || {
+        let ledger = read.ledger();
+        (ledger.total_usd(), ledger.live().len())
+    }));
+    assert!(billing.ledger().total_usd().is_sign_negative(), "the cause: an empty sum is -0");
+    let config = ServiceConfig { simulator_ledger: Some(ledger), ..ServiceConfig::default() };
+    let rig = rig_full(dir, store, config).await;
+    let mut registry = drover_api::metrics::Registry::default();
+    rig.service.register_metrics(&mut registry);
+    let metrics = drover_api::metrics::ApiMetrics::new(registry);
+    rig.service.refresh_metrics().await;
+    let text = metrics.render();
+    for line in ["drover_simulator_billed_usd 0.0\n", "drover_simulator_live_instances 0\n"] {
+        assert!(text.contains(line), "no {line:?} in\n{text}");
+    }
+    for line in ["drover_jobs_active 0\n", "drover_leases_open 0\n", "drover_ledger_usd 0.0\n"] {
+        assert!(text.contains(line), "no {line:?} in\n{text}");
+    }
+    assert!(!text.contains(" -0"), "{text}");
+    assert!(text.contains("# TYPE drover_ledger_usd gauge"), "{text}");
+}

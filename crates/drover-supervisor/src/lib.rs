@@ -22,6 +22,7 @@
 //! - [`broker`]: the [`GpuBroker`] seam and [`ProvisionerBroker`].
 //! - [`status`]: [`DriverStatus`] and [`DeathReport`].
 //! - [`output`]: stdout and stderr capture.
+//! - [`metrics`]: drivers, restarts, exits and sandbox deaths for `/metrics`.
 //!
 //! # Defaults
 //!
@@ -83,6 +84,7 @@
 pub mod broker;
 pub mod job;
 mod metered;
+pub mod metrics;
 pub mod output;
 mod process;
 pub mod session;

@@ -59,7 +59,7 @@ pub enum StartError {
 /// A cheap, cloneable handle to the running supervisor. See the [crate docs](crate).
 #[derive(Clone, Debug)]
 pub struct Supervisor {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
 pub(crate) struct Inner {
@@ -73,6 +73,8 @@ pub(crate) struct Inner {
     keepers: Mutex<Vec<JoinHandle<()>>>,
     /// Set once every keeper has stopped after a shutdown.
     stopped: watch::Sender<bool>,
+    /// Deaths counted for `/metrics` ([`crate::metrics`]).
+    pub(crate) deaths: crate::metrics::DeathCounters,
 }
 
 impl std::fmt::Debug for Inner {
@@ -218,6 +220,7 @@ impl Supervisor {
             shutdown: watch::channel(None).0,
             keepers: Mutex::new(Vec::new()),
             stopped: watch::channel(false).0,
+            deaths: Default::default(),
         });
         let mut keepers = Vec::new();
         for driver in inner.drivers.values() {
@@ -402,6 +405,7 @@ async fn keep(inner: Arc<Inner>, driver: Arc<Driver>, slot: u16) {
         if !stopping {
             tracing::warn!(driver = %driver.name(), slot, death = %crate::output::Escaped(&report.summary()), crash_loop, "driver process died");
         }
+        inner.deaths.record(driver.name(), &report);
         {
             let mut state = lock(&driver.state);
             state.last_death = Some(report);

@@ -727,6 +727,31 @@ async fn a_refused_system_call_is_the_recorded_cause(world: &World) {
     println!("  cause: {}", death.summary());
 }
 
+/// Issue 17: nothing on drivers or sandbox deaths reached `/metrics`. After the crash, the
+/// crash loop, the seccomp kill and the missing binary above, the series say so.
+async fn driver_exits_restarts_and_sandbox_deaths_are_in_the_metrics(world: &World) {
+    let mut registry = prometheus_client::registry::Registry::default();
+    world.supervisor.register_metrics(&mut registry);
+    let mut text = String::new();
+    prometheus_client::encoding::prometheus_text::encode(&mut text, &registry).unwrap();
+    for line in [
+        "drover_driver_exits_total{driver=\"crashy\",reason=\"exit_error\"} 1",
+        "drover_driver_restarts_total{driver=\"crashy\"} 1",
+        "drover_driver_exits_total{driver=\"crash-loop\",reason=\"exit_error\"} 3",
+        "drover_driver_health{driver=\"crash-loop\",health=\"failed\"} 1",
+        "drover_driver_health{driver=\"crash-loop\",health=\"ready\"} 0",
+        "drover_driver_exits_total{driver=\"sneaky\",reason=\"seccomp\"} 1",
+        "drover_sandbox_deaths_total{driver=\"sneaky\",cause=\"seccomp\"} 1",
+        "drover_driver_exits_total{driver=\"missing\",reason=\"start_failed\"} 1",
+        "drover_driver_sessions_connected{driver=\"good\"} 2",
+        "# TYPE drover_driver_exits_total counter",
+        "# TYPE drover_sandbox_deaths_total counter",
+    ] {
+        assert!(text.lines().any(|l| l == line), "no {line} in\n{text}");
+    }
+    assert!(!text.contains("driver=\"crashy\",cause="), "a plain exit is no sandbox death");
+}
+
 async fn a_stdio_driver_is_served_like_any_other(world: &World) {
     let mut run =
         world.supervisor.dispatch(job("stdio", "echo", json!({"text": "io"}))).await.unwrap();
@@ -948,6 +973,9 @@ fn main() -> ExitCode {
         }),
         ("a_refused_system_call_is_the_recorded_cause", |w| {
             Box::pin(a_refused_system_call_is_the_recorded_cause(w))
+        }),
+        ("driver_exits_restarts_and_sandbox_deaths_are_in_the_metrics", |w| {
+            Box::pin(driver_exits_restarts_and_sandbox_deaths_are_in_the_metrics(w))
         }),
         ("a_stdio_driver_is_served_like_any_other", |w| {
             Box::pin(a_stdio_driver_is_served_like_any_other(w))

@@ -103,6 +103,29 @@ fn serve_runs_gated_gpu_jobs_and_leaves_nothing_behind() {
         let settled = sample(&metrics, "drover_ledger_usd");
         assert!(billed > 0.0, "{metrics}");
         assert!(settled + 1e-6 >= billed && settled - billed <= 0.01, "{metrics}");
+        // Issue 17: what happened above is in the metrics too: the killed driver (a sandbox
+        // death by signal, then a restart), the gate's refusal and its allowed rentals, the
+        // provider calls, and the build and process metrics.
+        for (series, at_least) in [
+            ("drover_driver_exits_total{driver=\"container\",reason=\"signal\"}", 1.0),
+            ("drover_sandbox_deaths_total{driver=\"container\",cause=\"signal\"}", 1.0),
+            ("drover_driver_restarts_total{driver=\"container\"}", 1.0),
+            ("drover_driver_sessions_connected{driver=\"container\"}", 1.0),
+            (
+                "drover_gate_decisions_total{purpose=\"rental\",decision=\"allowed\",reason=\"none\"}",
+                3.0,
+            ),
+            ("drover_provider_calls_total{operation=\"create_instance\",outcome=\"ok\"}", 3.0),
+            ("process_resident_memory_bytes", 1.0),
+        ] {
+            assert!(sample(&metrics, series) >= at_least, "{series} in\n{metrics}");
+        }
+        let refused = metrics.lines().any(|l| {
+            l.starts_with("drover_gate_decisions_total{purpose=\"rental\",decision=\"refused\"")
+        });
+        assert!(refused, "no refused rental in\n{metrics}");
+        assert!(metrics.contains("drover_build_info{version=\""), "{metrics}");
+        assert!(metrics.contains("drover_api_request_duration_seconds_bucket{"), "{metrics}");
     });
 
     // SIGTERM: a graceful exit.

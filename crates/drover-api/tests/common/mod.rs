@@ -41,6 +41,8 @@ pub struct StoreBackend {
     live: broadcast::Sender<drover_proto::api::JobEvent>,
     next_id: AtomicU64,
     pub audit: Mutex<Vec<AuditEvent>>,
+    /// `drover_jobs`: jobs in the store (up to 100), set by `refresh_metrics`.
+    pub jobs_gauge: prometheus_client::metrics::gauge::Gauge,
 }
 
 pub fn echo_schema() -> serde_json::Value {
@@ -62,7 +64,14 @@ impl StoreBackend {
         let mut drivers = BTreeMap::new();
         drivers.insert("echo".parse().unwrap(), echo);
         let (live, _) = broadcast::channel(1024);
-        Self { store, drivers, live, next_id: AtomicU64::new(1), audit: Mutex::new(Vec::new()) }
+        Self {
+            store,
+            drivers,
+            live,
+            next_id: AtomicU64::new(1),
+            audit: Mutex::new(Vec::new()),
+            jobs_gauge: Default::default(),
+        }
     }
 
     pub async fn open(dir: &std::path::Path) -> Self {
@@ -272,8 +281,13 @@ impl Backend for StoreBackend {
         })
     }
 
-    fn metrics(&self) -> BoxFuture<'_, String> {
-        Box::pin(async { "# TYPE drover_jobs gauge\ndrover_jobs 0\n".to_owned() })
+    fn refresh_metrics(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {
+            let filter = JobFilter { limit: 100, ..JobFilter::default() };
+            if let Ok(page) = self.store.list_jobs(&filter).await {
+                self.jobs_gauge.set(page.jobs.len() as i64);
+            }
+        })
     }
 }
 

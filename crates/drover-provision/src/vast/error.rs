@@ -140,6 +140,24 @@ impl VastError {
     pub fn is_auth(&self) -> bool {
         matches!(self, Self::Auth { .. })
     }
+
+    /// A stable short name of the kind of failure, for metrics: `auth`, `offer_gone`,
+    /// `not_found`, `rate_limited`, `server`, `refused`, `transport`, `deadline`,
+    /// `malformed`, `config`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Auth { .. } => "auth",
+            Self::OfferGone { .. } => "offer_gone",
+            Self::NotFound { .. } => "not_found",
+            Self::RateLimited { .. } => "rate_limited",
+            Self::Server { .. } => "server",
+            Self::Refused { .. } => "refused",
+            Self::Transport { .. } => "transport",
+            Self::Deadline { .. } => "deadline",
+            Self::Malformed { .. } => "malformed",
+            Self::Config { .. } => "config",
+        }
+    }
 }
 
 /// The fields of a Vast.ai error body that classification looks at.

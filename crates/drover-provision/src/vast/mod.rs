@@ -44,6 +44,7 @@ pub use model::{
     CreateOutcome, CreateRequest, Instance, InstanceState, Offer, OfferQuery, PriceIncrease, User,
 };
 
+use crate::metrics::ProvisionMetrics;
 use crate::redact::{Scrubber, redact_json};
 use crate::retry::RetryPolicy;
 use crate::secret::{ApiKey, REDACTED};
@@ -149,6 +150,8 @@ pub struct VastClient {
     retry: RetryPolicy,
     /// The key in every encoding a server may echo it in.
     scrubber: Scrubber,
+    /// Calls counted for `/metrics`.
+    metrics: ProvisionMetrics,
 }
 
 impl std::fmt::Debug for VastClient {
@@ -182,7 +185,12 @@ impl VastClient {
                 reason: "the HTTP client could not be built".into(),
             })?;
         let scrubber = Scrubber::new(key.expose());
-        Ok(Self { http, base, auth, retry, scrubber })
+        Ok(Self { http, base, auth, retry, scrubber, metrics: ProvisionMetrics::default() })
+    }
+
+    /// Counts every call into `metrics` (see [`crate::metrics`]).
+    pub fn with_metrics(self, metrics: ProvisionMetrics) -> Self {
+        Self { metrics, ..self }
     }
 
     /// The base URL requests go to.
@@ -195,7 +203,24 @@ impl VastClient {
         self.scrubber.scrub(text)
     }
 
+    /// One call with its retries, counted in the metrics.
     async fn request(
+        &self,
+        op: &'static str,
+        method: Method,
+        path: &str,
+        query: &[(&str, Value)],
+        body: Option<&Value>,
+        mode: Mode,
+    ) -> Result<Reply, Failure> {
+        let started = Instant::now();
+        let result = self.request_with_retries(op, method, path, query, body, mode).await;
+        let outcome = result.as_ref().map_or_else(|f| f.error.kind(), |_| "ok");
+        self.metrics.provider_call(op, outcome, started.elapsed());
+        result
+    }
+
+    async fn request_with_retries(
         &self,
         op: &'static str,
         method: Method,

@@ -364,11 +364,14 @@ pub async fn start(
         Err(drover_provision::secret::ApiKeyError::Missing) => None,
         Err(error) => return Err(error).context("VASTAI_API_KEY"),
     };
+    // Everything `/metrics` shows is registered in one registry, handed to the API last.
+    let provision_metrics = drover_provision::ProvisionMetrics::default();
     let (client, clock, simulator, kind) = match (&config.provider, key) {
         (ProviderConfig::Vastai { base_url }, Some(key)) => {
             tracing::warn!(%base_url, "provider: the REAL Vast.ai; rentals cost real money");
             let client = VastClient::new(base_url, key, RetryPolicy::default())
-                .context("the Vast.ai client")?;
+                .context("the Vast.ai client")?
+                .with_metrics(provision_metrics.clone());
             (client, Clock::system(), None, ProviderKind::Vastai)
         }
         (ProviderConfig::Vastai { .. }, None) => anyhow::bail!(
@@ -394,12 +397,16 @@ pub async fn start(
                  rented and nothing is spent (its clock runs {SIM_SPEED}x) !!!"
             );
             let client = VastClient::new(simulator.base_url(), sim_key, RetryPolicy::default())
-                .context("the simulator client")?;
+                .context("the simulator client")?
+                .with_metrics(provision_metrics.clone());
             (client, clock, Some(Arc::new(simulator)), ProviderKind::Simulator)
         }
     };
-    let provisioner_config =
-        ProvisionerConfig { gate: config.gate.clone(), ..ProvisionerConfig::new(DEPLOYMENT) };
+    let provisioner_config = ProvisionerConfig {
+        gate: config.gate.clone(),
+        metrics: provision_metrics.clone(),
+        ..ProvisionerConfig::new(DEPLOYMENT)
+    };
     let provisioner = Arc::new(
         Provisioner::start(client, store.clone(), provisioner_config, clock)
             .await
@@ -483,7 +490,11 @@ pub async fn start(
     }
     let auditor =
         Auditor::start(service.clone(), config.api.audit_file.as_ref().map(PathBuf::from));
-    let api = ApiState::new(&config.api, development, service.clone(), auditor)
+    let mut registry = drover_api::metrics::Registry::default();
+    provision_metrics.register(&mut registry);
+    supervisor.register_metrics(&mut registry);
+    service.register_metrics(&mut registry);
+    let api = ApiState::with_registry(&config.api, development, service.clone(), auditor, registry)
         .context("the API configuration")?;
     let addr: SocketAddr = match listen {
         Some(addr) => addr,

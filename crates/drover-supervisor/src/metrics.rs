@@ -1,0 +1,170 @@
+//! The supervisor's metrics, for the registry `/metrics` serves
+//! ([`Supervisor::register_metrics`]).
+//!
+//! | Metric | Type | Labels | |
+//! |---|---|---|---|
+//! | `drover_driver_sessions_connected` | gauge | `driver` | processes that finished their handshake and are alive |
+//! | `drover_driver_health` | gauge, 1 for the current one | `driver`, `health` (`starting`, `ready`, `degraded`, `failed`) | |
+//! | `drover_driver_restarts_total` | counter | `driver` | processes restarted after a death |
+//! | `drover_driver_protocol_violations_total` | counter | `driver` | frames rejected |
+//! | `drover_driver_exits_total` | counter | `driver`, `reason` (below) | every process end, shutdown included |
+//! | `drover_sandbox_deaths_total` | counter | `driver`, `cause` (`signal`, `oom`, `seccomp`) | processes the kernel or the sandbox killed |
+//!
+//! Exit reasons, from the [`DeathReport`]'s typed cause: `exit_ok` (status 0), `exit_error`
+//! (any other status), `signal` (a signal the supervisor did not send), `seccomp` (a refused
+//! system call), `oom` (the memory cgroup's OOM killer), `deadline`, `killed_by_supervisor`
+//! (hung, a protocol breach, shutdown's last step), `start_failed` (no process: the spawn
+//! failed). `driver` takes only configured names, so every label set is bounded.
+//!
+//! The first four are read from [`Supervisor::drivers`] at each scrape; the two death
+//! counters are counted as each death is recorded.
+
+use std::sync::Weak;
+
+use drover_proto::DriverName;
+use drover_proto::api::DriverHealth;
+use drover_sandbox::Cause;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+
+use crate::status::{DeathReport, DriverStatus};
+use crate::supervisor::{Inner, Supervisor};
+
+type ByDriver = Family<[(&'static str, String); 2], Counter>;
+
+/// Deaths, counted as they are recorded.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct DeathCounters {
+    exits: ByDriver,
+    sandbox_deaths: ByDriver,
+}
+
+impl DeathCounters {
+    /// Counts one process end of `driver`.
+    pub(crate) fn record(&self, driver: &DriverName, report: &DeathReport) {
+        let name = driver.to_string();
+        let reason = exit_reason(report.cause.as_ref());
+        self.exits.get_or_create(&[("driver", name.clone()), ("reason", reason.to_owned())]).inc();
+        let killed = match report.cause {
+            Some(Cause::Signaled { .. }) => Some("signal"),
+            Some(Cause::Oom { .. }) => Some("oom"),
+            Some(Cause::SeccompViolation { .. } | Cause::SeccompKill) => Some("seccomp"),
+            _ => None,
+        };
+        if let Some(cause) = killed {
+            self.sandbox_deaths
+                .get_or_create(&[("driver", name), ("cause", cause.to_owned())])
+                .inc();
+        }
+    }
+}
+
+/// The `reason` label of `drover_driver_exits_total`.
+fn exit_reason(cause: Option<&Cause>) -> &'static str {
+    match cause {
+        None => "start_failed",
+        Some(Cause::Exited { code: 0 }) => "exit_ok",
+        Some(Cause::Exited { .. }) => "exit_error",
+        Some(Cause::Signaled { .. }) => "signal",
+        Some(Cause::SeccompViolation { .. } | Cause::SeccompKill) => "seccomp",
+        Some(Cause::Oom { .. }) => "oom",
+        Some(Cause::Deadline { .. }) => "deadline",
+        Some(Cause::KilledBySupervisor { .. }) => "killed_by_supervisor",
+    }
+}
+
+impl Supervisor {
+    /// Adds the supervisor's metrics (see [`crate::metrics`]) to the registry `/metrics`
+    /// serves. The registry holds the supervisor only weakly.
+    pub fn register_metrics(&self, registry: &mut Registry) {
+        let deaths = &self.inner.deaths;
+        registry.register(
+            "drover_driver_exits",
+            "Driver process ends, by driver and reason",
+            deaths.exits.clone(),
+        );
+        registry.register(
+            "drover_sandbox_deaths",
+            "Driver processes killed by a signal, the OOM killer or seccomp",
+            deaths.sandbox_deaths.clone(),
+        );
+        let weak = std::sync::Arc::downgrade(&self.inner);
+        registry.register_collector(Box::new(DriverCollector(weak)));
+    }
+}
+
+/// Reads each driver's status at scrape time.
+struct DriverCollector(Weak<Inner>);
+
+impl std::fmt::Debug for DriverCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DriverCollector")
+    }
+}
+
+impl Collector for DriverCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let Some(inner) = self.0.upgrade() else { return Ok(()) };
+        let drivers = Supervisor { inner }.drivers();
+        {
+            let mut metric = encoder.encode_descriptor(
+                "drover_driver_sessions_connected",
+                "Driver processes that finished their handshake and are alive",
+                None,
+                MetricType::Gauge,
+            )?;
+            for d in &drivers {
+                let labels = [("driver", d.name.as_str())];
+                ConstGauge::new(i64::from(d.ready_sessions))
+                    .encode(metric.encode_family(&labels)?)?;
+            }
+        }
+        {
+            let mut metric = encoder.encode_descriptor(
+                "drover_driver_health",
+                "Each driver's health (1 for the current one)",
+                None,
+                MetricType::Gauge,
+            )?;
+            for d in &drivers {
+                for health in [
+                    DriverHealth::Starting,
+                    DriverHealth::Ready,
+                    DriverHealth::Degraded,
+                    DriverHealth::Failed,
+                ] {
+                    let labels = [("driver", d.name.as_str()), ("health", health_label(health))];
+                    ConstGauge::new(i64::from(d.health == health))
+                        .encode(metric.encode_family(&labels)?)?;
+                }
+            }
+        }
+        let restarts: fn(&DriverStatus) -> u64 = |d| u64::from(d.restarts);
+        let violations: fn(&DriverStatus) -> u64 = |d| d.protocol_violations;
+        for (name, help, value) in [
+            ("drover_driver_restarts", "Driver processes restarted after a death", restarts),
+            ("drover_driver_protocol_violations", "Frames from drivers rejected", violations),
+        ] {
+            let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for d in &drivers {
+                ConstCounter::new(value(d))
+                    .encode(metric.encode_family(&[("driver", d.name.as_str())])?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn health_label(health: DriverHealth) -> &'static str {
+    match health {
+        DriverHealth::Starting => "starting",
+        DriverHealth::Ready => "ready",
+        DriverHealth::Degraded => "degraded",
+        DriverHealth::Failed => "failed",
+    }
+}
