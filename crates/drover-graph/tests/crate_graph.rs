@@ -48,10 +48,6 @@ const ALLOWED: &[(&str, &str)] = &[
     ("drover-service", "drover-supervisor"),
     ("drover-store", "drover-proto"),
     ("drover-supervisor", "drover-proto"),
-    // To go, both (issue 19): only for the `ProvisionerBroker` adapter (broker.rs), which
-    // moves to drover-service.
-    ("drover-supervisor", "drover-provision"),
-    ("drover-supervisor", "drover-store"),
     ("drover-supervisor", "drover-sandbox"),
     ("drover-supervisor", "drover-transport"),
     ("drover-transport", "drover-proto"),

@@ -49,6 +49,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod broker;
 pub mod runner;
 pub mod supervisor;
 
@@ -73,6 +74,7 @@ use futures_util::StreamExt;
 use serde_json::{Map, Value, json};
 use tokio::sync::{broadcast, mpsc, watch};
 
+pub use broker::ProvisionerBroker;
 pub use runner::{JobRunner, RunError, RunEvent, RunRequest};
 pub use supervisor::SupervisorRunner;
 

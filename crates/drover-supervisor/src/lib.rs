@@ -19,7 +19,8 @@
 //! - [`session`]: one process's life: spawn, handshake, heartbeats, jobs, leases, the stop
 //!   ladder.
 //! - [`job`]: the event stream of one job and its bounds.
-//! - [`broker`]: the [`GpuBroker`] seam and [`ProvisionerBroker`].
+//! - [`broker`]: the [`GpuBroker`] seam (implemented over the provisioner by
+//!   `drover-service`) and the check of a lease request against its job's ([`broker::authorize`]).
 //! - [`status`]: [`DriverStatus`] and [`DeathReport`].
 //! - [`output`]: stdout and stderr capture.
 //!
@@ -90,7 +91,7 @@ pub mod spec;
 pub mod status;
 pub mod supervisor;
 
-pub use broker::{BrokerFuture, GpuBroker, LeaseOwner, ProvisionerBroker};
+pub use broker::{BrokerFuture, GpuBroker, LeaseOwner};
 pub use job::{CancelError, Dispatch, DispatchError, JobEvent, JobRun};
 pub use process::SpawnFailure;
 pub use spec::{DriverSpec, Options};
