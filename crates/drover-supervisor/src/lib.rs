@@ -19,6 +19,8 @@
 //! - [`session`]: one process's life: spawn, handshake, heartbeats, jobs, leases, the stop
 //!   ladder.
 //! - [`job`]: the event stream of one job and its bounds.
+//! - `registry` (private): what the handle, its keepers and its sessions share (the drivers,
+//!   their state, the handles of ready sessions and the commands they take).
 //! - [`broker`]: the [`GpuBroker`] seam (implemented over the provisioner by
 //!   `drover-service`) and the check of a lease request against its job's ([`broker::authorize`]).
 //! - [`status`]: [`DriverStatus`] and [`DeathReport`].
@@ -86,6 +88,7 @@ pub mod job;
 mod metered;
 pub mod output;
 mod process;
+mod registry;
 pub mod session;
 pub mod spec;
 pub mod status;

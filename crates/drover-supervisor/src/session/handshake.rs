@@ -14,7 +14,7 @@ use tokio::time::Instant;
 
 use super::{End, Session, bounded, flatten, wait_shutdown};
 use crate::broker::wire;
-use crate::supervisor::{SessionHandle, lock};
+use crate::registry::{SessionHandle, lock};
 
 impl Session {
     /// Waits for `hello` and answers it. `Err(None)`: the process died first.

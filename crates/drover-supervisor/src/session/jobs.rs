@@ -15,7 +15,7 @@ use super::{
 use crate::broker::wire;
 use crate::job::{Dispatch, JobEvent, JobSink, rank};
 use crate::output::Escaped;
-use crate::supervisor::lock;
+use crate::registry::lock;
 
 impl Session {
     pub(super) async fn on_command(&mut self, command: Command, stopping: bool) -> Option<End> {

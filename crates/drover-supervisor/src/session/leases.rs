@@ -9,7 +9,7 @@ use drover_proto::{ErrorCode, JobId, Message, MsgId, WireError};
 
 use super::{End, JobEntry, MAX_BROKER_REQUESTS, MAX_LEASES_PER_DRIVER, Session};
 use crate::broker::{LeaseOwner, unknown_lease, wire};
-use crate::supervisor::lock;
+use crate::registry::lock;
 
 pub(super) type BrokerResult = (MsgId, Result<Message, WireError>, Option<LeaseRecord>);
 

@@ -57,12 +57,12 @@ use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
 
-use crate::job::{Dispatch, JobSink};
+use crate::job::JobSink;
 use crate::metered::{Metered, ReadBudget};
 use crate::output::{Escaped, Tail, drain};
 use crate::process::{self, Process};
+use crate::registry::{Command, Driver, Inner, SessionHandle, lock};
 use crate::status::DeathReport;
-use crate::supervisor::{Driver, Inner, SessionHandle, lock};
 
 mod handshake;
 mod jobs;
@@ -88,25 +88,6 @@ pub const LOGGED_EVENTS_PER_SECOND: u32 = 50;
 
 /// How long frames already sent by a dead driver are still read, to deliver its last states.
 const DRAIN_AFTER_DEATH: Duration = Duration::from_millis(500);
-
-/// What the supervisor asks of a ready session.
-#[derive(Debug)]
-pub(crate) enum Command {
-    /// Send `run_job`; events go to `sink`.
-    Run {
-        /// The job (boxed: the command queue's blocks are sized by its largest item).
-        dispatch: Box<Dispatch>,
-        /// Where its events go.
-        sink: JobSink,
-    },
-    /// Send `cancel_job`.
-    Cancel {
-        /// The job.
-        job_id: JobId,
-        /// Why.
-        reason: String,
-    },
-}
 
 /// How a session ended, decided by the supervisor (the process's own cause comes from the
 /// sandbox).
