@@ -13,3 +13,5 @@
 //!   top-level modules (`crate::x` paths, `super::` resolved, root re-exports followed), naming
 //!   it with the file and line of each edge, and on a source file over 700 lines; its lists of
 //!   known cycles and files being split only shrink (an entry that no longer applies fails).
+//!   It also checks that every path in `crates/README.md`'s "To change X, open Y" table
+//!   exists.

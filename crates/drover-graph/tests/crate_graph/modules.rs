@@ -23,6 +23,9 @@
 //! unless it is [`GENERATED`] (with the reason) or in [`SPLITTING`], the files being cut up
 //! today; an entry of either that is no longer over the limit (or no longer exists) fails, so
 //! the lists shrink as the splits land. Tests (`crates/*/tests`) are not counted.
+//!
+//! **The change map.** Every path in `crates/README.md`'s "To change X, open Y" table exists,
+//! so the map follows the files when they move.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -641,4 +644,56 @@ fn the_scanner_sees_paths_and_only_paths() {
     assert_eq!(found, [vec!["a".to_owned(), "b".to_owned()]]);
     let said = describe(&found[0], &edges);
     assert_eq!(said, "a -> b -> a [a -> b (src/a.rs:1); b -> a (src/b/inner.rs:6)]");
+}
+
+#[test]
+fn the_change_map_names_real_paths() {
+    // Every path in crates/README.md's "To change X, open Y" table exists: full paths from
+    // crates/ (or the workspace root for `schemas/`), shorter paths in the `src/` of the crate
+    // named before them, bare file names in the directory of the path before them, `<name>`
+    // placeholders standing for any file in their directory.
+    let root = workspace();
+    let readme = fs::read_to_string(root.join("crates/README.md")).expect("crates/README.md");
+    let table = readme
+        .split("## To change X, open Y")
+        .nth(1)
+        .and_then(|rest| rest.split("\n## ").next())
+        .expect("crates/README.md has a \"To change X, open Y\" section");
+    let mut checked = 0;
+    let mut missing = Vec::new();
+    for row in table.lines().filter(|l| l.starts_with("| ") && !l.starts_with("| To change")) {
+        let (mut dir, mut src) = (PathBuf::new(), PathBuf::new());
+        for (i, piece) in row.split('`').enumerate() {
+            let looks_like_path = piece.ends_with(".rs")
+                || piece.ends_with(".md")
+                || piece.ends_with(".json")
+                || piece.ends_with('/');
+            if i % 2 == 0 || !looks_like_path || piece.contains(' ') {
+                continue;
+            }
+            let path = if piece.starts_with("schemas/") {
+                root.join(piece)
+            } else if piece.contains('/') && piece.starts_with("drover") {
+                let krate = piece.split('/').next().expect("a crate name");
+                src = root.join("crates").join(krate).join("src");
+                root.join("crates").join(piece)
+            } else if piece.contains('/') {
+                src.join(piece)
+            } else {
+                dir.join(piece)
+            };
+            dir = if piece.ends_with('/') {
+                path.clone()
+            } else {
+                path.parent().expect("a parent").to_path_buf()
+            };
+            let exists = if piece.contains("<name>") { dir.is_dir() } else { path.exists() };
+            if !exists {
+                missing.push(format!("{piece} (read as {})", path.display()));
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 20, "only {checked} paths found in the table");
+    assert!(missing.is_empty(), "crates/README.md names paths that do not exist: {missing:?}");
 }
