@@ -72,9 +72,6 @@ const KNOWN_CYCLES: &[(&str, &[&str])] = &[
             "sse",
         ],
     ),
-    // `schema` both generates schemas (used by `api` and `config_reference`) and assembles the
-    // published set from them; cut by splitting the generator from the set.
-    ("drover-proto", &["api", "config_reference", "schema"]),
     // Through `sys` (one `unsafe impl Send` for spawn's types, issue 19); being split today.
     ("drover-sandbox", &["death", "features", "privilege", "seccomp", "spawn", "sys", "tree"]),
     // `group_commit` writes with `sqlite`'s helpers, and `SqliteStore` holds its queue; being
