@@ -41,7 +41,9 @@ server_bin="${CARGO_TARGET_DIR:-target}/release/examples/bench_server"
 base=${BENCH_API_DIR:-${CARGO_TARGET_DIR:-target}}
 mkdir -p "$base"
 work=$(mktemp -d "$base/drover-api-bench.XXXXXX")
-fs=$(stat -f -c %T "$work")
+# The mount's type as the kernel names it (`stat -f` prints "ext2/ext3" for ext4, a magic-number
+# table older than ext4).
+fs=$(df --output=fstype "$work" | tail -n 1)
 fifo="$work/stdin"
 mkfifo "$fifo"
 cleanup() {

@@ -2,11 +2,13 @@
 //! ledger and the audit log, behind one trait, [`Store`].
 //!
 //! [`SqliteStore`] is the default: embedded, zero set-up (the file and its directory are
-//! created, the schema migrated, at open), WAL mode. PostgreSQL, for a fleet of supervisors
-//! behind one API, is the next implementation; the queries here are written so that it can
-//! run them (`$N` parameters, `ON CONFLICT`, `RETURNING`, no SQLite-only functions), and the
-//! schema keeps to portable types (64-bit integers, integer micro-USD, Unix milliseconds,
-//! JSON as text).
+//! created, the schema migrated, at open), WAL mode. [`PgStore`] is PostgreSQL, for a fleet of
+//! supervisors on one database: the same schema with its types translated, the same portable
+//! queries (`$N` parameters, `ON CONFLICT`, `RETURNING`, no SQLite-only functions), and row
+//! locks where SQLite's single writer kept steps apart. [`AnyStore`] is whichever of the two
+//! `store.url` names. Both keep to portable types (64-bit integers, integer micro-USD, Unix
+//! milliseconds, JSON as text), decoded by one set of row decoders, and the same test suite
+//! (`tests/store.rs`) runs against both.
 //!
 //! # Write-ahead rules
 //!
@@ -62,9 +64,12 @@
 
 #![forbid(unsafe_code)]
 
+mod any;
+mod codec;
 mod error;
 mod group_commit;
 mod model;
+mod postgres;
 mod sqlite;
 
 use std::future::Future;
@@ -72,8 +77,10 @@ use std::future::Future;
 use drover_proto::api::{AuditEvent, Job, JobEvent, JobEventKind};
 use drover_proto::{JobId, LeaseId};
 
+pub use any::AnyStore;
 pub use error::StoreError;
 pub use model::*;
+pub use postgres::PgStore;
 pub use sqlite::{DEFAULT_FILE_NAME, SqliteStore};
 
 /// Everything drover persists. Every method is one atomic step; a method that writes returns

@@ -1,6 +1,8 @@
-//! Builders shared by the store tests.
+//! Builders shared by the store tests, and the PostgreSQL server they run against.
 
 #![allow(dead_code, unreachable_pub)]
+
+pub mod postgres;
 
 use drover_proto::api::JobSpec;
 use drover_proto::{CostEstimate, JobId, LeaseId, LeasePhase};
