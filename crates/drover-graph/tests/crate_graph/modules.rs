@@ -49,6 +49,9 @@ const SPLITTING: &[&str] = &[
     "crates/drover-sandbox/src/sys.rs",
     "crates/drover-sandbox/src/spawn.rs",
     "crates/drover-sandbox/src/privilege.rs",
+    // Landed with the PostgreSQL store (issue 16) at 705 lines, after these lists were drawn;
+    // the store's split cuts it with `sqlite.rs`.
+    "crates/drover-store/src/postgres/store.rs",
 ];
 
 /// Module cycles that exist today and are being broken elsewhere: `(crate, its modules in the
