@@ -574,7 +574,7 @@ macro_rules! api_schemas {
             $(ApiSchema {
                 name: stringify!($ty),
                 path: $path,
-                generate: || crate::schema::api_schema::<$ty>(stringify!($ty)),
+                generate: || crate::generate::api_schema::<$ty>(stringify!($ty)),
             }),*
         ];
     };
@@ -640,7 +640,7 @@ mod tests {
         let example = serde_json::json!({"driver": "container", "action": "run",
             "params": {"image": "x"}, "gpu": {"count": 1, "models": ["RTX 4090"]},
             "max_runtime_s": 3600, "budget_usd": 2.5, "webhook_url": "https://example.test/hook"});
-        let schema = crate::schema::api_schema::<JobSpec>("JobSpec");
+        let schema = crate::generate::api_schema::<JobSpec>("JobSpec");
         assert!(jsonschema::draft202012::is_valid(&schema, &example));
         let spec: JobSpec = serde_json::from_value(example).unwrap();
         assert_eq!(spec.webhook_url.as_deref(), Some("https://example.test/hook"));

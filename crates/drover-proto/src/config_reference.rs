@@ -10,7 +10,7 @@ use std::fmt::Write as _;
 use serde_json::{Map, Value};
 
 use crate::config::Config;
-use crate::schema::schema_for;
+use crate::generate::schema_for;
 
 /// The Markdown reference of `drover.toml`.
 pub fn config_reference() -> String {

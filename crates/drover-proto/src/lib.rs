@@ -25,6 +25,7 @@ pub mod config;
 pub mod config_reference;
 pub mod examples;
 mod frame;
+mod generate;
 pub mod ids;
 pub mod limits;
 pub mod messages;

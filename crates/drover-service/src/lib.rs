@@ -50,6 +50,7 @@
 #![forbid(unsafe_code)]
 
 mod backend;
+pub mod broker;
 mod config;
 pub mod metrics;
 mod quota;
@@ -69,6 +70,7 @@ use drover_store::{Store, StoreError};
 use serde_json::{Map, Value};
 use tokio::sync::{broadcast, watch};
 
+pub use broker::ProvisionerBroker;
 pub use config::{
     DEFAULT_LOG_QUOTA_BYTES, DEFAULT_MIN_FREE_BYTES, ProviderKind, SIMULATOR_NOTICE, ServiceConfig,
     SimulatorLedger,

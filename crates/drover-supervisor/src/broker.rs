@@ -1,5 +1,6 @@
-//! Where a driver's GPU requests go: the [`GpuBroker`] trait and [`ProvisionerBroker`], its
-//! implementation over [`drover_provision::Provisioner`].
+//! Where a driver's GPU requests go: the [`GpuBroker`] trait, the seam between a session and
+//! whatever rents GPUs. The supervisor knows nothing of the provisioner or the store: the
+//! implementation over the gated provisioner, `ProvisionerBroker`, lives in `drover-service`.
 //!
 //! A driver sends `acquire_gpu`, `lease_status`, `lease_logs` and `release_gpu` as requests on
 //! its transport; the session checks them (the job must be running on that session, the lease
@@ -13,7 +14,8 @@
 //! was acquired for a job still running on the same session (leases are scoped to (session,
 //! job), and forgotten when they are released or their job ends), and a broker must still
 //! refuse (`unknown_lease`, so it does not even confirm that the lease exists) any lease of
-//! another job. [`ProvisionerBroker`] reads the job from the lease's own record.
+//! another job (`drover-service`'s `ProvisionerBroker` reads the job from the lease's own
+//! record).
 //!
 //! Authority comes from the job: before anything reaches a broker, the session checks the
 //! driver's `acquire_gpu` against the GPU request of the job it names ([`authorize`]): GPU
@@ -25,13 +27,10 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 
 use drover_proto::{
     AcquireGpu, DriverName, ErrorCode, GpuRequest, JobId, Lease, LeaseId, LeaseLog, WireError,
 };
-use drover_provision::{JobContext, LeaseError, Provider, Provisioner};
-use drover_store::Store;
 
 /// The future a [`GpuBroker`] method returns.
 pub type BrokerFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, WireError>> + Send + 'a>>;
@@ -138,41 +137,6 @@ pub fn authorize(job: &GpuRequest, asked: &GpuRequest) -> Result<GpuRequest, Wir
     Ok(granted)
 }
 
-/// A [`GpuBroker`] over the gated provisioner: every rental is estimated, gated, reserved and
-/// bounded by `drover-provision`. Ownership is read from the lease's own record (the job it
-/// was rented for), so nothing here grows with the number of leases ever handed out.
-pub struct ProvisionerBroker<P: Provider, S: Store> {
-    provisioner: Arc<Provisioner<P, S>>,
-}
-
-impl<P: Provider, S: Store> std::fmt::Debug for ProvisionerBroker<P, S> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ProvisionerBroker").finish_non_exhaustive()
-    }
-}
-
-impl<P: Provider, S: Store> ProvisionerBroker<P, S> {
-    /// A broker that rents through `provisioner`.
-    pub fn new(provisioner: Arc<Provisioner<P, S>>) -> Self {
-        Self { provisioner }
-    }
-
-    /// The provisioner behind this broker.
-    pub fn provisioner(&self) -> &Arc<Provisioner<P, S>> {
-        &self.provisioner
-    }
-
-    /// The lease, if it was rented for `owner`'s job; `unknown_lease` alike for a lease that
-    /// does not exist and for one of another job.
-    async fn owned(&self, owner: &LeaseOwner, lease_id: &LeaseId) -> Result<Lease, WireError> {
-        match self.provisioner.status(lease_id).await {
-            Ok(lease) if lease.job_id == owner.job_id => Ok(lease),
-            Ok(_) | Err(LeaseError::Unknown(_)) => Err(unknown_lease(lease_id)),
-            Err(e) => Err(lease_error(&e)),
-        }
-    }
-}
-
 /// The `unknown_lease` error: said alike for a lease that does not exist and for one that
 /// belongs to another driver.
 pub fn unknown_lease(lease_id: &LeaseId) -> WireError {
@@ -182,88 +146,6 @@ pub fn unknown_lease(lease_id: &LeaseId) -> WireError {
 /// A [`WireError`] without violations or details.
 pub(crate) fn wire(code: ErrorCode, message: impl Into<String>) -> WireError {
     WireError { code, message: message.into(), violations: Vec::new(), details: None }
-}
-
-/// A provisioner lease error as the driver sees it; internals stay in the supervisor's log.
-fn lease_error(error: &LeaseError) -> WireError {
-    match error {
-        LeaseError::Unknown(id) => unknown_lease(id),
-        LeaseError::Busy(id) => {
-            wire(ErrorCode::NotReady, format!("lease {id} is still being provisioned"))
-        }
-        LeaseError::Provider(_) | LeaseError::DestroyUnconfirmed { .. } => {
-            wire(ErrorCode::ProviderUnavailable, error.to_string())
-        }
-        LeaseError::Store(_) => wire(ErrorCode::Internal, "internal error"),
-    }
-}
-
-impl<P: Provider, S: Store> GpuBroker for ProvisionerBroker<P, S> {
-    fn acquire<'a>(
-        &'a self,
-        owner: &'a LeaseOwner,
-        budget_usd: f64,
-        req: AcquireGpu,
-    ) -> BrokerFuture<'a, Lease> {
-        Box::pin(async move {
-            let ctx = JobContext { budget_usd, actor: format!("driver:{}", owner.driver) };
-            if req.job_id != owner.job_id {
-                return Err(wire(ErrorCode::Forbidden, "the lease must be for the asking job"));
-            }
-            self.provisioner.acquire(&req, &ctx).await.map_err(|error| {
-                tracing::info!(driver = %owner.driver, job = %owner.job_id, %error, "acquire_gpu refused");
-                error.to_wire()
-            })
-        })
-    }
-
-    fn status<'a>(&'a self, owner: &'a LeaseOwner, lease_id: LeaseId) -> BrokerFuture<'a, Lease> {
-        Box::pin(async move { self.owned(owner, &lease_id).await })
-    }
-
-    fn logs<'a>(
-        &'a self,
-        owner: &'a LeaseOwner,
-        lease_id: LeaseId,
-        tail: u32,
-    ) -> BrokerFuture<'a, LeaseLog> {
-        Box::pin(async move {
-            self.owned(owner, &lease_id).await?;
-            self.provisioner.logs(&lease_id, tail).await.map_err(|e| lease_error(&e))
-        })
-    }
-
-    fn release<'a>(&'a self, owner: &'a LeaseOwner, lease_id: LeaseId) -> BrokerFuture<'a, Lease> {
-        Box::pin(async move {
-            self.owned(owner, &lease_id).await?;
-            let actor = format!("driver:{}", owner.driver);
-            self.provisioner.release(&lease_id, &actor).await.map_err(|e| lease_error(&e))
-        })
-    }
-
-    fn refused<'a>(
-        &'a self,
-        owner: &'a LeaseOwner,
-        error: &'a WireError,
-    ) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
-        Box::pin(async move {
-            let field = error
-                .details
-                .as_ref()
-                .and_then(|d| d.get("field"))
-                .cloned()
-                .unwrap_or(serde_json::Value::Null);
-            self.provisioner
-                .audit_refusal(
-                    &format!("driver:{}", owner.driver),
-                    &owner.job_id,
-                    error.code.as_str(),
-                    field,
-                    &error.message,
-                )
-                .await;
-        })
-    }
 }
 
 #[cfg(test)]

@@ -19,7 +19,10 @@
 //! - [`session`]: one process's life: spawn, handshake, heartbeats, jobs, leases, the stop
 //!   ladder.
 //! - [`job`]: the event stream of one job and its bounds.
-//! - [`broker`]: the [`GpuBroker`] seam and [`ProvisionerBroker`].
+//! - `registry` (private): what the handle, its keepers and its sessions share (the drivers,
+//!   their state, the handles of ready sessions and the commands they take).
+//! - [`broker`]: the [`GpuBroker`] seam (implemented over the provisioner by
+//!   `drover-service`) and the check of a lease request against its job's ([`broker::authorize`]).
 //! - [`status`]: [`DriverStatus`] and [`DeathReport`].
 //! - [`output`]: stdout and stderr capture.
 //! - [`metrics`]: drivers, restarts, exits and sandbox deaths for `/metrics`.
@@ -82,17 +85,19 @@
 #![forbid(unsafe_code)]
 
 pub mod broker;
+mod deaths;
 pub mod job;
 mod metered;
-pub mod metrics;
+mod metrics;
 pub mod output;
 mod process;
+mod registry;
 pub mod session;
 pub mod spec;
 pub mod status;
 pub mod supervisor;
 
-pub use broker::{BrokerFuture, GpuBroker, LeaseOwner, ProvisionerBroker};
+pub use broker::{BrokerFuture, GpuBroker, LeaseOwner};
 pub use job::{CancelError, Dispatch, DispatchError, JobEvent, JobRun};
 pub use process::SpawnFailure;
 pub use spec::{DriverSpec, Options};

@@ -21,62 +21,17 @@
 
 use std::sync::Weak;
 
-use drover_proto::DriverName;
 use drover_proto::api::DriverHealth;
-use drover_sandbox::Cause;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::MetricType;
-use prometheus_client::metrics::counter::{ConstCounter, Counter};
-use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
-use crate::status::{DeathReport, DriverStatus};
-use crate::supervisor::{Inner, Supervisor};
-
-type ByDriver = Family<[(&'static str, String); 2], Counter>;
-
-/// Deaths, counted as they are recorded.
-#[derive(Clone, Debug, Default)]
-pub(crate) struct DeathCounters {
-    exits: ByDriver,
-    sandbox_deaths: ByDriver,
-}
-
-impl DeathCounters {
-    /// Counts one process end of `driver`.
-    pub(crate) fn record(&self, driver: &DriverName, report: &DeathReport) {
-        let name = driver.to_string();
-        let reason = exit_reason(report.cause.as_ref());
-        self.exits.get_or_create(&[("driver", name.clone()), ("reason", reason.to_owned())]).inc();
-        let killed = match report.cause {
-            Some(Cause::Signaled { .. }) => Some("signal"),
-            Some(Cause::Oom { .. }) => Some("oom"),
-            Some(Cause::SeccompViolation { .. } | Cause::SeccompKill) => Some("seccomp"),
-            _ => None,
-        };
-        if let Some(cause) = killed {
-            self.sandbox_deaths
-                .get_or_create(&[("driver", name), ("cause", cause.to_owned())])
-                .inc();
-        }
-    }
-}
-
-/// The `reason` label of `drover_driver_exits_total`.
-fn exit_reason(cause: Option<&Cause>) -> &'static str {
-    match cause {
-        None => "start_failed",
-        Some(Cause::Exited { code: 0 }) => "exit_ok",
-        Some(Cause::Exited { .. }) => "exit_error",
-        Some(Cause::Signaled { .. }) => "signal",
-        Some(Cause::SeccompViolation { .. } | Cause::SeccompKill) => "seccomp",
-        Some(Cause::Oom { .. }) => "oom",
-        Some(Cause::Deadline { .. }) => "deadline",
-        Some(Cause::KilledBySupervisor { .. }) => "killed_by_supervisor",
-    }
-}
+use crate::registry::Inner;
+use crate::status::DriverStatus;
+use crate::supervisor::Supervisor;
 
 impl Supervisor {
     /// Adds the supervisor's metrics (see [`crate::metrics`]) to the registry `/metrics`

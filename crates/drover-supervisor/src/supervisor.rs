@@ -1,5 +1,6 @@
-//! [`Supervisor`]: the registry of drivers, job dispatch and cancellation, and the keepers
-//! that restart dead driver processes.
+//! [`Supervisor`]: the handle over the registry of drivers (kept in the `registry` module,
+//! which the sessions share), job dispatch and cancellation, and the keepers that restart dead
+//! driver processes.
 //!
 //! Each configured driver gets `pool_size` keepers. A keeper runs one session after another:
 //! spawn a process, handshake, serve jobs, and when the process dies record its
@@ -18,19 +19,17 @@
 //! (`api.limits.fd_reserve`).
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use drover_proto::api::DriverHealth;
-use drover_proto::{ActionName, DriverName, JobId, LeaseId};
-use drover_transport::SchemaChecker;
-use tokio::sync::{mpsc, watch};
-use tokio::task::JoinHandle;
+use drover_proto::{ActionName, DriverName, JobId};
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::broker::GpuBroker;
 use crate::job::{CancelError, Dispatch, DispatchError, JobRun, JobSink};
+use crate::registry::{Command, Driver, DriverState, Inner, lock};
 use crate::session;
 use crate::spec::{DriverSpec, Options};
 use crate::status::{DeathReport, DriverStatus};
@@ -60,128 +59,6 @@ pub enum StartError {
 #[derive(Clone, Debug)]
 pub struct Supervisor {
     pub(crate) inner: Arc<Inner>,
-}
-
-pub(crate) struct Inner {
-    pub(crate) drivers: BTreeMap<DriverName, Arc<Driver>>,
-    pub(crate) broker: Arc<dyn GpuBroker>,
-    pub(crate) options: Options,
-    /// Running jobs, by id: where their commands go.
-    pub(crate) jobs: Mutex<HashMap<JobId, mpsc::Sender<session::Command>>>,
-    /// `Some(grace)` once shutdown began.
-    pub(crate) shutdown: watch::Sender<Option<Duration>>,
-    keepers: Mutex<Vec<JoinHandle<()>>>,
-    /// Set once every keeper has stopped after a shutdown.
-    stopped: watch::Sender<bool>,
-    /// Deaths counted for `/metrics` ([`crate::metrics`]).
-    pub(crate) deaths: crate::metrics::DeathCounters,
-}
-
-impl std::fmt::Debug for Inner {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Supervisor")
-            .field("drivers", &self.drivers.keys().collect::<Vec<_>>())
-            .finish_non_exhaustive()
-    }
-}
-
-/// One configured driver and what its sessions have told about it.
-pub(crate) struct Driver {
-    pub(crate) spec: DriverSpec,
-    pub(crate) state: Mutex<DriverState>,
-    /// Bumped on every change a waiting `dispatch` may care about.
-    pub(crate) changed: watch::Sender<u64>,
-    /// Leases this driver acquired, with the job each is for. Kept across restarts.
-    pub(crate) leases: Mutex<HashMap<LeaseId, JobId>>,
-    /// Compiled params schemas, by the schema's canonical JSON: sessions that declare the
-    /// same schema share one compiled checker. Weak, so a schema no session declares any more
-    /// is freed with its last session.
-    pub(crate) checkers: Mutex<HashMap<String, Weak<SchemaChecker>>>,
-}
-
-#[derive(Default)]
-pub(crate) struct DriverState {
-    pub(crate) version: Option<String>,
-    pub(crate) actions: BTreeMap<ActionName, serde_json::Value>,
-    pub(crate) sessions: Vec<SessionHandle>,
-    pub(crate) ever_ready: bool,
-    pub(crate) failed_keepers: usize,
-    pub(crate) restarts: u32,
-    pub(crate) protocol_violations: u64,
-    pub(crate) last_death: Option<DeathReport>,
-}
-
-/// A session that finished its handshake and takes jobs.
-#[derive(Clone)]
-pub(crate) struct SessionHandle {
-    pub(crate) id: u64,
-    pub(crate) commands: mpsc::Sender<session::Command>,
-    /// Jobs assigned to it and not yet ended.
-    pub(crate) jobs: Arc<AtomicUsize>,
-    /// The compiled params schema of each declared action.
-    pub(crate) checkers: Arc<BTreeMap<ActionName, Arc<SchemaChecker>>>,
-}
-
-pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-impl Driver {
-    pub(crate) fn name(&self) -> &DriverName {
-        &self.spec.config.name
-    }
-
-    /// The compiled checker for `schema`: shared with every other session of this driver
-    /// that declared the same schema (same canonical JSON), compiled if none has.
-    pub(crate) fn checker(
-        &self,
-        schema: &serde_json::Value,
-    ) -> Result<Arc<SchemaChecker>, drover_transport::SchemaError> {
-        // serde_json's maps keep their keys sorted, so equal schemas print equally.
-        let key = schema.to_string();
-        if let Some(shared) = lock(&self.checkers).get(&key).and_then(Weak::upgrade) {
-            return Ok(shared);
-        }
-        // Compiled outside the lock; a session that compiled the same schema meanwhile wins.
-        let compiled = Arc::new(SchemaChecker::new(schema)?);
-        let mut checkers = lock(&self.checkers);
-        if let Some(shared) = checkers.get(&key).and_then(Weak::upgrade) {
-            return Ok(shared);
-        }
-        checkers.retain(|_, checker| checker.strong_count() > 0);
-        checkers.insert(key, Arc::downgrade(&compiled));
-        Ok(compiled)
-    }
-
-    pub(crate) fn notify(&self) {
-        self.changed.send_modify(|n| *n = n.wrapping_add(1));
-    }
-
-    fn status(&self) -> DriverStatus {
-        let state = lock(&self.state);
-        let pool = usize::from(self.spec.config.pool_size);
-        let ready = state.sessions.len();
-        let health = if state.failed_keepers >= pool {
-            DriverHealth::Failed
-        } else if ready >= pool {
-            DriverHealth::Ready
-        } else if !state.ever_ready && state.failed_keepers == 0 {
-            DriverHealth::Starting
-        } else {
-            DriverHealth::Degraded
-        };
-        DriverStatus {
-            name: self.name().clone(),
-            health,
-            version: state.version.clone(),
-            ready_sessions: u16::try_from(ready).unwrap_or(u16::MAX),
-            actions: state.actions.clone(),
-            restarts: state.restarts,
-            protocol_violations: state.protocol_violations,
-            last_death: state.last_death.clone(),
-            gpus: self.spec.gpus.clone(),
-        }
-    }
 }
 
 impl Supervisor {
@@ -323,7 +200,7 @@ impl Supervisor {
             }
             let (sink, run) = JobSink::new(inner.options.job_log_bytes);
             let job_id = job.job_id.clone();
-            let command = session::Command::Run { dispatch: Box::new(job.clone()), sink };
+            let command = Command::Run { dispatch: Box::new(job.clone()), sink };
             if session.commands.send(command).await.is_ok() {
                 return Ok(run);
             }
@@ -342,8 +219,7 @@ impl Supervisor {
         let Some(route) = route else {
             return Err(CancelError::UnknownJob { job_id: job_id.clone() });
         };
-        let command =
-            session::Command::Cancel { job_id: job_id.clone(), reason: reason.to_owned() };
+        let command = Command::Cancel { job_id: job_id.clone(), reason: reason.to_owned() };
         route.send(command).await.map_err(|_| CancelError::UnknownJob { job_id: job_id.clone() })
     }
 

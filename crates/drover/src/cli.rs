@@ -1,5 +1,8 @@
 //! Command-line definition. Each subcommand's arguments live next to its implementation in
-//! [`crate::cmd`]; this enum only lists them.
+//! [`crate::cmd`]; this enum only lists them, and [`run`] hands each to its module (here, so
+//! that `cmd` does not depend back on the command line it is listed in).
+
+use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
@@ -49,4 +52,22 @@ pub enum Command {
     /// A dry-run cost estimate for a job through the server's gate; nothing is rented.
     #[command(after_help = TOKEN_HELP)]
     Estimate(cmd::estimate::Args),
+}
+
+/// Runs one subcommand.
+pub fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Validate(args) => cmd::validate::run(args),
+        Command::Schemas(args) => cmd::schemas::run(args),
+        Command::Exec(args) => cmd::exec::run(args),
+        Command::Driver(args) => cmd::driver::run(args),
+        Command::DriverCheck(args) => cmd::driver_check::run(args),
+        Command::FakeVast(args) => cmd::fake_vast::run(args),
+        Command::Sandbox(args) => cmd::sandbox::run(args),
+        Command::Token(args) => cmd::token::run(args),
+        Command::Jobs(args) => cmd::jobs::run(args),
+        Command::Estimate(args) => cmd::estimate::run(args),
+        Command::Serve(args) => cmd::serve::run(args),
+        Command::Demo(args) => cmd::demo::run(args),
+    }
 }

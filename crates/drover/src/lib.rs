@@ -35,7 +35,7 @@ fn is_broken_pipe(error: &anyhow::Error) -> bool {
 /// Parses `std::env::args`, runs the subcommand and maps its outcome to an exit code.
 pub fn main() -> ExitCode {
     let cli = cli::Cli::parse();
-    match cmd::run(cli.command) {
+    match cli::run(cli.command) {
         Ok(code) => code,
         // A reader that went away (`drover jobs list | head`) is not a failure: end quietly.
         Err(error) if is_broken_pipe(&error) => ExitCode::SUCCESS,

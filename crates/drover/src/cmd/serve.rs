@@ -55,9 +55,11 @@ use drover_proto::config::{Config, DriverConfig, ProviderConfig};
 use drover_provision::sim::{SimConfig, Simulator};
 use drover_provision::{ApiKey, Clock, Provisioner, ProvisionerConfig, RetryPolicy, VastClient};
 use drover_sandbox::{DropConfig, Dropped, LinuxSys, drop_privileges};
-use drover_service::{ProviderKind, Service, ServiceConfig, SimulatorLedger, SupervisorRunner};
+use drover_service::{
+    ProviderKind, ProvisionerBroker, Service, ServiceConfig, SimulatorLedger, SupervisorRunner,
+};
 use drover_store::{SqliteStore, Store};
-use drover_supervisor::{DriverSpec, Options, ProvisionerBroker, Supervisor};
+use drover_supervisor::{DriverSpec, Options, Supervisor};
 
 use crate::cmd::{serve_files, serve_limits};
 use crate::profile;

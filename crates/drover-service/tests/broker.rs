@@ -12,8 +12,9 @@ use drover_provision::sim::{SimConfig, Simulator};
 use drover_provision::{
     ApiKey, Clock, CostModel, Provisioner, ProvisionerConfig, RetryPolicy, VastClient,
 };
+use drover_service::ProvisionerBroker;
 use drover_store::{SqliteStore, Store};
-use drover_supervisor::{GpuBroker, LeaseOwner, ProvisionerBroker};
+use drover_supervisor::{GpuBroker, LeaseOwner};
 
 const KEY: &str = "drv-broker-test-key-0123456789abcdef";
 

@@ -1,0 +1,144 @@
+//! [`ProvisionerBroker`]: the supervisor's [`GpuBroker`] over the gated provisioner.
+//!
+//! The supervisor defines the seam (its `broker` module: [`GpuBroker`], [`LeaseOwner`], the
+//! session's checks against the job's GPU request) and knows nothing of the provisioner or the
+//! store; this adapter, here in the service that owns both, is what `drover serve` hands it.
+//! Every rental is estimated, gated, reserved and bounded by `drover-provision`.
+//!
+//! Ownership is read from the lease's own record (the job it was rented for), so nothing here
+//! grows with the number of leases ever handed out: a lease of another job is refused with
+//! `unknown_lease`, said alike for a lease that does not exist, so a driver cannot even learn
+//! that it exists. Provisioner errors reach the driver as wire errors without internals
+//! (a store failure is a bare `internal error`; the cause stays in the log).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use drover_proto::{AcquireGpu, ErrorCode, Lease, LeaseId, LeaseLog, WireError};
+use drover_provision::{JobContext, LeaseError, Provider, Provisioner};
+use drover_store::Store;
+use drover_supervisor::broker::unknown_lease;
+use drover_supervisor::{BrokerFuture, GpuBroker, LeaseOwner};
+
+/// A [`GpuBroker`] over the gated provisioner: every rental is estimated, gated, reserved and
+/// bounded by `drover-provision`. Ownership is read from the lease's own record (the job it
+/// was rented for), so nothing here grows with the number of leases ever handed out.
+pub struct ProvisionerBroker<P: Provider, S: Store> {
+    provisioner: Arc<Provisioner<P, S>>,
+}
+
+impl<P: Provider, S: Store> std::fmt::Debug for ProvisionerBroker<P, S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProvisionerBroker").finish_non_exhaustive()
+    }
+}
+
+impl<P: Provider, S: Store> ProvisionerBroker<P, S> {
+    /// A broker that rents through `provisioner`.
+    pub fn new(provisioner: Arc<Provisioner<P, S>>) -> Self {
+        Self { provisioner }
+    }
+
+    /// The provisioner behind this broker.
+    pub fn provisioner(&self) -> &Arc<Provisioner<P, S>> {
+        &self.provisioner
+    }
+
+    /// The lease, if it was rented for `owner`'s job; `unknown_lease` alike for a lease that
+    /// does not exist and for one of another job.
+    async fn owned(&self, owner: &LeaseOwner, lease_id: &LeaseId) -> Result<Lease, WireError> {
+        match self.provisioner.status(lease_id).await {
+            Ok(lease) if lease.job_id == owner.job_id => Ok(lease),
+            Ok(_) | Err(LeaseError::Unknown(_)) => Err(unknown_lease(lease_id)),
+            Err(e) => Err(lease_error(&e)),
+        }
+    }
+}
+
+/// A [`WireError`] without violations or details.
+fn wire(code: ErrorCode, message: impl Into<String>) -> WireError {
+    WireError { code, message: message.into(), violations: Vec::new(), details: None }
+}
+
+/// A provisioner lease error as the driver sees it; internals stay in the supervisor's log.
+fn lease_error(error: &LeaseError) -> WireError {
+    match error {
+        LeaseError::Unknown(id) => unknown_lease(id),
+        LeaseError::Busy(id) => {
+            wire(ErrorCode::NotReady, format!("lease {id} is still being provisioned"))
+        }
+        LeaseError::Provider(_) | LeaseError::DestroyUnconfirmed { .. } => {
+            wire(ErrorCode::ProviderUnavailable, error.to_string())
+        }
+        LeaseError::Store(_) => wire(ErrorCode::Internal, "internal error"),
+    }
+}
+
+impl<P: Provider, S: Store> GpuBroker for ProvisionerBroker<P, S> {
+    fn acquire<'a>(
+        &'a self,
+        owner: &'a LeaseOwner,
+        budget_usd: f64,
+        req: AcquireGpu,
+    ) -> BrokerFuture<'a, Lease> {
+        Box::pin(async move {
+            let ctx = JobContext { budget_usd, actor: format!("driver:{}", owner.driver) };
+            if req.job_id != owner.job_id {
+                return Err(wire(ErrorCode::Forbidden, "the lease must be for the asking job"));
+            }
+            self.provisioner.acquire(&req, &ctx).await.map_err(|error| {
+                tracing::info!(driver = %owner.driver, job = %owner.job_id, %error, "acquire_gpu refused");
+                error.to_wire()
+            })
+        })
+    }
+
+    fn status<'a>(&'a self, owner: &'a LeaseOwner, lease_id: LeaseId) -> BrokerFuture<'a, Lease> {
+        Box::pin(async move { self.owned(owner, &lease_id).await })
+    }
+
+    fn logs<'a>(
+        &'a self,
+        owner: &'a LeaseOwner,
+        lease_id: LeaseId,
+        tail: u32,
+    ) -> BrokerFuture<'a, LeaseLog> {
+        Box::pin(async move {
+            self.owned(owner, &lease_id).await?;
+            self.provisioner.logs(&lease_id, tail).await.map_err(|e| lease_error(&e))
+        })
+    }
+
+    fn release<'a>(&'a self, owner: &'a LeaseOwner, lease_id: LeaseId) -> BrokerFuture<'a, Lease> {
+        Box::pin(async move {
+            self.owned(owner, &lease_id).await?;
+            let actor = format!("driver:{}", owner.driver);
+            self.provisioner.release(&lease_id, &actor).await.map_err(|e| lease_error(&e))
+        })
+    }
+
+    fn refused<'a>(
+        &'a self,
+        owner: &'a LeaseOwner,
+        error: &'a WireError,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
+        Box::pin(async move {
+            let field = error
+                .details
+                .as_ref()
+                .and_then(|d| d.get("field"))
+                .cloned()
+                .unwrap_or(serde_json::Value::Null);
+            self.provisioner
+                .audit_refusal(
+                    &format!("driver:{}", owner.driver),
+                    &owner.job_id,
+                    error.code.as_str(),
+                    field,
+                    &error.message,
+                )
+                .await;
+        })
+    }
+}
