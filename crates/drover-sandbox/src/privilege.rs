@@ -41,8 +41,6 @@ use std::io;
 
 use thiserror::Error;
 
-use crate::sys;
-
 /// The uid and gid Phase A drops to when started as root.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DropConfig {
@@ -148,14 +146,14 @@ impl PrivilegeSys for LinuxSys {
         caps::has_cap(None, caps::CapSet::Effective, caps::Capability::CAP_SETPCAP).unwrap_or(false)
     }
     fn set_child_subreaper(&self) -> io::Result<()> {
-        sys::set_child_subreaper()
+        drover_sys::process::set_child_subreaper()
     }
     fn lock_securebits(&self) -> io::Result<()> {
-        sys::set_securebits(sys::LOCKED_SECUREBITS)
+        drover_sys::process::set_securebits(drover_sys::process::LOCKED_SECUREBITS)
     }
     fn clear_caps(&self, set: CapSet) -> io::Result<()> {
         let set = match set {
-            CapSet::Bounding => return sys::drop_bounding_set(last_cap()),
+            CapSet::Bounding => return drover_sys::process::drop_bounding_set(last_cap()),
             CapSet::Inheritable => caps::CapSet::Inheritable,
             CapSet::Permitted => caps::CapSet::Permitted,
             CapSet::Effective => caps::CapSet::Effective,
@@ -181,13 +179,13 @@ impl PrivilegeSys for LinuxSys {
         nix::sys::prctl::set_dumpable(false).map_err(io::Error::from)
     }
     fn is_dumpable(&self) -> io::Result<bool> {
-        sys::is_dumpable()
+        drover_sys::process::is_dumpable()
     }
     fn proc_status(&self) -> io::Result<String> {
         std::fs::read_to_string("/proc/self/status")
     }
     fn try_setuid_root(&self) -> io::Result<()> {
-        sys::try_setuid_root()
+        drover_sys::process::try_setuid_root()
     }
 }
 

@@ -53,7 +53,7 @@
 
 use std::collections::BTreeMap;
 use std::ffi::{CString, OsStr, OsString};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -61,15 +61,18 @@ use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
-use crate::cgroup::{CgroupError, CgroupLimits, Controller, Leaf, MAX_HIERARCHIES, MemoryParent};
+use crate::cgroup::{CgroupError, CgroupLimits, Controller, Leaf, MemoryParent};
 use crate::death::{Cause, Death};
 use crate::features::{Features, NAMESPACE_FLAGS};
 use crate::fs_rules::{self, Grant, LandlockError};
 use crate::policy::{Feature, Policy};
 use crate::privilege::{Dropped, last_cap};
 use crate::seccomp::{self, Enforcement, SeccompError};
-pub use crate::sys::ChildStep;
-use crate::sys::{self, ChildPlan, FilterPlan, IdMaps, SockFprog};
+pub use drover_sys::child::ChildStep;
+use drover_sys::child::{CStringArray, ChildPlan, IdMaps};
+use drover_sys::process as sys;
+use drover_sys::report::{REPORT_FAILED, REPORT_LISTENER, recv_report, wait_hangup};
+use drover_sys::seccomp::{Listener, SeccompFilter, notif_continue, notif_recv};
 
 /// The `PATH` used to find the program when the policy's environment has none.
 pub const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
@@ -259,17 +262,14 @@ pub enum SpawnError {
 #[derive(Debug)]
 pub struct Prepared {
     program: CString,
-    _argv: Vec<CString>,
-    argv_ptrs: Vec<*const libc::c_char>,
-    _envp: Vec<CString>,
-    envp_ptrs: Vec<*const libc::c_char>,
+    argv: CStringArray,
+    envp: CStringArray,
     work_dir: CString,
     id_maps: IdMaps,
     last_cap: u32,
     rlimits: Vec<(libc::c_int, libc::rlimit)>,
     landlock: Option<OwnedFd>,
-    _programs: Vec<seccompiler::BpfProgram>,
-    filters: Vec<FilterPlan>,
+    filters: Vec<SeccompFilter>,
     tree: crate::tree::Plan,
     enforcement: Enforcement,
     namespaces: bool,
@@ -345,8 +345,6 @@ pub fn prepare(
         pair.push(value);
         envp.push(cstring(&pair, "an environment variable")?);
     }
-    let argv_ptrs = null_terminated(&argv);
-    let envp_ptrs = null_terminated(&envp);
     if !command.work_dir.is_dir() {
         return Err(SpawnError::WorkDir { path: command.work_dir.clone() });
     }
@@ -368,17 +366,16 @@ pub fn prepare(
         Err(_) => None,
     };
     let compiled = seccomp::compile(&policy.seccomp, policy.network, features.seccomp_notify)?;
-    let mut programs = Vec::new();
-    let mut filter_flags = Vec::new();
+    let mut filters = Vec::with_capacity(compiled.programs.len());
     for (program, flags) in compiled.programs {
-        programs.push(program);
-        filter_flags.push(flags);
-    }
-    let mut filters = Vec::with_capacity(programs.len());
-    for (program, flags) in programs.iter().zip(filter_flags) {
-        let prog = SockFprog::new(program)
-            .ok_or(SpawnError::Seccomp(SeccompError::TooLong { len: program.len() }))?;
-        filters.push(FilterPlan { prog, flags });
+        let len = program.len();
+        let instructions = program
+            .iter()
+            .map(|i| libc::sock_filter { code: i.code, jt: i.jt, jf: i.jf, k: i.k })
+            .collect();
+        let filter = SeccompFilter::new(instructions, flags)
+            .ok_or(SpawnError::Seccomp(SeccompError::TooLong { len }))?;
+        filters.push(filter);
     }
 
     let limits = CgroupLimits {
@@ -433,16 +430,13 @@ pub fn prepare(
     };
     Ok(Prepared {
         program,
-        _argv: argv,
-        argv_ptrs,
-        _envp: envp,
-        envp_ptrs,
+        argv: CStringArray::new(argv),
+        envp: CStringArray::new(envp),
         work_dir,
         id_maps,
         last_cap: last_cap(),
         rlimits,
         landlock,
-        _programs: programs,
         filters,
         tree,
         enforcement: compiled.enforcement,
@@ -501,28 +495,8 @@ pub fn expected_degradations(policy: &Policy) -> Vec<Degradation> {
     out
 }
 
-/// Where this process's argument and environment strings are (`/proc/self/stat` fields 48 to
-/// 51), read once; the sandbox's init wipes its copy of them.
-fn argv_and_environ() -> [(usize, usize); 2] {
-    static AREAS: std::sync::OnceLock<[(usize, usize); 2]> = std::sync::OnceLock::new();
-    *AREAS.get_or_init(|| {
-        let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-        // Fields after the command name, which ends with the last ')', start at field 3.
-        let fields: Vec<usize> = stat
-            .rsplit_once(") ")
-            .map(|(_, rest)| rest.split_whitespace().map(|f| f.parse().unwrap_or(0)).collect())
-            .unwrap_or_default();
-        let field = |n: usize| fields.get(n - 3).copied().unwrap_or(0);
-        [(field(48), field(49)), (field(50), field(51))]
-    })
-}
-
 fn cstring(s: &OsStr, what: &'static str) -> Result<CString, SpawnError> {
     CString::new(s.as_bytes()).map_err(|_| SpawnError::Nul { what })
-}
-
-fn null_terminated(strings: &[CString]) -> Vec<*const libc::c_char> {
-    strings.iter().map(|s| s.as_ptr()).chain(std::iter::once(std::ptr::null())).collect()
 }
 
 fn resolve_program(program: &OsStr, path: &OsStr) -> Result<PathBuf, SpawnError> {
@@ -665,26 +639,24 @@ impl Prepared {
             let init = namespaces & libc::CLONE_NEWPID as u64 != 0;
             let plan = ChildPlan {
                 program: &self.program,
-                argv: &self.argv_ptrs,
-                envp: &self.envp_ptrs,
+                argv: &self.argv,
+                envp: &self.envp,
                 work_dir: &self.work_dir,
                 id_maps: (namespaces != 0).then_some(&self.id_maps),
-                cgroup_procs: cgroup_procs(self.leaf.as_ref()),
+                cgroup_procs: self.leaf.as_ref().map(Leaf::procs).unwrap_or_default(),
                 last_cap: self.last_cap,
                 namespaces,
-                parent_pid: nix::unistd::getpid().as_raw(),
-                report_fd: child_end.as_raw_fd(),
-                transport_fd: self.transport.as_ref().map(AsRawFd::as_raw_fd),
-                stdio: [0, 1, 2].map(|i| self.stdio[i].as_ref().map(AsRawFd::as_raw_fd)),
+                report: child_end.as_fd(),
+                transport: self.transport.as_ref().map(AsFd::as_fd),
+                stdio: [0, 1, 2].map(|i| self.stdio[i].as_ref().map(AsFd::as_fd)),
                 rlimits: &self.rlimits,
-                landlock_fd: self.landlock.as_ref().map(AsRawFd::as_raw_fd),
+                landlock: self.landlock.as_ref().map(AsFd::as_fd),
                 filters: &self.filters,
                 mounts: if namespaces != 0 { &self.tree.steps } else { &[] },
                 landlock_adds: if namespaces != 0 { &self.tree.landlock } else { &[] },
-                init_status_fd: init.then(|| status_write.as_raw_fd()),
-                wipe: argv_and_environ(),
+                init_status: init.then(|| status_write.as_fd()),
             };
-            match sys::spawn(&plan) {
+            match drover_sys::clone::spawn(&plan) {
                 Ok(spawned) => break spawned,
                 Err(e)
                     if namespaces != 0
@@ -736,18 +708,24 @@ impl Prepared {
         };
         // The child's copies are in place; ours are no longer needed.
         // One wake-up: the child's end closes when it executes (close-on-exec) or exits.
-        sys::wait_hangup(parent_end.as_fd()).map_err(os("poll"))?;
+        wait_hangup(parent_end.as_fd()).map_err(os("poll"))?;
         loop {
             let mut buf = [0u8; 12];
-            let (n, fd) = sys::recv_report(parent_end.as_fd(), &mut buf).map_err(os("recvmsg"))?;
+            let (n, fd) = recv_report(parent_end.as_fd(), &mut buf).map_err(os("recvmsg"))?;
             let word = |i: usize| {
                 let bytes: [u8; 4] = buf[i * 4..i * 4 + 4].try_into().unwrap_or([0; 4]);
                 u32::from_ne_bytes(bytes)
             };
             match n {
                 0 => return Ok(sandboxed),
-                4 if word(0) == sys::REPORT_LISTENER && fd.is_some() => sandboxed.listener = fd,
-                12 if word(0) == sys::REPORT_FAILED => {
+                4 if word(0) == REPORT_LISTENER
+                    && let Some(fd) = fd =>
+                {
+                    let listener =
+                        Listener::new(fd).map_err(os("checking the seccomp listener"))?;
+                    sandboxed.listener = Some(listener);
+                }
+                12 if word(0) == REPORT_FAILED => {
                     sandboxed.reap_now();
                     self.leaf = sandboxed.leaf.take();
                     let step = ChildStep::from_u32(word(1)).unwrap_or(ChildStep::Exec);
@@ -774,7 +752,7 @@ pub struct Sandboxed {
     pidfd: OwnedFd,
     /// The sandbox init's report of the driver's wait status (with a pid namespace).
     init_status: Option<std::fs::File>,
-    listener: Option<OwnedFd>,
+    listener: Option<Listener>,
     enforcement: Enforcement,
     pid_namespace: bool,
     started: Instant,
@@ -913,7 +891,7 @@ impl Sandboxed {
 
     fn serve_notification(&mut self) {
         let Some(listener) = self.listener.as_ref() else { return };
-        let notification = match sys::notif_recv(listener.as_fd()) {
+        let notification = match notif_recv(listener) {
             Ok(n) => n,
             // ENOENT: the caller died before we read it; anything else ends listening.
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return,
@@ -926,7 +904,7 @@ impl Sandboxed {
         match self.enforcement {
             Enforcement::NotifyLog => {
                 *self.logged.entry(nr).or_default() += 1;
-                let _ = sys::notif_continue(listener.as_fd(), notification.id);
+                let _ = notif_continue(listener, notification.id);
             }
             _ => {
                 let _ = notification.arch;
@@ -1041,13 +1019,4 @@ pub fn reap_strays(keep: &[u32]) -> usize {
         }
     }
     reaped
-}
-
-/// The descriptors the child writes itself into, one per hierarchy.
-fn cgroup_procs(leaf: Option<&Leaf>) -> [Option<std::os::fd::RawFd>; MAX_HIERARCHIES] {
-    let mut fds = [None; MAX_HIERARCHIES];
-    for (slot, fd) in fds.iter_mut().zip(leaf.map(Leaf::procs).unwrap_or_default()) {
-        *slot = Some(fd.as_raw_fd());
-    }
-    fds
 }

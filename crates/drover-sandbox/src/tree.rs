@@ -43,7 +43,7 @@ use std::path::{Component, Path, PathBuf};
 use crate::fs_rules::{self, Grant};
 use crate::policy::Policy;
 use crate::spawn::{SpawnError, expand_device};
-pub(crate) use crate::sys::{LandlockAdd, MountStep};
+pub(crate) use drover_sys::mount::{LandlockAdd, MountStep};
 
 /// Files of a fresh procfs that still describe the host (kernel symbols, keys, the kernel
 /// command line, ...), covered by /dev/null.
