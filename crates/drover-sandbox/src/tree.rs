@@ -1,5 +1,6 @@
 //! The private mount tree of a driver (issue 13, item 1): planned here, in the parent, as a list
-//! of `MountStep`s with every path already a C string; the child (`sys`) only walks the list.
+//! of `MountStep`s with every path already a C string; the child
+//! (`drover_sys::mount`) only walks the list.
 //!
 //! In the child's new user and mount namespaces, after the id maps and before any capability is
 //! dropped, the plan does what bubblewrap does:
