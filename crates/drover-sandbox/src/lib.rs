@@ -59,3 +59,14 @@ pub use spawn::{
     Command, Degradation, Prepared, Sandboxed, SpawnError, Terminator, WaitError, prepare,
     reap_strays,
 };
+
+#[cfg(test)]
+mod tests {
+    /// Every `unsafe` of the sandbox lives in `drover-sys` (issue 19). The forbid makes any
+    /// `unsafe` here a compile error that no inner `allow` can lift; this keeps the forbid.
+    #[test]
+    fn the_sandbox_forbids_unsafe_code() {
+        let forbid = concat!("#![forbid", "(unsafe_code)]");
+        assert!(include_str!("lib.rs").lines().any(|line| line == forbid));
+    }
+}

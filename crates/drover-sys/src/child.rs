@@ -528,3 +528,29 @@ unsafe fn write_file(path: &CStr, data: &[u8]) -> bool {
         ok
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arrays_are_null_terminated_and_debug_shows_no_value() {
+        let env = CStringArray::new(vec![c"KEY=secret-value".to_owned(), c"A=b".to_owned()]);
+        assert_eq!(env.pointers.len(), 3);
+        assert!(env.pointers[2].is_null());
+        let shown = format!("{env:?}");
+        assert!(!shown.contains("secret"), "{shown}");
+        assert!(shown.contains("len: 2"), "{shown}");
+    }
+
+    #[test]
+    fn every_step_number_round_trips() {
+        for n in 0..20 {
+            if let Some(step) = ChildStep::from_u32(n) {
+                assert_eq!(step as u32, n);
+            }
+        }
+        assert_eq!(ChildStep::from_u32(13), Some(ChildStep::MountTree));
+        assert_eq!(ChildStep::from_u32(0), None);
+    }
+}

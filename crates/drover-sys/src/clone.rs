@@ -162,4 +162,34 @@ mod tests {
         // No namespace at all is a plain fork, allowed everywhere.
         probe_clone(0).unwrap();
     }
+
+    #[test]
+    fn a_mount_tree_needs_its_own_namespaces() {
+        let argv = child::CStringArray::new(vec![c"/bin/true".to_owned()]);
+        let (report, _peer) = std::os::unix::net::UnixStream::pair().unwrap();
+        let mounts = [crate::mount::MountStep::Mkdir { path: c"/tmp/never-made".to_owned() }];
+        let plan = ChildPlan {
+            program: c"/bin/true",
+            argv: &argv,
+            envp: &argv,
+            work_dir: c"/",
+            id_maps: None,
+            cgroup_procs: &[],
+            last_cap: 0,
+            namespaces: libc::CLONE_NEWNS as u64,
+            report: std::os::fd::AsFd::as_fd(&report),
+            transport: None,
+            stdio: [None, None, None],
+            rlimits: &[],
+            landlock: None,
+            filters: &[],
+            mounts: &mounts,
+            landlock_adds: &[],
+            init_status: None,
+        };
+        // Refused before any clone: the host's mount table is never touched.
+        assert_eq!(spawn(&plan).unwrap_err().raw_os_error(), Some(libc::EINVAL));
+        let plan = ChildPlan { namespaces: libc::CLONE_VM as u64, mounts: &[], ..plan };
+        assert_eq!(spawn(&plan).unwrap_err().raw_os_error(), Some(libc::EINVAL));
+    }
 }

@@ -160,3 +160,27 @@ pub fn notif_continue(listener: &Listener, id: u64) -> io::Result<()> {
     };
     check_int(ret).map(drop)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_filter_fits_a_sock_fprog() {
+        let insn = libc::sock_filter { code: 0x06, jt: 0, jf: 0, k: 0x7fff_0000 };
+        assert!(SeccompFilter::new(Vec::new(), 0).is_none());
+        assert!(SeccompFilter::new(vec![insn; 65_536], 0).is_none());
+        let filter = SeccompFilter::new(vec![insn; 65_535], SECCOMP_FILTER_FLAG_LOG).unwrap();
+        assert_eq!(filter.fprog().len, 65_535);
+        assert_eq!(filter.flags(), SECCOMP_FILTER_FLAG_LOG);
+    }
+
+    #[test]
+    fn only_a_seccomp_listener_is_a_listener() {
+        let (socket, _peer) = std::os::unix::net::UnixStream::pair().unwrap();
+        let err = Listener::new(socket.into()).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EINVAL));
+        let file = tempfile::tempfile().unwrap();
+        assert_eq!(Listener::new(file.into()).unwrap_err().raw_os_error(), Some(libc::EINVAL));
+    }
+}
