@@ -46,7 +46,6 @@ pub mod privilege;
 pub mod probe;
 pub mod seccomp;
 pub mod spawn;
-pub mod tree;
 pub mod work_dir;
 
 pub use death::{Cause, Death, Logged};

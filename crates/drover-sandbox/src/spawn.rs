@@ -8,7 +8,7 @@
 //!
 //! ```text
 //! 1. user namespace: setgroups=deny, uid_map and gid_map (own ids only); the private mount
-//!    tree (crate::tree); bounding set dropped
+//!    tree ([`tree`]); bounding set dropped
 //! 2. ambient, inheritable, permitted, effective capability sets emptied
 //! 3. setsid()                         (no controlling terminal: no TIOCSTI injection)
 //! 4. every signal disposition SIG_DFL, empty signal mask
@@ -52,9 +52,10 @@
 //! PDEATHSIG fires when the parent *thread* exits: spawn from a long-lived thread.
 
 //!
-//! The module is cut by phase: this file prepares (`prepare`, all allocation), `start` clones
-//! and starts ([`Prepared::spawn`]), `wait` waits and stops ([`Sandboxed`], [`Terminator`],
-//! [`reap_strays`]), and `degradation` names what a spawn gives up ([`Degradation`]).
+//! The module is cut by phase: this file prepares (`prepare`, all allocation), [`tree`] plans
+//! the private mount tree for it, `start` clones and starts ([`Prepared::spawn`]), `wait`
+//! waits and stops ([`Sandboxed`], [`Terminator`], [`reap_strays`]), and `degradation` names
+//! what a spawn gives up ([`Degradation`]).
 
 use std::ffi::{CString, OsStr, OsString};
 use std::os::fd::OwnedFd;
@@ -76,6 +77,7 @@ use crate::seccomp::{self, Enforcement, SeccompError};
 
 mod degradation;
 mod start;
+pub mod tree;
 mod wait;
 
 use degradation::feature_degradations;
@@ -198,7 +200,7 @@ pub struct Prepared {
     rlimits: Vec<(libc::c_int, libc::rlimit)>,
     landlock: Option<OwnedFd>,
     filters: Vec<SeccompFilter>,
-    tree: crate::tree::Plan,
+    tree: tree::Plan,
     enforcement: Enforcement,
     namespaces: bool,
     network: bool,
@@ -352,9 +354,9 @@ pub fn prepare(
         degradations.push(Degradation::NoPrivateTree);
     }
     let tree = if namespaces && !tree_refused {
-        crate::tree::plan(policy, &command.work_dir, features.landlock_abi())?
+        tree::plan(policy, &command.work_dir, features.landlock_abi())?
     } else {
-        crate::tree::Plan { steps: Vec::new(), landlock: Vec::new() }
+        tree::Plan { steps: Vec::new(), landlock: Vec::new() }
     };
     Ok(Prepared {
         program,

@@ -40,7 +40,7 @@ impl Prepared {
                         && matches!(source.raw_os_error(), Some(libc::EPERM | libc::EACCES)) =>
                 {
                     PRIVATE_TREE_REFUSED.store(true, Ordering::Relaxed);
-                    self.tree = crate::tree::Plan { steps: Vec::new(), landlock: Vec::new() };
+                    self.tree = super::tree::Plan { steps: Vec::new(), landlock: Vec::new() };
                     self.degradations.push(Degradation::NoPrivateTree);
                 }
                 outcome => {

@@ -41,9 +41,9 @@ use std::ffi::{CString, OsStr};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
+use super::{SpawnError, expand_device};
 use crate::fs_rules::{self, Grant};
 use crate::policy::Policy;
-use crate::spawn::{SpawnError, expand_device};
 pub(crate) use drover_sys::mount::{LandlockAdd, MountStep};
 
 /// Files of a fresh procfs that still describe the host (kernel symbols, keys, the kernel
