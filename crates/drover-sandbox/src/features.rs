@@ -9,7 +9,6 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use crate::policy::Feature;
-use crate::sys;
 
 /// The namespaces a sandboxed driver gets when they are available.
 pub(crate) const NAMESPACE_FLAGS: u64 = (libc::CLONE_NEWUSER
@@ -63,18 +62,20 @@ impl Features {
             kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
                 .map(|s| s.trim().to_owned())
                 .unwrap_or_else(|_| "unknown".to_owned()),
-            landlock: sys::landlock_abi().map_err(|e| match e.raw_os_error() {
+            landlock: drover_sys::kernel::landlock_abi().map_err(|e| match e.raw_os_error() {
                 Some(libc::ENOSYS) => "the kernel has no Landlock (ENOSYS)".to_owned(),
                 Some(libc::EOPNOTSUPP) => {
                     "Landlock is built but disabled at boot (EOPNOTSUPP)".to_owned()
                 }
                 _ => format!("Landlock unavailable: {e}"),
             }),
-            seccomp_filter: sys::seccomp_action_available(seccompiler_allow()),
-            seccomp_notify: sys::seccomp_action_available(sys::SECCOMP_RET_USER_NOTIF),
-            close_range: sys::close_range_available(),
+            seccomp_filter: drover_sys::kernel::seccomp_action_available(seccompiler_allow()),
+            seccomp_notify: drover_sys::kernel::seccomp_action_available(
+                drover_sys::seccomp::SECCOMP_RET_USER_NOTIF,
+            ),
+            close_range: drover_sys::kernel::close_range_available(),
             pid1: std::process::id() == 1,
-            subreaper: sys::is_child_subreaper(),
+            subreaper: drover_sys::process::is_child_subreaper(),
         }
     }
 
@@ -83,7 +84,7 @@ impl Features {
     pub fn namespaces() -> &'static Result<(), String> {
         static NAMESPACES: OnceLock<Result<(), String>> = OnceLock::new();
         NAMESPACES.get_or_init(|| {
-            sys::probe_clone(NAMESPACE_FLAGS).map_err(|e| {
+            drover_sys::clone::probe_clone(NAMESPACE_FLAGS).map_err(|e| {
                 format!("cannot create user/pid/net/mount namespaces unprivileged: {e}")
             })
         })

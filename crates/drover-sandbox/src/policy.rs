@@ -11,7 +11,7 @@
 //! | `devices` | none |
 //! | `limits` | core 0, 1024 open files, 1 GiB file size, 3600 s CPU, no memory cgroup limit, 512 pids and one core (1000 millicores) per driver in its cgroups, no wall-clock deadline; never an address-space limit (CUDA reserves huge mappings) |
 //! | `network` | off: a network namespace when available, and always `socket()` restricted to `AF_UNIX` (other families: `ENOSYS`) |
-//! | `namespaces` | on: user, pid, net, mount, ipc, uts and cgroup namespaces when the kernel allows them unprivileged, and with them the private mount tree (`crate::tree`): only the granted paths, the driver's own /proc, a minimal /dev |
+//! | `namespaces` | on: user, pid, net, mount, ipc, uts and cgroup namespaces when the kernel allows them unprivileged, and with them the private mount tree (`crate::spawn::tree`): only the granted paths, the driver's own /proc, a minimal /dev |
 //! | `limits.work_dir_bytes`, `limits.work_dir_inodes` | 256 MiB and 16384: the work directory is a tmpfs of that size in the private tree |
 //! | `seccomp.default_action` | [`SeccompDefault::Kill`] |
 //! | `seccomp.allow` | empty (so only the calls the sandbox itself needs: a useful policy lists its own) |
@@ -30,7 +30,7 @@ pub struct Policy {
     /// Paths (files or directory trees) the driver may read and execute.
     pub read: Vec<PathBuf>,
     /// Paths (beside the work directory) the driver may write. A path under `/proc` means the
-    /// driver's own procfs in its private tree (see [`crate::tree`]), never the host's.
+    /// driver's own procfs in its private tree (see [`crate::spawn::tree`]), never the host's.
     pub write: Vec<PathBuf>,
     /// Device nodes the driver may open read-write and `ioctl`. A final `*` in the file name
     /// matches any suffix (`/dev/nvidia*`); devices that do not exist are skipped.

@@ -15,9 +15,9 @@
 //! | `socket-inet` | `socket(AF_INET, SOCK_STREAM)` |
 //! | `connect:IP:PORT` | TCP connect, 1 s timeout |
 //! | `write:PATH` | create and write `PATH` |
-//! | `syscall:NAME` | the raw system call `NAME` with all-zero arguments |
+//! | `syscall:NAME` | the raw system call `NAME` with all-zero arguments (only the calls of `drover_sys::attempt::ZERO_ARGS_ALLOWED`, whose zero form writes no memory of the probe; any other is `EINVAL`) |
 //! | `userns` | `unshare(CLONE_NEWUSER)` |
-//! | `fork-sleep` | fork a child that sleeps; report both host pids |
+//! | `fork-sleep` | fork a child that sleeps; report both host pids (only from a single-threaded probe; otherwise `EINVAL`) |
 //! | `alloc:MIB` | allocate and touch MIB mebibytes |
 //! | `clone-ns` | `clone(CLONE_NEWUSER \| CLONE_NEWNET)` (a child that exits at once) |
 //! | `pdeathsig` | `prctl(PR_SET_PDEATHSIG, 0)` |
@@ -27,7 +27,6 @@
 
 use std::io::{Read as _, Write as _};
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -35,7 +34,7 @@ use std::time::Duration;
 
 use crate::privilege::status_field;
 use crate::seccomp::syscall_number;
-use crate::sys::attempt;
+use drover_sys::attempt;
 
 /// What the probe reports about itself.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -210,7 +209,7 @@ fn outcome<T>(result: std::io::Result<T>, detail: impl FnOnce(&T) -> Option<Stri
 /// Makes the attempt.
 pub fn attempt(what: &Attempt) -> Outcome {
     match what {
-        Attempt::SetuidRoot => outcome(crate::sys::try_setuid_root(), |_| None),
+        Attempt::SetuidRoot => outcome(drover_sys::process::try_setuid_root(), |_| None),
         Attempt::ReadEnviron(pid) => outcome(
             std::fs::File::open(format!("/proc/{pid}/environ")).and_then(|mut f| {
                 let mut sink = Vec::new();
@@ -261,11 +260,10 @@ pub fn attempt(what: &Attempt) -> Outcome {
             let touched = memory.iter().step_by(4096).filter(|b| **b == 1).count();
             outcome(Ok(touched), |pages| Some(format!("{pages} pages touched")))
         }
-        Attempt::CloneNamespaces => {
-            outcome(attempt::clone_exit((libc::CLONE_NEWUSER | libc::CLONE_NEWNET) as u64), |_| {
-                None
-            })
-        }
+        Attempt::CloneNamespaces => outcome(
+            drover_sys::clone::probe_clone((libc::CLONE_NEWUSER | libc::CLONE_NEWNET) as u64),
+            |_| None,
+        ),
         Attempt::ClearParentDeathSignal => outcome(attempt::clear_parent_death_signal(), |_| None),
         Attempt::TtyEcho(fd) => outcome(attempt::echo_off(*fd), |_| None),
         Attempt::TtyWinsize(fd) => outcome(attempt::set_winsize(*fd, 1, 1), |_| None),
@@ -275,16 +273,16 @@ pub fn attempt(what: &Attempt) -> Outcome {
 
 /// Forks a child that reports its `/proc` pid and sleeps; returns `"<self> <child>"`.
 fn fork_sleeper() -> std::io::Result<String> {
-    fn sleeper(report: RawFd) -> ! {
+    fn sleeper(report: UnixStream) -> ! {
         let pid = proc_self_pid().unwrap_or(0).to_string();
-        attempt::write_and_close(report, pid.as_bytes());
+        let _ = (&report).write_all(pid.as_bytes());
+        drop(report);
         loop {
             std::thread::sleep(Duration::from_secs(3600));
         }
     }
     let (mut ours, theirs) = UnixStream::pair()?;
-    attempt::fork_then(sleeper, theirs.as_raw_fd())?;
-    drop(theirs);
+    attempt::fork_then(sleeper, theirs)?;
     ours.set_read_timeout(Some(Duration::from_secs(5)))?;
     let mut text = String::new();
     ours.read_to_string(&mut text)?;

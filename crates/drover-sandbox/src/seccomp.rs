@@ -47,7 +47,7 @@ use syscalls::Sysno;
 use thiserror::Error;
 
 use crate::policy::{SeccompDefault, SeccompPolicy};
-use crate::sys;
+use drover_sys::seccomp as sys;
 
 /// Calls the sandbox itself makes after the filter is installed.
 const ALWAYS_ALLOWED: &[&str] = &["execve", "exit", "exit_group", "close", "write"];

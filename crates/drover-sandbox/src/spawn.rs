@@ -8,7 +8,7 @@
 //!
 //! ```text
 //! 1. user namespace: setgroups=deny, uid_map and gid_map (own ids only); the private mount
-//!    tree (crate::tree); bounding set dropped
+//!    tree ([`tree`]); bounding set dropped
 //! 2. ambient, inheritable, permitted, effective capability sets emptied
 //! 3. setsid()                         (no controlling terminal: no TIOCSTI injection)
 //! 4. every signal disposition SIG_DFL, empty signal mask
@@ -35,8 +35,8 @@
 //! The sandbox's init (5b) is a fork inside the child, not an exec of a drover subcommand: it
 //! costs one copy-on-write fork (tens of microseconds, see BENCHMARKS.md) where an exec would
 //! cost a dynamic link and start-up of the drover binary, and it runs an allocation-free loop
-//! (`sys::run_init`): every signal blocked and taken with `sigwaitinfo`, SIGCHLD reaps every
-//! child, any other signal is forwarded to the driver, and when the driver dies its wait status
+//! (`run_init` in `drover_sys::child`): every signal blocked and taken with `sigwaitinfo`,
+//! SIGCHLD reaps every child, any other signal is forwarded to the driver, and when the driver dies its wait status
 //! goes to the parent on a pipe and init exits, which kills and reaps everything left in the
 //! namespace. So the death cause is the driver's own (exit code, signal, SIGSYS, OOM), a driver
 //! gets default signal semantics (SIGTERM kills it, where a namespace's pid 1 would ignore it),
@@ -51,25 +51,39 @@
 //!
 //! PDEATHSIG fires when the parent *thread* exits: spawn from a long-lived thread.
 
-use std::collections::BTreeMap;
+//!
+//! The module is cut by phase: this file prepares (`prepare`, all allocation), [`tree`] plans
+//! the private mount tree for it, `start` clones and starts ([`Prepared::spawn`]), `wait`
+//! waits and stops ([`Sandboxed`], [`Terminator`], [`reap_strays`]), and `degradation` names
+//! what a spawn gives up ([`Degradation`]).
+
 use std::ffi::{CString, OsStr, OsString};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use drover_sys::child::{CStringArray, IdMaps};
+use drover_sys::seccomp::SeccompFilter;
 use thiserror::Error;
 
-use crate::cgroup::{CgroupError, CgroupLimits, Controller, Leaf, MAX_HIERARCHIES, MemoryParent};
-use crate::death::{Cause, Death};
-use crate::features::{Features, NAMESPACE_FLAGS};
+use crate::cgroup::{CgroupError, CgroupLimits, Controller, Leaf, MemoryParent};
+use crate::features::Features;
 use crate::fs_rules::{self, Grant, LandlockError};
 use crate::policy::{Feature, Policy};
 use crate::privilege::{Dropped, last_cap};
 use crate::seccomp::{self, Enforcement, SeccompError};
-pub use crate::sys::ChildStep;
-use crate::sys::{self, ChildPlan, FilterPlan, IdMaps, SockFprog};
+
+mod degradation;
+mod start;
+pub mod tree;
+mod wait;
+
+use degradation::feature_degradations;
+pub use degradation::{Degradation, expected_degradations};
+pub use drover_sys::child::ChildStep;
+pub use wait::{Sandboxed, Terminator, WaitError, reap_strays};
 
 /// The `PATH` used to find the program when the policy's environment has none.
 pub const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
@@ -108,87 +122,6 @@ impl Command {
     pub fn args<I: IntoIterator<Item = S>, S: Into<OsString>>(mut self, args: I) -> Self {
         self.args.extend(args.into_iter().map(Into::into));
         self
-    }
-}
-
-/// A protection weaker than the policy asked for, because the kernel or the environment lacks
-/// something. Never silent: `drover exec` prints each, and `drover sandbox status` lists them.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Degradation {
-    /// No namespaces: the driver shares the supervisor's pid, net and mount namespaces.
-    NoNamespaces {
-        /// Why.
-        reason: String,
-    },
-    /// No Landlock: no filesystem confinement beyond file permissions.
-    NoLandlock {
-        /// Why.
-        reason: String,
-    },
-    /// Landlock without scoping: signals and abstract sockets are confined only by the pid and
-    /// network namespaces (when present).
-    NoLandlockScoping {
-        /// The kernel's Landlock ABI.
-        abi: u32,
-    },
-    /// Device files are opened without Landlock `ioctl` control.
-    NoLandlockIoctlDev {
-        /// The kernel's Landlock ABI.
-        abi: u32,
-    },
-    /// Refused calls are killed by the kernel, so deaths do not name the call.
-    SeccompUnnamed,
-    /// Log mode logs to the kernel audit log only.
-    SeccompLogToAudit,
-    /// The memory limit is not enforced: no memory cgroup was given (or exists).
-    NoMemoryCgroup,
-    /// No private mount tree (it needs the namespaces).
-    NoPrivateTree,
-    /// These cgroup limits are not enforced: no hierarchy with their controller was given.
-    NoCgroup {
-        /// The controllers of the unenforced limits.
-        controllers: Vec<Controller>,
-    },
-}
-
-impl std::fmt::Display for Degradation {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Degradation::NoNamespaces { reason } => write!(
-                f,
-                "no namespaces ({reason}): the driver shares the supervisor's pid, network and mount namespaces; network is denied by seccomp only, and processes the driver forks can outlive a supervisor killed by SIGKILL"
-            ),
-            Degradation::NoLandlock { reason } => {
-                write!(f, "no Landlock ({reason}): filesystem access is limited by file permissions only")
-            }
-            Degradation::NoLandlockScoping { abi } => write!(
-                f,
-                "Landlock ABI {abi} has no signal/abstract-socket scoping (needs 6): only namespaces keep the driver from signalling same-uid processes"
-            ),
-            Degradation::NoLandlockIoctlDev { abi } => {
-                write!(f, "Landlock ABI {abi} cannot restrict device ioctls (needs 5)")
-            }
-            Degradation::SeccompUnnamed => f.write_str(
-                "no seccomp user notification: refused calls are killed by the kernel and not named",
-            ),
-            Degradation::SeccompLogToAudit => f.write_str(
-                "no seccomp user notification: log mode writes to the kernel audit log only",
-            ),
-            Degradation::NoPrivateTree => f.write_str(
-                "no private mount tree: the driver sees the host's filesystem (within Landlock's rules), the host's /proc (every process and its command line, the kernel command line) and can connect to host UNIX sockets",
-            ),
-            Degradation::NoCgroup { controllers } => {
-                let names: Vec<&str> = controllers.iter().map(|c| c.name()).collect();
-                write!(
-                    f,
-                    "no {} cgroup: these limits of the driver are not enforced, so it can starve other drivers and the supervisor",
-                    names.join(", ")
-                )
-            }
-            Degradation::NoMemoryCgroup => f.write_str(
-                "no memory cgroup: the memory limit is not enforced and an OOM kill looks like any SIGKILL",
-            ),
-        }
     }
 }
 
@@ -259,18 +192,15 @@ pub enum SpawnError {
 #[derive(Debug)]
 pub struct Prepared {
     program: CString,
-    _argv: Vec<CString>,
-    argv_ptrs: Vec<*const libc::c_char>,
-    _envp: Vec<CString>,
-    envp_ptrs: Vec<*const libc::c_char>,
+    argv: CStringArray,
+    envp: CStringArray,
     work_dir: CString,
     id_maps: IdMaps,
     last_cap: u32,
     rlimits: Vec<(libc::c_int, libc::rlimit)>,
     landlock: Option<OwnedFd>,
-    _programs: Vec<seccompiler::BpfProgram>,
-    filters: Vec<FilterPlan>,
-    tree: crate::tree::Plan,
+    filters: Vec<SeccompFilter>,
+    tree: tree::Plan,
     enforcement: Enforcement,
     namespaces: bool,
     network: bool,
@@ -345,8 +275,6 @@ pub fn prepare(
         pair.push(value);
         envp.push(cstring(&pair, "an environment variable")?);
     }
-    let argv_ptrs = null_terminated(&argv);
-    let envp_ptrs = null_terminated(&envp);
     if !command.work_dir.is_dir() {
         return Err(SpawnError::WorkDir { path: command.work_dir.clone() });
     }
@@ -368,17 +296,16 @@ pub fn prepare(
         Err(_) => None,
     };
     let compiled = seccomp::compile(&policy.seccomp, policy.network, features.seccomp_notify)?;
-    let mut programs = Vec::new();
-    let mut filter_flags = Vec::new();
+    let mut filters = Vec::with_capacity(compiled.programs.len());
     for (program, flags) in compiled.programs {
-        programs.push(program);
-        filter_flags.push(flags);
-    }
-    let mut filters = Vec::with_capacity(programs.len());
-    for (program, flags) in programs.iter().zip(filter_flags) {
-        let prog = SockFprog::new(program)
-            .ok_or(SpawnError::Seccomp(SeccompError::TooLong { len: program.len() }))?;
-        filters.push(FilterPlan { prog, flags });
+        let len = program.len();
+        let instructions = program
+            .iter()
+            .map(|i| libc::sock_filter { code: i.code, jt: i.jt, jf: i.jf, k: i.k })
+            .collect();
+        let filter = SeccompFilter::new(instructions, flags)
+            .ok_or(SpawnError::Seccomp(SeccompError::TooLong { len }))?;
+        filters.push(filter);
     }
 
     let limits = CgroupLimits {
@@ -427,22 +354,19 @@ pub fn prepare(
         degradations.push(Degradation::NoPrivateTree);
     }
     let tree = if namespaces && !tree_refused {
-        crate::tree::plan(policy, &command.work_dir, features.landlock_abi())?
+        tree::plan(policy, &command.work_dir, features.landlock_abi())?
     } else {
-        crate::tree::Plan { steps: Vec::new(), landlock: Vec::new() }
+        tree::Plan { steps: Vec::new(), landlock: Vec::new() }
     };
     Ok(Prepared {
         program,
-        _argv: argv,
-        argv_ptrs,
-        _envp: envp,
-        envp_ptrs,
+        argv: CStringArray::new(argv),
+        envp: CStringArray::new(envp),
         work_dir,
         id_maps,
         last_cap: last_cap(),
         rlimits,
         landlock,
-        _programs: programs,
         filters,
         tree,
         enforcement: compiled.enforcement,
@@ -460,69 +384,8 @@ pub fn prepare(
     })
 }
 
-/// The degradations `policy` suffers on this kernel, as far as known without spawning
-/// (namespaces are known by trying; see [`expected_degradations`]).
-fn feature_degradations(policy: &Policy, features: &Features) -> Vec<Degradation> {
-    let mut out = Vec::new();
-    match &features.landlock {
-        Ok(abi) => {
-            if *abi < 6 {
-                out.push(Degradation::NoLandlockScoping { abi: *abi });
-            }
-            if *abi < 5 && !policy.devices.is_empty() {
-                out.push(Degradation::NoLandlockIoctlDev { abi: *abi });
-            }
-        }
-        Err(reason) => out.push(Degradation::NoLandlock { reason: reason.clone() }),
-    }
-    if !features.seccomp_notify {
-        match policy.seccomp.default_action {
-            crate::SeccompDefault::Kill => out.push(Degradation::SeccompUnnamed),
-            crate::SeccompDefault::Log => out.push(Degradation::SeccompLogToAudit),
-            crate::SeccompDefault::KillProcess => {}
-        }
-    }
-    out
-}
-
-/// Every degradation `policy` would suffer here, probing namespaces once (a clone) if the
-/// policy wants them. `drover sandbox status` reports these.
-pub fn expected_degradations(policy: &Policy) -> Vec<Degradation> {
-    let mut out = feature_degradations(policy, Features::get());
-    if policy.namespaces
-        && let Err(reason) = Features::namespaces()
-    {
-        out.insert(0, Degradation::NoNamespaces { reason: reason.clone() });
-        out.insert(1, Degradation::NoPrivateTree);
-    }
-    if !policy.namespaces {
-        out.push(Degradation::NoPrivateTree);
-    }
-    out
-}
-
-/// Where this process's argument and environment strings are (`/proc/self/stat` fields 48 to
-/// 51), read once; the sandbox's init wipes its copy of them.
-fn argv_and_environ() -> [(usize, usize); 2] {
-    static AREAS: std::sync::OnceLock<[(usize, usize); 2]> = std::sync::OnceLock::new();
-    *AREAS.get_or_init(|| {
-        let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-        // Fields after the command name, which ends with the last ')', start at field 3.
-        let fields: Vec<usize> = stat
-            .rsplit_once(") ")
-            .map(|(_, rest)| rest.split_whitespace().map(|f| f.parse().unwrap_or(0)).collect())
-            .unwrap_or_default();
-        let field = |n: usize| fields.get(n - 3).copied().unwrap_or(0);
-        [(field(48), field(49)), (field(50), field(51))]
-    })
-}
-
 fn cstring(s: &OsStr, what: &'static str) -> Result<CString, SpawnError> {
     CString::new(s.as_bytes()).map_err(|_| SpawnError::Nul { what })
-}
-
-fn null_terminated(strings: &[CString]) -> Vec<*const libc::c_char> {
-    strings.iter().map(|s| s.as_ptr()).chain(std::iter::once(std::ptr::null())).collect()
 }
 
 fn resolve_program(program: &OsStr, path: &OsStr) -> Result<PathBuf, SpawnError> {
@@ -604,450 +467,4 @@ pub fn expand_device(pattern: &Path) -> Vec<PathBuf> {
         .collect();
     found.sort();
     found
-}
-
-impl Prepared {
-    /// Degradations known before the spawn.
-    pub fn degradations(&self) -> &[Degradation] {
-        &self.degradations
-    }
-
-    /// Clones and starts the driver. The returned handle must be waited for; dropping it
-    /// kills and reaps the driver.
-    ///
-    /// When the child was refused its private tree (EPERM or EACCES while mounting it) and the
-    /// policy does not require one, the driver is started again without it, once, and so is
-    /// every later spawn of this process.
-    pub fn spawn(mut self) -> Result<Sandboxed, SpawnError> {
-        loop {
-            match self.attempt() {
-                Err(SpawnError::Child { step: ChildStep::MountTree, source })
-                    if !self.tree.steps.is_empty()
-                        && !self.require_private_tree
-                        && matches!(source.raw_os_error(), Some(libc::EPERM | libc::EACCES)) =>
-                {
-                    PRIVATE_TREE_REFUSED.store(true, Ordering::Relaxed);
-                    self.tree = crate::tree::Plan { steps: Vec::new(), landlock: Vec::new() };
-                    self.degradations.push(Degradation::NoPrivateTree);
-                }
-                outcome => {
-                    drop(self.transport.take());
-                    drop(std::mem::take(&mut self.stdio));
-                    return outcome;
-                }
-            }
-        }
-    }
-
-    /// One clone and start. The transport and stdio stay ours until the caller is done, so a
-    /// refused private tree can be retried with the same descriptors; on a failure in the
-    /// child, the degradations and the cgroup leaf come back to `self` for that retry.
-    fn attempt(&mut self) -> Result<Sandboxed, SpawnError> {
-        let os = |what| move |source| SpawnError::Os { what, source };
-        let (parent_end, child_end) = nix::sys::socket::socketpair(
-            nix::sys::socket::AddressFamily::Unix,
-            nix::sys::socket::SockType::SeqPacket,
-            None,
-            nix::sys::socket::SockFlag::SOCK_CLOEXEC,
-        )
-        .map_err(|e| SpawnError::Os { what: "socketpair", source: e.into() })?;
-
-        let mut namespaces = if self.namespaces {
-            NAMESPACE_FLAGS & !(if self.network { libc::CLONE_NEWNET as u64 } else { 0 })
-        } else {
-            0
-        };
-        // The init's report of the driver's wait status (with a pid namespace).
-        let (status_read, status_write) =
-            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
-                .map_err(|e| SpawnError::Os { what: "pipe2", source: e.into() })?;
-        let (pid, pidfd) = loop {
-            let init = namespaces & libc::CLONE_NEWPID as u64 != 0;
-            let plan = ChildPlan {
-                program: &self.program,
-                argv: &self.argv_ptrs,
-                envp: &self.envp_ptrs,
-                work_dir: &self.work_dir,
-                id_maps: (namespaces != 0).then_some(&self.id_maps),
-                cgroup_procs: cgroup_procs(self.leaf.as_ref()),
-                last_cap: self.last_cap,
-                namespaces,
-                parent_pid: nix::unistd::getpid().as_raw(),
-                report_fd: child_end.as_raw_fd(),
-                transport_fd: self.transport.as_ref().map(AsRawFd::as_raw_fd),
-                stdio: [0, 1, 2].map(|i| self.stdio[i].as_ref().map(AsRawFd::as_raw_fd)),
-                rlimits: &self.rlimits,
-                landlock_fd: self.landlock.as_ref().map(AsRawFd::as_raw_fd),
-                filters: &self.filters,
-                mounts: if namespaces != 0 { &self.tree.steps } else { &[] },
-                landlock_adds: if namespaces != 0 { &self.tree.landlock } else { &[] },
-                init_status_fd: init.then(|| status_write.as_raw_fd()),
-                wipe: argv_and_environ(),
-            };
-            match sys::spawn(&plan) {
-                Ok(spawned) => break spawned,
-                Err(e)
-                    if namespaces != 0
-                        && matches!(
-                            e.raw_os_error(),
-                            Some(
-                                libc::EPERM
-                                    | libc::EINVAL
-                                    | libc::ENOSPC
-                                    | libc::EUSERS
-                                    | libc::EACCES
-                            )
-                        ) =>
-                {
-                    if self.require_namespaces {
-                        return Err(SpawnError::MissingFeature {
-                            feature: Feature::Namespaces,
-                            reason: format!("cloning into new namespaces failed: {e}"),
-                        });
-                    }
-                    NAMESPACES_REFUSED.store(true, Ordering::Relaxed);
-                    self.degradations.push(Degradation::NoNamespaces {
-                        reason: format!("cloning into new namespaces failed: {e}"),
-                    });
-                    self.degradations.push(Degradation::NoPrivateTree);
-                    namespaces = 0;
-                }
-                Err(e) => return Err(os("clone3")(e)),
-            }
-        };
-        drop(child_end);
-        drop(status_write);
-        let pid_namespace = namespaces & libc::CLONE_NEWPID as u64 != 0;
-        let mut sandboxed = Sandboxed {
-            pid,
-            pidfd,
-            init_status: pid_namespace.then(|| std::fs::File::from(status_read)),
-            listener: None,
-            enforcement: self.enforcement,
-            pid_namespace,
-            started: Instant::now(),
-            deadline: self.wall_clock,
-            degradations: self.degradations.clone(),
-            logged: BTreeMap::new(),
-            verdict: None,
-            reaped: false,
-            leaf: self.leaf.take(),
-            memory_bytes: self.memory_bytes,
-        };
-        // The child's copies are in place; ours are no longer needed.
-        // One wake-up: the child's end closes when it executes (close-on-exec) or exits.
-        sys::wait_hangup(parent_end.as_fd()).map_err(os("poll"))?;
-        loop {
-            let mut buf = [0u8; 12];
-            let (n, fd) = sys::recv_report(parent_end.as_fd(), &mut buf).map_err(os("recvmsg"))?;
-            let word = |i: usize| {
-                let bytes: [u8; 4] = buf[i * 4..i * 4 + 4].try_into().unwrap_or([0; 4]);
-                u32::from_ne_bytes(bytes)
-            };
-            match n {
-                0 => return Ok(sandboxed),
-                4 if word(0) == sys::REPORT_LISTENER && fd.is_some() => sandboxed.listener = fd,
-                12 if word(0) == sys::REPORT_FAILED => {
-                    sandboxed.reap_now();
-                    self.leaf = sandboxed.leaf.take();
-                    let step = ChildStep::from_u32(word(1)).unwrap_or(ChildStep::Exec);
-                    let source = std::io::Error::from_raw_os_error(word(2) as i32);
-                    return Err(SpawnError::Child { step, source });
-                }
-                _ => {
-                    sandboxed.reap_now();
-                    return Err(SpawnError::Os {
-                        what: "reading the child's report",
-                        source: std::io::Error::other(format!("unexpected {n}-byte record")),
-                    });
-                }
-            }
-        }
-    }
-}
-
-/// A running sandboxed driver. Wait for it with [`Sandboxed::wait`]; dropping it unwaited
-/// kills and reaps it.
-#[derive(Debug)]
-pub struct Sandboxed {
-    pid: libc::pid_t,
-    pidfd: OwnedFd,
-    /// The sandbox init's report of the driver's wait status (with a pid namespace).
-    init_status: Option<std::fs::File>,
-    listener: Option<OwnedFd>,
-    enforcement: Enforcement,
-    pid_namespace: bool,
-    started: Instant,
-    deadline: Option<Duration>,
-    degradations: Vec<Degradation>,
-    logged: BTreeMap<i64, u64>,
-    verdict: Option<Cause>,
-    reaped: bool,
-    leaf: Option<Leaf>,
-    memory_bytes: Option<u64>,
-}
-
-/// Why waiting failed.
-#[derive(Debug, Error)]
-#[error("waiting for the sandboxed process failed in {what}")]
-pub struct WaitError {
-    what: &'static str,
-    #[source]
-    source: std::io::Error,
-}
-
-impl Sandboxed {
-    /// The driver's pid in the supervisor's pid namespace.
-    pub fn pid(&self) -> u32 {
-        self.pid.unsigned_abs()
-    }
-
-    /// Whether the driver runs in its own pid namespace, under the sandbox's init.
-    pub fn in_pid_namespace(&self) -> bool {
-        self.pid_namespace
-    }
-
-    /// Every degradation of this spawn.
-    pub fn degradations(&self) -> &[Degradation] {
-        &self.degradations
-    }
-
-    /// How refused system calls are handled.
-    pub fn enforcement(&self) -> Enforcement {
-        self.enforcement
-    }
-
-    /// A handle that can send SIGTERM to the driver from another thread while this one
-    /// waits: the second-to-last rung of the stop ladder (close the transport, SIGTERM,
-    /// SIGKILL). It holds its own pidfd, so it can never signal a recycled pid.
-    pub fn terminator(&self) -> Result<Terminator, SpawnError> {
-        let pidfd = self
-            .pidfd
-            .try_clone()
-            .map_err(|source| SpawnError::Os { what: "duplicating the pidfd", source })?;
-        Ok(Terminator { pidfd, pid: self.pid, pid_namespace: self.pid_namespace })
-    }
-
-    /// Kills the driver (and with it its pid namespace or process group); the death is
-    /// reported as [`Cause::KilledBySupervisor`] with `reason`.
-    pub fn kill(&mut self, reason: &str) {
-        self.kill_with(Cause::KilledBySupervisor { reason: reason.to_owned() });
-    }
-
-    fn kill_with(&mut self, cause: Cause) {
-        if self.verdict.is_none() {
-            self.verdict = Some(cause);
-        }
-        let _ = sys::pidfd_send_signal(self.pidfd.as_fd(), libc::SIGKILL);
-        if !self.pid_namespace {
-            let _ = sys::kill(-self.pid, libc::SIGKILL);
-        }
-    }
-
-    /// Waits until the driver dies, serving the seccomp listener meanwhile (naming and killing
-    /// on a violation, or logging and continuing in log mode) and enforcing the wall-clock
-    /// deadline. When `stop` becomes readable the driver is killed as
-    /// [`Cause::KilledBySupervisor`] (the caller drains `stop`).
-    pub fn wait(&mut self, stop: Option<BorrowedFd<'_>>) -> Result<Death, WaitError> {
-        let err = |what| move |source| WaitError { what, source };
-        let mut stop = stop;
-        loop {
-            let mut fds = vec![self.pidfd.as_fd()];
-            let listener_slot = self.listener.as_ref().map(|l| {
-                fds.push(l.as_fd());
-                fds.len() - 1
-            });
-            let stop_slot = stop.map(|s| {
-                fds.push(s);
-                fds.len() - 1
-            });
-            let timeout = match self.deadline {
-                Some(deadline) if self.verdict.is_none() => {
-                    let left = deadline.saturating_sub(self.started.elapsed());
-                    i32::try_from(left.as_millis()).unwrap_or(i32::MAX).max(0)
-                        + i32::from(left.subsec_nanos() % 1_000_000 != 0)
-                }
-                _ => -1,
-            };
-            let ready = sys::poll_readable(&fds, timeout).map_err(err("poll"))?;
-            drop(fds);
-            if ready[0] != 0 {
-                let status =
-                    sys::waitid_pidfd(self.pidfd.as_fd(), libc::WNOHANG).map_err(err("waitid"))?;
-                if let Some(status) = status {
-                    self.reaped = true;
-                    // With the sandbox's init, the driver's own status says how it died.
-                    let status = self.driver_status().unwrap_or(status);
-                    if !self.pid_namespace {
-                        let _ = sys::kill(-self.pid, libc::SIGKILL);
-                    }
-                    let cause = self.cause_of(status);
-                    if let Some(leaf) = self.leaf.as_mut() {
-                        leaf.remove();
-                    }
-                    return Ok(Death { cause, logged: crate::death::logged(&self.logged) });
-                }
-            }
-            if let Some(slot) = listener_slot {
-                if ready[slot] & libc::POLLIN != 0 {
-                    self.serve_notification();
-                } else if ready[slot] != 0 {
-                    // Hang-up: no process is left under the filter.
-                    self.listener = None;
-                }
-            }
-            if let Some(slot) = stop_slot
-                && ready[slot] != 0
-            {
-                self.kill("stop requested");
-                stop = None;
-            }
-            if let Some(deadline) = self.deadline
-                && self.verdict.is_none()
-                && self.started.elapsed() >= deadline
-            {
-                self.kill_with(Cause::Deadline { after: deadline });
-            }
-        }
-    }
-
-    fn serve_notification(&mut self) {
-        let Some(listener) = self.listener.as_ref() else { return };
-        let notification = match sys::notif_recv(listener.as_fd()) {
-            Ok(n) => n,
-            // ENOENT: the caller died before we read it; anything else ends listening.
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return,
-            Err(_) => {
-                self.listener = None;
-                return;
-            }
-        };
-        let nr = i64::from(notification.nr);
-        match self.enforcement {
-            Enforcement::NotifyLog => {
-                *self.logged.entry(nr).or_default() += 1;
-                let _ = sys::notif_continue(listener.as_fd(), notification.id);
-            }
-            _ => {
-                let _ = notification.arch;
-                self.kill_with(Cause::SeccompViolation {
-                    nr,
-                    name: seccomp::syscall_name(nr),
-                    pid: notification.pid,
-                });
-            }
-        }
-    }
-
-    /// The driver's wait status as its init reported it, if it did (an init killed by the
-    /// supervisor, the OOM killer or the supervisor's own death reports nothing).
-    fn driver_status(&mut self) -> Option<sys::ChildStatus> {
-        use std::io::Read as _;
-        let mut raw = [0u8; 4];
-        self.init_status.as_mut()?.read_exact(&mut raw).ok()?;
-        let raw = libc::c_int::from_ne_bytes(raw);
-        Some(if libc::WIFEXITED(raw) {
-            sys::ChildStatus { code: libc::CLD_EXITED, status: libc::WEXITSTATUS(raw) }
-        } else {
-            let code = if libc::WCOREDUMP(raw) { libc::CLD_DUMPED } else { libc::CLD_KILLED };
-            sys::ChildStatus { code, status: libc::WTERMSIG(raw) }
-        })
-    }
-
-    fn cause_of(&mut self, status: sys::ChildStatus) -> Cause {
-        if let Some(verdict) = self.verdict.take() {
-            return verdict;
-        }
-        if status.code != libc::CLD_EXITED
-            && status.status == libc::SIGKILL
-            && let (Some(leaf), Some(limit_bytes)) = (&self.leaf, self.memory_bytes)
-            && leaf.oom_kills() > 0
-        {
-            return Cause::Oom { limit_bytes };
-        }
-        match status.code {
-            libc::CLD_EXITED => Cause::Exited { code: status.status },
-            _ if status.status == libc::SIGSYS => Cause::SeccompKill,
-            code => {
-                Cause::Signaled { signal: status.status, core_dumped: code == libc::CLD_DUMPED }
-            }
-        }
-    }
-
-    fn reap_now(&mut self) {
-        if !self.reaped {
-            let _ = sys::pidfd_send_signal(self.pidfd.as_fd(), libc::SIGKILL);
-            let _ = sys::waitid_pidfd(self.pidfd.as_fd(), 0);
-            self.reaped = true;
-        }
-    }
-}
-
-impl Drop for Sandboxed {
-    fn drop(&mut self) {
-        if !self.pid_namespace && !self.reaped {
-            let _ = sys::kill(-self.pid, libc::SIGKILL);
-        }
-        self.reap_now();
-        if let Some(leaf) = self.leaf.as_mut() {
-            leaf.remove();
-        }
-    }
-}
-
-/// Sends SIGTERM to a sandboxed driver; made by [`Sandboxed::terminator`].
-///
-/// In a pid namespace the signal goes to the sandbox's init, which forwards it to the driver.
-/// Without a pid namespace the driver's whole process group gets the signal.
-#[derive(Debug)]
-pub struct Terminator {
-    pidfd: OwnedFd,
-    pid: libc::pid_t,
-    pid_namespace: bool,
-}
-
-impl Terminator {
-    /// Sends SIGTERM. A driver that has already exited is not an error.
-    pub fn terminate(&self) {
-        let _ = sys::pidfd_send_signal(self.pidfd.as_fd(), libc::SIGTERM);
-        if !self.pid_namespace {
-            // Only while the leader is unreaped: the pidfd stays pollable until then, and a
-            // reaped leader's group id may have been reused.
-            if sys::waitid_pidfd(self.pidfd.as_fd(), libc::WNOHANG | libc::WNOWAIT).is_ok() {
-                let _ = sys::kill(-self.pid, libc::SIGTERM);
-            }
-        }
-    }
-}
-
-/// Kills and reaps every child of this process except `keep`: orphans re-parented to the
-/// supervisor (it is a child subreaper, or PID 1) that escaped their driver's process group.
-/// Returns how many were reaped.
-pub fn reap_strays(keep: &[u32]) -> usize {
-    let mut reaped = 0;
-    for _ in 0..64 {
-        let strays: Vec<libc::pid_t> = sys::list_children()
-            .into_iter()
-            .filter(|pid| !keep.contains(&pid.unsigned_abs()))
-            .collect();
-        if strays.is_empty() {
-            break;
-        }
-        for pid in strays {
-            let _ = sys::kill(pid, libc::SIGKILL);
-            if sys::reap(pid, true).is_some() {
-                reaped += 1;
-            }
-        }
-    }
-    reaped
-}
-
-/// The descriptors the child writes itself into, one per hierarchy.
-fn cgroup_procs(leaf: Option<&Leaf>) -> [Option<std::os::fd::RawFd>; MAX_HIERARCHIES] {
-    let mut fds = [None; MAX_HIERARCHIES];
-    for (slot, fd) in fds.iter_mut().zip(leaf.map(Leaf::procs).unwrap_or_default()) {
-        *slot = Some(fd.as_raw_fd());
-    }
-    fds
 }

@@ -1,5 +1,6 @@
 //! The private mount tree of a driver (issue 13, item 1): planned here, in the parent, as a list
-//! of `MountStep`s with every path already a C string; the child (`sys`) only walks the list.
+//! of `MountStep`s with every path already a C string; the child
+//! (`drover_sys::mount`) only walks the list.
 //!
 //! In the child's new user and mount namespaces, after the id maps and before any capability is
 //! dropped, the plan does what bubblewrap does:
@@ -40,10 +41,10 @@ use std::ffi::{CString, OsStr};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
+use super::{SpawnError, expand_device};
 use crate::fs_rules::{self, Grant};
 use crate::policy::Policy;
-use crate::spawn::{SpawnError, expand_device};
-pub(crate) use crate::sys::{LandlockAdd, MountStep};
+pub(crate) use drover_sys::mount::{LandlockAdd, MountStep};
 
 /// Files of a fresh procfs that still describe the host (kernel symbols, keys, the kernel
 /// command line, ...), covered by /dev/null.
