@@ -45,9 +45,6 @@ const SPLITTING: &[&str] = &[
     "crates/drover-provision/src/provisioner.rs",
     "crates/drover-store/src/sqlite.rs",
     "crates/drover-proto/src/config.rs",
-    "crates/drover-sandbox/src/sys.rs",
-    "crates/drover-sandbox/src/spawn.rs",
-    "crates/drover-sandbox/src/privilege.rs",
     // Landed with the PostgreSQL store (issue 16) at 705 lines, after these lists were drawn;
     // the store's split cuts it with `sqlite.rs`.
     "crates/drover-store/src/postgres/store.rs",
@@ -74,8 +71,6 @@ const KNOWN_CYCLES: &[(&str, &[&str])] = &[
             "sse",
         ],
     ),
-    // Through `sys` (one `unsafe impl Send` for spawn's types, issue 19); being split today.
-    ("drover-sandbox", &["death", "features", "privilege", "seccomp", "spawn", "sys", "tree"]),
     // `group_commit` writes with `sqlite`'s helpers, and `SqliteStore` holds its queue; being
     // split today with `sqlite.rs`.
     ("drover-store", &["group_commit", "sqlite"]),
