@@ -48,6 +48,10 @@ pub enum StoreError {
     /// The lease is settled and cannot change.
     #[error("lease {0} is settled")]
     LeaseClosed(LeaseId),
+    /// Another replica took the lease over (its owner's heartbeat had expired); the writer
+    /// no longer owns it and must leave it alone.
+    #[error("lease {0} was taken over by another replica")]
+    LeaseTakenOver(LeaseId),
     /// A stored row does not decode: the database was changed by something else.
     #[error("stored {what} does not decode")]
     Corrupt {

@@ -1,6 +1,5 @@
 //! The SQLite [`Store`]: one file, WAL, every write `synchronous = FULL`.
 
-use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
@@ -9,7 +8,6 @@ use std::time::Duration;
 
 use drover_proto::api::{AuditEvent, Job, JobEvent, JobEventKind, JobSpec};
 use drover_proto::{CostEstimate, JobId, JobPhase, JobState, LeaseId, LeasePhase};
-use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
@@ -19,6 +17,10 @@ use crate::Store;
 use crate::error::{Context, StoreError};
 use crate::group_commit::Submissions;
 use crate::model::*;
+
+mod fleet;
+mod migrations;
+use migrations::migrator;
 
 /// The database file name inside the data directory.
 pub const DEFAULT_FILE_NAME: &str = "drover.db";
@@ -31,31 +33,6 @@ const AUDIT_ROWS: usize = 1024;
 
 /// How long a statement waits for another process's lock before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// The schema migrations, embedded so the binary needs no files beside it.
-fn migrator() -> Migrator {
-    Migrator {
-        migrations: Cow::Owned(vec![
-            Migration::new(
-                1,
-                Cow::Borrowed("init"),
-                MigrationType::Simple,
-                Cow::Borrowed(include_str!("../migrations/sqlite/0001_init.sql")),
-                false,
-            ),
-            Migration::new(
-                2,
-                Cow::Borrowed("write probe"),
-                MigrationType::Simple,
-                Cow::Borrowed(include_str!("../migrations/sqlite/0002_write_probe.sql")),
-                false,
-            ),
-        ]),
-        ignore_missing: false,
-        locking: true,
-        no_tx: false,
-    }
-}
 
 /// The SQLite [`Store`]. Cheap to clone: clones share the pools.
 ///
@@ -372,7 +349,7 @@ async fn load_job(
 
 const LEASE_COLUMNS: &str = "lease_id, job_id, actor, label, phase, reserved_micros, day, \
     granted_unix_ms, deadline_unix_ms, pending_offer, gpu_model, gpu_count, expected_usd, \
-    p95_usd, worst_usd, confidence, bandwidth_micros, settled_micros, status_message";
+    p95_usd, worst_usd, confidence, bandwidth_micros, settled_micros, status_message, owner_replica";
 
 async fn load_lease(
     conn: &mut sqlx::SqliteConnection,
@@ -420,6 +397,7 @@ fn lease_from_row(row: &SqliteRow) -> Result<LeaseRecord, StoreError> {
         bandwidth_usd: micros_to_usd(get(row, "bandwidth_micros")?),
         settled_usd: settled.map(micros_to_usd),
         status_message: get(row, "status_message")?,
+        owner_replica: get(row, "owner_replica")?,
     })
 }
 
@@ -837,9 +815,9 @@ impl Store for SqliteStore {
             sqlx::query(
                 "INSERT INTO leases (lease_id, job_id, actor, label, phase, reserved_micros, day, \
                  granted_unix_ms, deadline_unix_ms, pending_offer, gpu_model, gpu_count, expected_usd, \
-                 p95_usd, worst_usd, confidence, bandwidth_micros, settled_micros, status_message) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
-                 NULL, $18)",
+                 p95_usd, worst_usd, confidence, bandwidth_micros, settled_micros, status_message, \
+                 owner_replica) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, \
+                 $15, $16, $17, NULL, $18, $19)",
             )
             .bind(lease.lease_id.as_str())
             .bind(lease.job_id.as_str())
@@ -859,6 +837,7 @@ impl Store for SqliteStore {
             .bind(lease.estimate.confidence)
             .bind(usd_to_micros(lease.bandwidth_usd))
             .bind(lease.status_message.as_deref())
+            .bind(lease.owner_replica.as_deref())
             .execute(&mut *tx)
             .await
             .during("inserting a lease")?;
@@ -873,16 +852,21 @@ impl Store for SqliteStore {
     async fn update_lease(&self, lease: &LeaseRecord) -> Result<(), StoreError> {
         self.track(async {
             let mut tx = self.begin("updating a lease").await?;
-            let settled: Option<Option<i64>> =
-                sqlx::query_scalar("SELECT settled_micros FROM leases WHERE lease_id = $1")
-                    .bind(lease.lease_id.as_str())
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .during("updating a lease")?;
-            match settled {
+            let row: Option<(Option<i64>, Option<String>)> = sqlx::query_as(
+                "SELECT settled_micros, owner_replica FROM leases WHERE lease_id = $1",
+            )
+            .bind(lease.lease_id.as_str())
+            .fetch_optional(&mut *tx)
+            .await
+            .during("updating a lease")?;
+            match row {
                 None => return Err(StoreError::LeaseNotFound(lease.lease_id.clone())),
-                Some(Some(_)) => return Err(StoreError::LeaseClosed(lease.lease_id.clone())),
-                Some(None) => {}
+                Some((Some(_), _)) => return Err(StoreError::LeaseClosed(lease.lease_id.clone())),
+                // Fencing: a replica that lost the lease to a takeover writes nothing more.
+                Some((None, owner)) if owner != lease.owner_replica => {
+                    return Err(StoreError::LeaseTakenOver(lease.lease_id.clone()));
+                }
+                Some((None, _)) => {}
             }
             sqlx::query(
                 "UPDATE leases SET phase = $2, deadline_unix_ms = $3, pending_offer = $4, \

@@ -59,6 +59,7 @@ pub fn lease(id: &str, job: &str, reserved_usd: f64) -> LeaseRecord {
         bandwidth_usd: 0.01,
         settled_usd: None,
         status_message: None,
+        owner_replica: Some("replica-a".to_owned()),
     }
 }
 
