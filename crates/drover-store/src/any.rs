@@ -10,6 +10,7 @@ use drover_proto::config::StoreConfig;
 use drover_proto::{JobId, LeaseId};
 
 use crate::error::StoreError;
+use crate::fleet::{Fleet, Heartbeat, Replica};
 use crate::model::*;
 use crate::{PgStore, SqliteStore, Store};
 
@@ -150,5 +151,43 @@ impl Store for AnyStore {
     }
     async fn ping(&self) -> Result<(), StoreError> {
         forward!(self, ping())
+    }
+}
+
+impl Fleet for AnyStore {
+    async fn setting_or_init(&self, key: &str, value: &str) -> Result<String, StoreError> {
+        forward!(self, setting_or_init(key, value))
+    }
+    async fn heartbeat(&self, beat: &Heartbeat<'_>) -> Result<(), StoreError> {
+        forward!(self, heartbeat(beat))
+    }
+    async fn replicas(&self, deployment: &str) -> Result<Vec<Replica>, StoreError> {
+        forward!(self, replicas(deployment))
+    }
+    async fn retire_replica(&self, replica_id: &str) -> Result<(), StoreError> {
+        forward!(self, retire_replica(replica_id))
+    }
+    async fn try_reaper_lock(
+        &self,
+        deployment: &str,
+        replica_id: &str,
+        ttl_ms: u64,
+    ) -> Result<bool, StoreError> {
+        forward!(self, try_reaper_lock(deployment, replica_id, ttl_ms))
+    }
+    async fn release_reaper_lock(
+        &self,
+        deployment: &str,
+        replica_id: &str,
+    ) -> Result<(), StoreError> {
+        forward!(self, release_reaper_lock(deployment, replica_id))
+    }
+    async fn take_over_lease(
+        &self,
+        lease_id: &LeaseId,
+        from: Option<&str>,
+        to: &str,
+    ) -> Result<bool, StoreError> {
+        forward!(self, take_over_lease(lease_id, from, to))
     }
 }

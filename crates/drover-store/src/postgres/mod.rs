@@ -29,6 +29,7 @@
 //! replica writes can miss a row committed late with a lower position. Within one replica the
 //! order holds.
 
+mod fleet;
 mod store;
 
 use std::borrow::Cow;
@@ -73,6 +74,7 @@ fn migrator() -> Migrator {
                 "write probe",
                 include_str!("../../migrations/postgres/0002_write_probe.sql"),
             ),
+            migration(3, "fleet", include_str!("../../migrations/postgres/0003_fleet.sql")),
         ]),
         ignore_missing: false,
         locking: true,

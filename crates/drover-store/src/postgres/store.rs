@@ -463,8 +463,8 @@ impl Store for PgStore {
                 "INSERT INTO leases (lease_id, job_id, actor, label, phase, reserved_micros, day, \
                  granted_unix_ms, deadline_unix_ms, pending_offer, gpu_model, gpu_count, \
                  expected_usd, p95_usd, worst_usd, confidence, bandwidth_micros, settled_micros, \
-                 status_message) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, \
-                 $14, $15, $16, $17, NULL, $18)",
+                 status_message, owner_replica) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, \
+                 $11, $12, $13, $14, $15, $16, $17, NULL, $18, $19)",
             )
             .bind(lease.lease_id.as_str())
             .bind(lease.job_id.as_str())
@@ -484,6 +484,7 @@ impl Store for PgStore {
             .bind(lease.estimate.confidence)
             .bind(usd_to_micros(lease.bandwidth_usd))
             .bind(lease.status_message.as_deref())
+            .bind(lease.owner_replica.as_deref())
             .execute(&mut *tx)
             .await
             .during("inserting a lease")?;
@@ -498,17 +499,21 @@ impl Store for PgStore {
     async fn update_lease(&self, lease: &LeaseRecord) -> Result<(), StoreError> {
         self.track(async {
             let mut tx = self.begin("updating a lease").await?;
-            let settled: Option<Option<i64>> = sqlx::query_scalar(
-                "SELECT settled_micros FROM leases WHERE lease_id = $1 FOR UPDATE",
+            let row: Option<(Option<i64>, Option<String>)> = sqlx::query_as(
+                "SELECT settled_micros, owner_replica FROM leases WHERE lease_id = $1 FOR UPDATE",
             )
             .bind(lease.lease_id.as_str())
             .fetch_optional(&mut *tx)
             .await
             .during("updating a lease")?;
-            match settled {
+            match row {
                 None => return Err(StoreError::LeaseNotFound(lease.lease_id.clone())),
-                Some(Some(_)) => return Err(StoreError::LeaseClosed(lease.lease_id.clone())),
-                Some(None) => {}
+                Some((Some(_), _)) => return Err(StoreError::LeaseClosed(lease.lease_id.clone())),
+                // Fencing: a replica that lost the lease to a takeover writes nothing more.
+                Some((None, owner)) if owner != lease.owner_replica => {
+                    return Err(StoreError::LeaseTakenOver(lease.lease_id.clone()));
+                }
+                Some((None, _)) => {}
             }
             sqlx::query(
                 "UPDATE leases SET phase = $2, deadline_unix_ms = $3, pending_offer = $4, \
