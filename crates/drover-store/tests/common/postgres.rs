@@ -13,6 +13,9 @@
 //! `fsync = off` on this throwaway cluster: the tests check what the store writes and how
 //! concurrent writers are kept apart, not the disk; the SQLite crash test covers durability.
 
+// A server that cannot start is a test failure, said as plainly as possible.
+#![allow(clippy::expect_used)]
+
 use std::io::Write as _;
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
