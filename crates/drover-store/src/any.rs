@@ -12,6 +12,7 @@ use drover_proto::{JobId, LeaseId};
 use crate::error::StoreError;
 use crate::fleet::{Fleet, Heartbeat, Replica};
 use crate::model::*;
+use crate::owners::{JobOwners, OwnedJob};
 use crate::{PgStore, SqliteStore, Store};
 
 /// The store a configuration names.
@@ -189,5 +190,35 @@ impl Fleet for AnyStore {
         to: &str,
     ) -> Result<bool, StoreError> {
         forward!(self, take_over_lease(lease_id, from, to))
+    }
+}
+
+impl JobOwners for AnyStore {
+    fn with_replica(&self, replica_id: &str) -> Self {
+        match self {
+            Self::Sqlite(store) => Self::Sqlite(store.with_replica(replica_id)),
+            Self::Postgres(store) => Self::Postgres(store.with_replica(replica_id)),
+        }
+    }
+    fn replica(&self) -> Option<&str> {
+        match self {
+            Self::Sqlite(store) => store.replica(),
+            Self::Postgres(store) => store.replica(),
+        }
+    }
+    async fn orphaned_jobs(&self) -> Result<Vec<OwnedJob>, StoreError> {
+        forward!(self, orphaned_jobs())
+    }
+    async fn take_over_job(&self, id: &JobId, from: Option<&str>) -> Result<bool, StoreError> {
+        forward!(self, take_over_job(id, from))
+    }
+    async fn owns_job(&self, id: &JobId) -> Result<bool, StoreError> {
+        forward!(self, owns_job(id))
+    }
+    async fn request_cancel(&self, id: &JobId, reason: &str) -> Result<bool, StoreError> {
+        forward!(self, request_cancel(id, reason))
+    }
+    async fn cancel_requests(&self) -> Result<Vec<(JobId, String)>, StoreError> {
+        forward!(self, cancel_requests())
     }
 }

@@ -26,6 +26,9 @@
 //! - **A lease has one owner.** Each lease names the replica that owns it; another replica
 //!   takes it over only once the owner's heartbeat has expired, and the old owner's writes
 //!   are refused from then on ([`fleet`]).
+//! - **A job has one owner.** The replica that accepted it, or took it over once its owner's
+//!   heartbeat expired; only the owner writes its events ([`owners`]), so a replica presumed
+//!   dead that comes back cannot overwrite a job another replica took.
 //! - **Events are ordered and final.** A job's events are numbered from 1 without gaps;
 //!   nothing is appended after a terminal state.
 //!
@@ -73,6 +76,7 @@ mod error;
 pub mod fleet;
 mod group_commit;
 mod model;
+pub mod owners;
 mod postgres;
 mod sqlite;
 
@@ -85,6 +89,7 @@ pub use any::AnyStore;
 pub use error::StoreError;
 pub use fleet::{Fleet, Heartbeat, Replica};
 pub use model::*;
+pub use owners::{JobOwners, OwnedJob};
 pub use postgres::PgStore;
 pub use sqlite::{DEFAULT_FILE_NAME, SqliteStore};
 
@@ -94,8 +99,9 @@ pub use sqlite::{DEFAULT_FILE_NAME, SqliteStore};
 /// The futures are `Send`, so a store can be shared across a multi-threaded runtime; an
 /// implementation is cheap to clone (a handle on a pool).
 ///
-/// Every store also keeps what replicas of one deployment share ([`Fleet`]).
-pub trait Store: Fleet + Clone + Send + Sync + 'static {
+/// Every store also keeps what replicas of one deployment share ([`Fleet`]) and who runs
+/// each job ([`JobOwners`]).
+pub trait Store: Fleet + JobOwners + Clone + Send + Sync + 'static {
     // --- jobs -------------------------------------------------------------------------------
 
     /// Accepts a job: the job, its labels, its first event (`job_state: queued`) and its

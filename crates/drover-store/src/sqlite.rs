@@ -20,6 +20,7 @@ use crate::model::*;
 
 mod fleet;
 mod migrations;
+mod owners;
 use migrations::migrator;
 
 /// The database file name inside the data directory.
@@ -58,6 +59,9 @@ pub struct SqliteStore {
     write_failed: Arc<AtomicBool>,
     /// Job submissions waiting for the next group commit.
     pub(crate) submissions: Arc<Submissions>,
+    /// The replica this handle speaks for ([`crate::JobOwners`]): the owner of the jobs it
+    /// accepts, and the only owner it writes events for.
+    pub(crate) replica: Option<Arc<str>>,
 }
 
 impl SqliteStore {
@@ -139,6 +143,7 @@ impl SqliteStore {
             reader,
             write_failed: Arc::new(AtomicBool::new(false)),
             submissions: Arc::new(Submissions::default()),
+            replica: None,
         })
     }
 
@@ -289,18 +294,23 @@ fn transition_allowed(from: JobPhase, to: JobPhase) -> bool {
     !from.is_terminal() && to != JobPhase::Queued
 }
 
-async fn job_seq_and_state(
+/// A job's sequence number, state and owner.
+async fn job_seq_state_owner(
     tx: &mut Transaction<'static, Sqlite>,
     id: &JobId,
-) -> Result<Option<(i64, JobPhase)>, StoreError> {
-    let row = sqlx::query("SELECT seq, state FROM jobs WHERE id = $1")
+) -> Result<Option<(i64, JobPhase, Option<String>)>, StoreError> {
+    let row = sqlx::query("SELECT seq, state, owner_replica FROM jobs WHERE id = $1")
         .bind(id.as_str())
         .fetch_optional(&mut **tx)
         .await
         .during("reading a job")?;
     match row {
         None => Ok(None),
-        Some(row) => Ok(Some((get(&row, "seq")?, parse_phase(&get::<String>(&row, "state")?)?))),
+        Some(row) => Ok(Some((
+            get(&row, "seq")?,
+            parse_phase(&get::<String>(&row, "state")?)?,
+            get(&row, "owner_replica")?,
+        ))),
     }
 }
 
@@ -535,6 +545,7 @@ impl Inserted {
 pub(crate) async fn insert_job(
     tx: &mut Transaction<'static, Sqlite>,
     new: &NewJob,
+    owner: Option<&str>,
 ) -> Result<Inserted, StoreError> {
     if let Some(idem) = &new.idempotency {
         let earlier = sqlx::query(
@@ -560,7 +571,8 @@ pub(crate) async fn insert_job(
     let spec_json = to_json(&new.spec, "job spec")?;
     let inserted = sqlx::query(
         "INSERT INTO jobs (id, driver, action, state, submitted_by, spec, created_unix_ms, \
-         updated_unix_ms, last_event_seq) VALUES ($1, $2, $3, $4, $5, $6, $7, $7, 1) \
+         updated_unix_ms, last_event_seq, owner_replica) VALUES ($1, $2, $3, $4, $5, $6, $7, $7, \
+         1, $8) \
          ON CONFLICT (id) DO NOTHING RETURNING seq",
     )
     .bind(new.id.as_str())
@@ -570,6 +582,7 @@ pub(crate) async fn insert_job(
     .bind(&new.submitted_by)
     .bind(&spec_json)
     .bind(to_i64(new.at_unix_ms))
+    .bind(owner)
     .fetch_optional(&mut **tx)
     .await
     .during("inserting a job")?;
@@ -645,7 +658,7 @@ async fn insert_audit(
 impl Store for SqliteStore {
     async fn submit_job(&self, new: NewJob) -> Result<Submitted, StoreError> {
         // Concurrent submissions share one transaction and one fsync (crate::group_commit).
-        self.track(self.submissions.submit(&self.writer, new)).await
+        self.track(self.submissions.submit(&self.writer, new, self.replica.clone())).await
     }
 
     async fn get_job(&self, id: &JobId) -> Result<Option<Job>, StoreError> {
@@ -710,9 +723,13 @@ impl Store for SqliteStore {
     ) -> Result<JobEvent, StoreError> {
         self.track(async {
             let mut tx = self.begin("appending a job event").await?;
-            let (job_seq, state) = job_seq_and_state(&mut tx, id)
+            let (job_seq, state, owner) = job_seq_state_owner(&mut tx, id)
                 .await?
                 .ok_or_else(|| StoreError::JobNotFound(id.clone()))?;
+            // The fence: only the job's owner writes to it (crate::owners).
+            if owner.as_deref() != self.replica.as_deref() {
+                return Err(StoreError::JobTakenOver(id.clone()));
+            }
             if state.is_terminal() {
                 return Err(StoreError::JobFinished { job_id: id.clone(), state });
             }

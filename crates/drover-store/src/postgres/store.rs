@@ -134,7 +134,11 @@ async fn append_ledger(
 
 /// Inserts a job, its labels, its first event and its idempotency key in `tx`; `Ok(Some(job))`
 /// when the key replays an earlier submission of the same request.
-async fn insert_job(tx: &mut Tx, new: &NewJob) -> Result<Option<Job>, StoreError> {
+async fn insert_job(
+    tx: &mut Tx,
+    new: &NewJob,
+    owner: Option<&str>,
+) -> Result<Option<Job>, StoreError> {
     if let Some(idem) = &new.idempotency {
         // Two replicas handling the same key at once: the second waits here, then replays.
         sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1), hashtext($2))")
@@ -163,8 +167,8 @@ async fn insert_job(tx: &mut Tx, new: &NewJob) -> Result<Option<Job>, StoreError
     }
     let inserted: Option<i64> = sqlx::query_scalar(
         "INSERT INTO jobs (id, driver, action, state, submitted_by, spec, created_unix_ms, \
-         updated_unix_ms, last_event_seq) VALUES ($1, $2, $3, $4, $5, $6, $7, $7, 1) \
-         ON CONFLICT (id) DO NOTHING RETURNING seq",
+         updated_unix_ms, last_event_seq, owner_replica) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $7, 1, $8) ON CONFLICT (id) DO NOTHING RETURNING seq",
     )
     .bind(new.id.as_str())
     .bind(new.spec.driver.as_str())
@@ -173,6 +177,7 @@ async fn insert_job(tx: &mut Tx, new: &NewJob) -> Result<Option<Job>, StoreError
     .bind(&new.submitted_by)
     .bind(to_json(&new.spec, "job spec")?)
     .bind(to_i64(new.at_unix_ms))
+    .bind(owner)
     .fetch_optional(&mut **tx)
     .await
     .during("inserting a job")?;
@@ -244,7 +249,7 @@ impl Store for PgStore {
     async fn submit_job(&self, new: NewJob) -> Result<Submitted, StoreError> {
         self.track(async {
             let mut tx = self.begin("accepting a job").await?;
-            let replayed = insert_job(&mut tx, &new).await?;
+            let replayed = insert_job(&mut tx, &new, self.replica.as_deref()).await?;
             tx.commit().await.during("committing a job")?;
             Ok(match replayed {
                 Some(job) => Submitted { job, replayed: true },
@@ -330,7 +335,7 @@ impl Store for PgStore {
     ) -> Result<JobEvent, StoreError> {
         self.track(async {
             let mut tx = self.begin("appending a job event").await?;
-            let row = sqlx::query("SELECT seq, state FROM jobs WHERE id = $1 FOR UPDATE")
+            let row = sqlx::query("SELECT seq, state, owner_replica FROM jobs WHERE id = $1 FOR UPDATE")
                 .bind(id.as_str())
                 .fetch_optional(&mut *tx)
                 .await
@@ -338,6 +343,10 @@ impl Store for PgStore {
                 .ok_or_else(|| StoreError::JobNotFound(id.clone()))?;
             let job_seq = row.int("seq")?;
             let state = parse_phase(&row.text("state")?)?;
+            // The fence: only the job's owner writes to it (crate::owners).
+            if row.opt_text("owner_replica")?.as_deref() != self.replica.as_deref() {
+                return Err(StoreError::JobTakenOver(id.clone()));
+            }
             if state.is_terminal() {
                 return Err(StoreError::JobFinished { job_id: id.clone(), state });
             }

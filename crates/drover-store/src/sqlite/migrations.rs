@@ -29,6 +29,13 @@ pub(super) fn migrator() -> Migrator {
                 Cow::Borrowed(include_str!("../../migrations/sqlite/0003_fleet.sql")),
                 false,
             ),
+            Migration::new(
+                4,
+                Cow::Borrowed("job owners"),
+                MigrationType::Simple,
+                Cow::Borrowed(include_str!("../../migrations/sqlite/0004_job_owners.sql")),
+                false,
+            ),
         ]),
         ignore_missing: false,
         locking: true,
