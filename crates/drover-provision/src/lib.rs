@@ -9,6 +9,7 @@
 //! | [`estimate`] | the deterministic cost model, with worked examples |
 //! | [`gate`] | the cost gate (SR-007): below 95% confidence, or any doubt, nothing is rented |
 //! | [`provisioner`] | leases: reserve, rent with failover, watchdog, confirmed destroy, settle, reaper; persisted through [`drover_store::Store`] |
+//! | [`fleet`] | deployment id (configured, or generated once per store), replica ids and heartbeats, who owns a lease |
 //! | [`redact`] | blanks secret-bearing fields before anything is logged |
 //!
 //! Architecture invariants:
@@ -23,6 +24,9 @@
 //! - Never an instance billing without an owner: at most one live instance per lease, a hard
 //!   deadline per lease, and a reaper (at start-up and periodically) that destroys every
 //!   instance labelled for this deployment that no live lease owns.
+//! - Never another's instance: the reaper touches only its own deployment's instances, and
+//!   leaves a lease to the replica that owns it while that replica's heartbeat is live
+//!   ([`fleet`]).
 //! - A failed list is an error, never an empty list.
 //!
 //! ```no_run
@@ -57,6 +61,7 @@ pub use clock::Clock;
 pub use estimate::{CostModel, Estimate, EstimateInputs};
 pub use gate::{CostGateError, Gate, GateReason};
 pub use provider::Provider;
+pub use provisioner::fleet;
 pub use provisioner::{
     AcquireError, DryRun, JobContext, LeaseError, Provisioner, ProvisionerConfig, ReapReport,
 };

@@ -31,13 +31,18 @@
 //! Invariants: at most one live instance per lease (a create waits until the previous
 //! instance is confirmed gone, and stops if it cannot be); a lease is settled only after
 //! every instance it had is confirmed gone; every instance of this deployment that no live
-//! lease owns is destroyed by the reaper, at start-up and every `reap_interval_s`.
+//! lease owns is destroyed by the reaper, at start-up and every `reap_interval_s`, and a lease
+//! whose replica stopped beating is taken over and settled; other deployments' instances, and
+//! leases of live replicas, are never touched ([`fleet`]).
 
+pub mod fleet;
 pub mod money;
+mod reaper;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use drover_proto::config::GateConfig;
 use drover_proto::{
@@ -65,8 +70,12 @@ use crate::vast::{
 #[derive(Clone, Debug, PartialEq)]
 pub struct ProvisionerConfig {
     /// This deployment's id, in every instance label; the reaper touches only its own.
-    /// Letters, digits, `.`, `_`, `-`; at most 64.
+    /// Letters, digits, `.`, `_`, `-`; at most 64 (see [`fleet`] for the default `serve`
+    /// gives it).
     pub deployment: String,
+    /// How long a replica's heartbeat keeps it live, in real seconds (not clock seconds: it
+    /// is judged by the store's clock); heartbeats are written every fifth of it. Default 30.
+    pub replica_expiry_s: f64,
     /// The gate: confidence floor, quote age, daily cap.
     pub gate: GateConfig,
     /// The cost model (its provisioning window and teardown deadline are enforced here too).
@@ -99,6 +108,7 @@ impl ProvisionerConfig {
     pub fn new(deployment: impl Into<String>) -> Self {
         Self {
             deployment: deployment.into(),
+            replica_expiry_s: 30.0,
             gate: GateConfig::default(),
             model: CostModel::default(),
             poll_interval_s: 5.0,
@@ -127,8 +137,14 @@ pub struct JobContext {
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     /// The deployment id is not usable in a label.
-    #[error("deployment id: {0}")]
-    Deployment(&'static str),
+    #[error(transparent)]
+    Deployment(#[from] fleet::DeploymentIdError),
+    /// No replica id could be drawn.
+    #[error(transparent)]
+    Replica(#[from] fleet::DeploymentError),
+    /// The replica's first heartbeat could not be written.
+    #[error("the replica's heartbeat could not be stored: {0}")]
+    Heartbeat(#[source] StoreError),
     /// The gate configuration is invalid.
     #[error(transparent)]
     Gate(#[from] GateConfigError),
@@ -221,6 +237,10 @@ pub enum LeaseError {
         /// The instance.
         contract_id: u64,
     },
+    /// Another replica, live, owns the lease; only it (or, once its heartbeat expires, the
+    /// reaper) may end it.
+    #[error("lease {0} is owned by another live replica")]
+    OwnedElsewhere(LeaseId),
     /// The store failed.
     #[error("store: {0}")]
     Store(#[from] StoreError),
@@ -237,6 +257,15 @@ pub struct ReapReport {
     pub settled: Vec<LeaseId>,
     /// What could not be done (retried next pass).
     pub failures: Vec<String>,
+    /// Leases taken over from a replica whose heartbeat had expired (or that had no owner).
+    pub taken_over: Vec<LeaseId>,
+    /// Open leases left alone because another live replica owns them.
+    pub left_to_owners: Vec<LeaseId>,
+    /// When the earliest owner of those stops counting as live without another heartbeat,
+    /// Unix ms (store clock): the periodic reaper wakes then.
+    pub next_takeover_unix_ms: Option<u64>,
+    /// True when another replica held the deployment's reaper lock: nothing was done.
+    pub skipped: bool,
 }
 
 enum Owner {
@@ -249,6 +278,8 @@ struct Inner<P, S> {
     store: S,
     gate: Gate,
     cfg: ProvisionerConfig,
+    /// This process's replica id (see [`fleet`]).
+    replica: String,
     clock: Clock,
     owners: Mutex<HashMap<LeaseId, Owner>>,
     teardown_locks: Mutex<HashMap<LeaseId, Arc<tokio::sync::Mutex<()>>>>,
@@ -262,12 +293,14 @@ struct Inner<P, S> {
 pub struct Provisioner<P: Provider, S: Store> {
     inner: Arc<Inner<P, S>>,
     reaper: JoinHandle<()>,
+    heartbeat: JoinHandle<()>,
 }
 
 impl<P: Provider, S: Store> std::fmt::Debug for Provisioner<P, S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Provisioner")
             .field("deployment", &self.inner.cfg.deployment)
+            .field("replica", &self.inner.replica)
             .finish_non_exhaustive()
     }
 }
@@ -275,6 +308,7 @@ impl<P: Provider, S: Store> std::fmt::Debug for Provisioner<P, S> {
 impl<P: Provider, S: Store> Drop for Provisioner<P, S> {
     fn drop(&mut self) {
         self.reaper.abort();
+        self.heartbeat.abort();
         for owner in lock(&self.inner.owners).values() {
             if let Owner::Held { watchdog, .. } = owner {
                 watchdog.abort();
@@ -296,24 +330,6 @@ pub fn label_for(deployment: &str, lease_id: &LeaseId) -> String {
 /// The deployment and lease a label names, if it is one of drover's.
 pub fn parse_label(label: &str) -> Option<(&str, &str)> {
     label.strip_prefix("drover:")?.split_once(':')
-}
-
-fn valid_deployment(d: &str) -> Result<(), &'static str> {
-    let mut bytes = d.bytes();
-    match bytes.next() {
-        None => return Err("it is empty"),
-        Some(b) if !b.is_ascii_alphanumeric() => {
-            return Err("it must start with a letter or digit");
-        }
-        Some(_) => {}
-    }
-    if d.len() > 64 {
-        return Err("it is longer than 64");
-    }
-    if !bytes.all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')) {
-        return Err("only letters, digits, '.', '_' and '-' are allowed");
-    }
-    Ok(())
 }
 
 /// The worst of several optional prices: `None` if any is missing, NaN if any is NaN.
@@ -420,21 +436,43 @@ impl<P: Provider, S: Store> Provisioner<P, S> {
         cfg: ProvisionerConfig,
         clock: Clock,
     ) -> Result<Self, StartError> {
-        valid_deployment(&cfg.deployment).map_err(StartError::Deployment)?;
+        fleet::valid_deployment(&cfg.deployment)?;
         let gate = Gate::new(&cfg.gate, cfg.model)?;
+        let replica = fleet::new_replica_id()?;
         let inner = Arc::new(Inner {
             provider,
             store,
             gate,
             cfg,
+            replica,
             clock,
             owners: Mutex::new(HashMap::new()),
             teardown_locks: Mutex::new(HashMap::new()),
             decide: tokio::sync::Mutex::new(()),
             counter: AtomicU64::new(0),
         });
-        let report = Inner::reap_once(&inner).await?;
+        // Live before anything is reaped or rented, so no other replica takes this one's
+        // leases for dead.
+        inner.beat().await.map_err(StartError::Heartbeat)?;
+        let beating = Arc::clone(&inner);
+        let heartbeat = tokio::spawn(async move {
+            let every = Duration::from_secs_f64((beating.cfg.replica_expiry_s / 5.0).max(0.001));
+            loop {
+                tokio::time::sleep(every).await;
+                if let Err(error) = beating.beat().await {
+                    warn!(%error, replica = %beating.replica, "heartbeat not stored");
+                }
+            }
+        });
+        let report = match Inner::reap_once(&inner).await {
+            Ok(report) => report,
+            Err(error) => {
+                heartbeat.abort();
+                return Err(error.into());
+            }
+        };
         if !report.failures.is_empty() {
+            heartbeat.abort();
             return Err(StartError::Reconcile(LeaseError::Provider(VastError::Config {
                 reason: format!(
                     "{} instances or leases could not be reconciled",
@@ -442,23 +480,56 @@ impl<P: Provider, S: Store> Provisioner<P, S> {
                 ),
             })));
         }
-        info!(deployment = %inner.cfg.deployment, destroyed = report.destroyed.len(), settled = report.settled.len(), "provisioner started");
+        info!(deployment = %inner.cfg.deployment, replica = %inner.replica, destroyed = report.destroyed.len(), settled = report.settled.len(), left_to_owners = report.left_to_owners.len(), "provisioner started");
         let periodic = Arc::clone(&inner);
         let reaper = tokio::spawn(async move {
+            let mut next_takeover = report.next_takeover_unix_ms;
             loop {
-                periodic.clock.sleep(periodic.cfg.reap_interval_s).await;
+                // Every `reap_interval_s`, and as soon as a live owner's heartbeat would
+                // expire (real time: it is judged by the store's clock).
+                let mut nap = periodic.clock.real(periodic.cfg.reap_interval_s);
+                if let Some(at) = next_takeover {
+                    let wait_ms = at.saturating_sub(fleet::wall_ms()) + 50;
+                    nap = nap.min(Duration::from_millis(wait_ms));
+                }
+                tokio::time::sleep(nap).await;
+                next_takeover = None;
                 match Inner::reap_once(&periodic).await {
-                    Ok(r) if !r.destroyed.is_empty() || !r.settled.is_empty() => {
-                        info!(destroyed = ?r.destroyed, settled = ?r.settled, "reaper pass");
+                    Ok(r) => {
+                        next_takeover = r.next_takeover_unix_ms;
+                        if !r.destroyed.is_empty() || !r.settled.is_empty() {
+                            info!(destroyed = ?r.destroyed, settled = ?r.settled, taken_over = ?r.taken_over, "reaper pass");
+                        }
                     }
-                    Ok(_) => {}
                     Err(error) => {
                         warn!(%error, "reaper pass failed; nothing was destroyed on partial data")
                     }
                 }
             }
         });
-        Ok(Self { inner, reaper })
+        Ok(Self { inner, reaper, heartbeat })
+    }
+
+    /// This deployment's id.
+    pub fn deployment(&self) -> &str {
+        &self.inner.cfg.deployment
+    }
+
+    /// This process's replica id.
+    pub fn replica_id(&self) -> &str {
+        &self.inner.replica
+    }
+
+    /// Stops the heartbeat and the periodic reaper and removes this replica from the store,
+    /// so that anything it still owns is taken over by another replica's reaper at once
+    /// rather than after `replica_expiry_s`. Call it last at a clean shutdown, after the
+    /// releases.
+    pub async fn retire(&self) {
+        self.reaper.abort();
+        self.heartbeat.abort();
+        if let Err(error) = self.inner.store.retire_replica(&self.inner.replica).await {
+            warn!(%error, "the replica's row was not removed; it expires by itself");
+        }
     }
 
     /// Rents GPUs for a job, or refuses. Returns once the instance runs.
@@ -490,6 +561,8 @@ impl<P: Provider, S: Store> Provisioner<P, S> {
         if let Some(Owner::Held { watchdog, release }) = held {
             watchdog.abort();
             release.notify_waiters();
+        } else {
+            self.inner.claim_for_release(lease_id).await?;
         }
         let rec = self.inner.teardown(lease_id, actor, "released").await?;
         Ok(self.inner.to_lease(&rec))
@@ -605,6 +678,7 @@ impl<P: Provider, S: Store> Provisioner<P, S> {
                 warn!(lease = %id, %error, "release at shutdown failed; the next start reconciles it");
             }
         }
+        self.retire().await;
     }
 }
 
@@ -849,6 +923,7 @@ impl<P: Provider, S: Store> Inner<P, S> {
                 bandwidth_usd: w,
                 settled_usd: None,
                 status_message: None,
+                owner_replica: Some(self.replica.clone()),
             };
             let limits = ReserveLimits {
                 daily_cap_usd: self.gate.daily_cap_usd(),
@@ -1378,8 +1453,14 @@ impl<P: Provider, S: Store> Inner<P, S> {
     async fn watchdog(this: Arc<Self>, lease_id: LeaseId, release: Arc<Notify>, ceiling: f64) {
         loop {
             let rec = match this.store.get_lease(&lease_id).await {
-                Ok(Some(r)) if r.is_open() => r,
-                Ok(_) => return,
+                Ok(Some(r)) if r.is_open() && r.owner_replica.as_deref() == Some(&this.replica) => {
+                    r
+                }
+                Ok(_) => {
+                    // Settled, or taken over by another replica: no longer this one's.
+                    lock(&this.owners).remove(&lease_id);
+                    return;
+                }
                 Err(error) => {
                     warn!(lease = %lease_id, %error, "watchdog cannot read the lease");
                     this.clock.sleep(this.cfg.monitor_interval_s).await;
@@ -1546,86 +1627,6 @@ impl<P: Provider, S: Store> Inner<P, S> {
             + rate * left_s / 3600.0
             + rec.bandwidth_usd * self.cfg.model.bandwidth_overrun_max
     }
-
-    async fn reap_once(this: &Arc<Self>) -> Result<ReapReport, LeaseError> {
-        // Order matters: instances, then open leases, then owners. Any instance listed was
-        // created by an acquire that registered itself before creating, so it is in the owner
-        // snapshot unless that acquire has ended.
-        let instances = this.provider.list_instances(None).await?;
-        let open = this.store.open_leases().await?;
-        let (acquiring, held): (Vec<LeaseId>, Vec<LeaseId>) = {
-            let owners = lock(&this.owners);
-            let mut a = Vec::new();
-            let mut h = Vec::new();
-            for (id, o) in owners.iter() {
-                match o {
-                    Owner::Acquiring => a.push(id.clone()),
-                    Owner::Held { .. } => h.push(id.clone()),
-                }
-            }
-            (a, h)
-        };
-        let mut report = ReapReport { listed: instances.len(), ..ReapReport::default() };
-        for inst in &instances {
-            let Some((deployment, lease)) = inst.label.as_deref().and_then(parse_label) else {
-                continue;
-            };
-            if deployment != this.cfg.deployment {
-                continue;
-            }
-            if acquiring.iter().any(|l| l.as_str() == lease) {
-                continue;
-            }
-            let record = open.iter().find(|r| r.lease_id.as_str() == lease);
-            let keep = held.iter().any(|l| l.as_str() == lease)
-                && record
-                    .is_some_and(|r| live_contract(r).is_some_and(|c| c.contract_id == inst.id));
-            if keep || record.is_some_and(|r| !held.iter().any(|l| l == &r.lease_id)) {
-                // Kept, or an unowned open lease: its teardown below destroys this instance.
-                continue;
-            }
-            this.audit(
-                "reaper.destroy",
-                "reaper",
-                format!("instance:{}", inst.id),
-                "orphan",
-                json!({
-                    "label": inst.label, "lease": lease,
-                }),
-            )
-            .await;
-            match this
-                .destroy_confirmed(inst.id, inst.label.as_deref().unwrap_or(""), "reaper", lease)
-                .await
-            {
-                Ok(_) => report.destroyed.push(inst.id),
-                Err(e) => report.failures.push(format!("instance {}: {e}", inst.id)),
-            }
-        }
-        for rec in
-            open.iter().filter(|r| !held.contains(&r.lease_id) && !acquiring.contains(&r.lease_id))
-        {
-            let before: Vec<u64> = rec
-                .contracts
-                .iter()
-                .filter(|c| c.gone_unix_ms.is_none())
-                .map(|c| c.contract_id)
-                .collect();
-            match this.teardown(&rec.lease_id, "reaper", "reaped: no live owner").await {
-                Ok(done) => {
-                    report.destroyed.extend(
-                        done.contracts
-                            .iter()
-                            .filter(|c| before.contains(&c.contract_id) || c.offer_id == 0)
-                            .map(|c| c.contract_id),
-                    );
-                    report.settled.push(rec.lease_id.clone());
-                }
-                Err(e) => report.failures.push(format!("lease {}: {e}", rec.lease_id)),
-            }
-        }
-        Ok(report)
-    }
 }
 
 /// The instance in use: the last contract not confirmed gone.
@@ -1682,10 +1683,6 @@ mod tests {
         assert_eq!(label, "drover:prod-1:l18c2");
         assert_eq!(parse_label(&label), Some(("prod-1", "l18c2")));
         assert_eq!(parse_label("gp-job-42"), None);
-        assert!(valid_deployment("prod.eu-1_a").is_ok());
-        for bad in ["", "-x", "a:b", "a b", &"x".repeat(65)] {
-            assert!(valid_deployment(bad).is_err(), "{bad}");
-        }
     }
 
     #[test]
