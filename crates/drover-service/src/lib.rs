@@ -49,6 +49,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod fleet;
 pub mod runner;
 pub mod supervisor;
 
@@ -295,6 +296,9 @@ impl<P: Provider, S: Store> Service<P, S> {
         config: ServiceConfig,
     ) -> Arc<Self> {
         let (live, _) = broadcast::channel(4096);
+        // This replica's handle: the jobs it accepts are its own, and it writes only to
+        // those (crate::fleet).
+        let store = store.with_replica(provisioner.replica_id());
         Arc::new_cyclic(|me| Self {
             store,
             provisioner,
@@ -322,29 +326,12 @@ impl<P: Provider, S: Store> Service<P, S> {
         lock(&self.running).len()
     }
 
-    /// Takes over what a previous run left unfinished: `queued` jobs are dispatched again,
-    /// `starting`/`running` ones are recorded `failed`. Returns (resumed, failed).
+    /// Takes over what a previous run, or a replica that died, left unfinished: `queued`
+    /// jobs are dispatched again, `starting`/`running` ones are recorded `failed`
+    /// ([`Service::take_over_orphans`]; a replica killed without retiring is taken over once
+    /// its heartbeat expires, by [`Service::watch_fleet`]). Returns (resumed, failed).
     pub async fn recover(&self) -> Result<(usize, usize), StoreError> {
-        let mut resumed = 0;
-        let mut failed = 0;
-        for job in self.store.unfinished_jobs().await? {
-            if job.state == JobPhase::Queued {
-                resumed += 1;
-                tracing::info!(job = %job.id, "resuming a job the previous run left queued");
-                self.spawn(job);
-            } else {
-                failed += 1;
-                let message = format!(
-                    "the supervisor restarted while the job was {}; its driver is gone and the \
-                     reaper has destroyed any instance it rented",
-                    phase_name(job.state)
-                );
-                tracing::warn!(job = %job.id, "{message}");
-                self.record(&job.id, state(&job.id, JobPhase::Failed, message)).await;
-                self.audit_internal("job.recover", &job.id, "failed", Map::new()).await;
-            }
-        }
-        Ok((resumed, failed))
+        self.take_over_orphans().await
     }
 
     /// Stops accepting jobs (new submissions get 503), then ends the running ones as
@@ -422,6 +409,10 @@ impl<P: Provider, S: Store> Service<P, S> {
                 true
             }
             Err(StoreError::JobFinished { .. }) => false,
+            Err(StoreError::JobTakenOver(_)) => {
+                self.lost(id);
+                false
+            }
             Err(error) => {
                 tracing::error!(job = %id, %error, "a job event could not be stored");
                 false
@@ -741,17 +732,12 @@ impl<P: Provider, S: Store> Backend for Service<P, S> {
             if let Err(error) = self.store.append_audit(&event).await {
                 tracing::warn!(%error, "audit event could not be stored");
             }
-            let sender = lock(&self.running).get(id).map(|run| run.cancel.clone());
-            match sender {
-                Some(sender) => {
-                    // The job task passes it to the runner (now, or once dispatched).
-                    let _ = sender.send(Some(reason));
-                }
-                None => {
-                    // Not running here (e.g. left queued by a previous run and not resumed):
-                    // end it directly.
-                    self.record(id, state(id, JobPhase::Cancelled, reason)).await;
-                }
+            if self.runs_here(id) || self.store.owns_job(id).await.map_err(store_error)? {
+                self.cancel_here(id, reason).await;
+            } else {
+                // Another replica runs it (or will take it over): leave the request for its
+                // owner, which acts on it within crate::fleet::FLEET_POLL.
+                self.store.request_cancel(id, &reason).await.map_err(store_error)?;
             }
             self.store.get_job(id).await.map_err(store_error)?.ok_or(BackendError::NotFound)
         })
@@ -784,22 +770,38 @@ impl<P: Provider, S: Store> Backend for Service<P, S> {
             let (tx, rx) = mpsc::channel(64);
             let id = id.clone();
             let store = self.store.clone();
+            let me = self.me.clone();
             if !ended {
                 tokio::spawn(async move {
                     loop {
-                        let batch = match live.recv().await {
-                            Ok(event) if event.event.job_id() == &id && event.seq > last => {
+                        // A job another replica runs sends nothing here: read the store
+                        // whenever nothing arrived for a while (crate::fleet).
+                        let received =
+                            tokio::time::timeout(fleet::REMOTE_EVENTS_POLL, live.recv()).await;
+                        let batch = match received {
+                            Err(_elapsed) => {
+                                let here =
+                                    me.upgrade().is_some_and(|service| service.runs_here(&id));
+                                if here {
+                                    continue;
+                                }
+                                match store.events_after(&id, last, 1000).await {
+                                    Ok(events) => events,
+                                    Err(_) => return,
+                                }
+                            }
+                            Ok(Ok(event)) if event.event.job_id() == &id && event.seq > last => {
                                 vec![event]
                             }
-                            Ok(_) => continue,
-                            Err(broadcast::error::RecvError::Lagged(_)) => {
+                            Ok(Ok(_)) => continue,
+                            Ok(Err(broadcast::error::RecvError::Lagged(_))) => {
                                 // Fell behind: the store has everything.
                                 match store.events_after(&id, last, 1000).await {
                                     Ok(events) => events,
                                     Err(_) => return,
                                 }
                             }
-                            Err(broadcast::error::RecvError::Closed) => return,
+                            Ok(Err(broadcast::error::RecvError::Closed)) => return,
                         };
                         for event in batch {
                             last = event.seq;
