@@ -47,6 +47,8 @@ const ALLOWED: &[(&str, &str)] = &[
     ("drover-service", "drover-store"),
     ("drover-service", "drover-supervisor"),
     ("drover-store", "drover-proto"),
+    // Dev only: the store suite runs against a real PostgreSQL server the testkit starts.
+    ("drover-store", "drover-testkit"),
     ("drover-supervisor", "drover-proto"),
     // To go, both (issue 19): only for the `ProvisionerBroker` adapter (broker.rs), which
     // moves to drover-service.
@@ -75,6 +77,7 @@ const FORBIDDEN_IN_CLOSURE: &[(&str, &[&str], &str)] = &[
         "the sandbox knows nothing of an async runtime (the child between clone and exec allocates nothing)",
     ),
     ("drover-proto", &["tokio"], "the wire vocabulary does no I/O"),
+    ("drover", &["drover-testkit"], "test support never ships in the binary"),
 ];
 
 struct Graph {

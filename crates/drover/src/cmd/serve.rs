@@ -56,7 +56,7 @@ use drover_provision::sim::{SimConfig, Simulator};
 use drover_provision::{ApiKey, Clock, Provisioner, ProvisionerConfig, RetryPolicy, VastClient};
 use drover_sandbox::{DropConfig, Dropped, LinuxSys, drop_privileges};
 use drover_service::{ProviderKind, Service, ServiceConfig, SimulatorLedger, SupervisorRunner};
-use drover_store::{SqliteStore, Store};
+use drover_store::{AnyStore, Store};
 use drover_supervisor::{DriverSpec, Options, ProvisionerBroker, Supervisor};
 
 use crate::cmd::{serve_files, serve_limits};
@@ -319,7 +319,7 @@ pub struct Running {
     /// Where the API listens.
     pub addr: SocketAddr,
     /// The backend.
-    pub service: Arc<Service<VastClient, SqliteStore>>,
+    pub service: Arc<Service<VastClient, AnyStore>>,
     /// The supervisor.
     pub supervisor: Arc<Supervisor>,
     /// The embedded simulator, when it is the provider.
@@ -349,15 +349,12 @@ pub async fn start(
             "the drover binary is not reachable by the uid drover dropped to; drivers run from a copy, removed at exit"
         );
     }
-    let store = match &config.store.url {
-        Some(url) if url.starts_with("sqlite://") => {
-            SqliteStore::open(Path::new(url.trim_start_matches("sqlite://")))
-                .await
-                .context("opening the store")?
-        }
-        Some(_) => anyhow::bail!("store.url: only sqlite:// is supported by this build"),
-        None => SqliteStore::open_in(&prepared.data_dir).await.context("opening the store")?,
-    };
+    // SQLite in the data directory by default; `store.url` may name another SQLite file or a
+    // PostgreSQL database shared by several replicas (its password never reaches a log).
+    let store = AnyStore::from_config(&config.store, &prepared.data_dir)
+        .await
+        .context("opening the store")?;
+    tracing::info!(backend = store.backend(), "store open");
 
     let key = match ApiKey::from_env() {
         Ok(key) => Some(key),
@@ -481,6 +478,8 @@ pub async fn start(
     if resumed + failed > 0 {
         tracing::warn!(resumed, failed, "jobs left by the previous run were taken over");
     }
+    // From now on, every second: jobs of replicas that died, cancels left by other replicas.
+    service.watch_fleet();
     let auditor =
         Auditor::start(service.clone(), config.api.audit_file.as_ref().map(PathBuf::from));
     let api = ApiState::new(&config.api, development, service.clone(), auditor)
