@@ -1,9 +1,11 @@
 //! What replicas of one deployment share through the store (`drover_store::fleet`): the
 //! deployment id chosen once, heartbeats and their expiry, one reaper at a time, and a lease
-//! taken over by exactly one replica, after which its old owner's writes are refused.
+//! taken over by exactly one replica, after which its old owner's writes are refused; on both
+//! backends.
 
 #![allow(clippy::unwrap_used)]
 
+#[macro_use]
 mod common;
 
 use std::time::Duration;
@@ -11,6 +13,12 @@ use std::time::Duration;
 use common::*;
 use drover_store::fleet::DEPLOYMENT_ID_KEY;
 use drover_store::{Fleet, Heartbeat, ReserveLimits, SqliteStore, Store, StoreError};
+
+on_both!(
+    a_replica_is_live_until_its_heartbeat_expires_or_it_retires,
+    one_reaper_at_a_time_per_deployment,
+    a_lease_is_taken_over_once_and_fences_its_old_owner,
+);
 
 const LIMITS: ReserveLimits = ReserveLimits { daily_cap_usd: 100.0, job_committed_seen_usd: 0.0 };
 
@@ -29,10 +37,7 @@ async fn a_setting_is_chosen_once_and_survives_a_reopen() {
     assert_eq!(reopened.setting_or_init(DEPLOYMENT_ID_KEY, "third").await.unwrap(), "first");
 }
 
-#[tokio::test]
-async fn a_replica_is_live_until_its_heartbeat_expires_or_it_retires() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open_in(dir.path()).await.unwrap();
+async fn a_replica_is_live_until_its_heartbeat_expires_or_it_retires(store: impl Store) {
     store.heartbeat(&beat("a", 300)).await.unwrap();
     store.heartbeat(&beat("b", 60_000)).await.unwrap();
     store
@@ -54,10 +59,7 @@ async fn a_replica_is_live_until_its_heartbeat_expires_or_it_retires() {
     assert_eq!(live(store.replicas("prod").await.unwrap()), ["b"]);
 }
 
-#[tokio::test]
-async fn one_reaper_at_a_time_per_deployment() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open_in(dir.path()).await.unwrap();
+async fn one_reaper_at_a_time_per_deployment(store: impl Store) {
     assert!(store.try_reaper_lock("prod", "a", 300).await.unwrap());
     assert!(!store.try_reaper_lock("prod", "b", 60_000).await.unwrap(), "a holds it");
     assert!(store.try_reaper_lock("staging", "c", 60_000).await.unwrap(), "per deployment");
@@ -78,10 +80,7 @@ async fn one_reaper_at_a_time_per_deployment() {
     assert!(store.try_reaper_lock("prod", "b", 60_000).await.unwrap());
 }
 
-#[tokio::test]
-async fn a_lease_is_taken_over_once_and_fences_its_old_owner() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open_in(dir.path()).await.unwrap();
+async fn a_lease_is_taken_over_once_and_fences_its_old_owner(store: impl Store) {
     let owned = lease("lease-1", "job-1", 1.0);
     assert_eq!(owned.owner_replica.as_deref(), Some("replica-a"));
     store.reserve_lease(&owned, LIMITS).await.unwrap();

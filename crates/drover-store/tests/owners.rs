@@ -5,6 +5,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+#[macro_use]
 mod common;
 
 use std::time::Duration;
@@ -12,31 +13,7 @@ use std::time::Duration;
 use common::*;
 use drover_proto::JobPhase;
 use drover_proto::api::JobEventKind;
-use drover_store::{Fleet, Heartbeat, SqliteStore, Store, StoreError};
-
-/// One `#[tokio::test]` per case and backend.
-macro_rules! on_both {
-    ($($case:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test]
-                async fn $case() {
-                    let dir = tempfile::tempdir().unwrap();
-                    let store = super::SqliteStore::open_in(dir.path()).await.unwrap();
-                    super::$case(store).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test]
-                async fn $case() {
-                    super::$case(super::common::postgres::store().await).await;
-                }
-            )*
-        }
-    };
-}
+use drover_store::{Fleet, Heartbeat, Store, StoreError};
 
 on_both!(
     only_the_owner_writes_a_jobs_events,

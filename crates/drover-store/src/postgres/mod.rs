@@ -30,6 +30,7 @@
 //! order holds.
 
 mod fleet;
+mod leases;
 mod owners;
 mod store;
 

@@ -21,9 +21,13 @@
 //! 4. The provider: the real Vast.ai when the configuration says `provider.kind = "vastai"`,
 //!    which then needs `VASTAI_API_KEY` (without it, the start is refused); otherwise the
 //!    embedded simulator (on a loopback port, its clock 10x faster than real time), announced
-//!    loudly in the log and in `/readyz`. The provisioner's start-up reaper reconciles the
-//!    account before anything is rented: instances a killed predecessor left are destroyed
-//!    and its leases settled.
+//!    loudly in the log and in `/readyz`. The deployment id is `supervisor.deployment`, or
+//!    the one generated at the first start and kept in the store; this process draws a
+//!    replica id and heartbeats into the store (`drover_provision::fleet`). The provisioner's
+//!    start-up reaper reconciles the account before anything is rented: instances of this
+//!    deployment that no live replica owns are destroyed and their leases settled (a killed
+//!    predecessor's once its heartbeat is `supervisor.replica_expiry_s` old, default 30 s);
+//!    other deployments' instances are never touched.
 //! 5. The supervisor with its drivers, each in its sandbox, renting only through the
 //!    provisioner. Each driver may read what its profile grants plus what `drover
 //!    driver-check` grants: its program, and the directory of every argument naming a file.
@@ -38,8 +42,9 @@
 //! (`supervisor.on_shutdown = "cancel"`, the default) or allowed to finish (`"drain"`) within
 //! `supervisor.shutdown_grace_s` (default 10 s), the rest cancelled after it, so event streams
 //! that follow them end; then the listener stops accepting and in-flight requests finish; the
-//! drivers get `shutdown` with their grace period, then the stop ladder; every lease still
-//! open is released (destroyed and confirmed gone, cost settled); then the process exits 0.
+//! drivers get `shutdown` with their grace period, then the stop ladder; every lease this
+//! replica still owns is released (destroyed and confirmed gone, cost settled) and the replica
+//! leaves the store; then the process exits 0.
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -53,7 +58,9 @@ use drover_api::{ApiState, Auditor};
 use drover_gpu::{DeviceSet, Gpu, Inventory, Roots};
 use drover_proto::config::{Config, DriverConfig, ProviderConfig};
 use drover_provision::sim::{SimConfig, Simulator};
-use drover_provision::{ApiKey, Clock, Provisioner, ProvisionerConfig, RetryPolicy, VastClient};
+use drover_provision::{
+    ApiKey, Clock, Provisioner, ProvisionerConfig, RetryPolicy, VastClient, fleet,
+};
 use drover_sandbox::{DropConfig, Dropped, LinuxSys, drop_privileges};
 use drover_service::{ProviderKind, Service, ServiceConfig, SimulatorLedger, SupervisorRunner};
 use drover_store::{AnyStore, Store};
@@ -64,8 +71,6 @@ use crate::profile;
 
 /// Simulated seconds per real second of the embedded simulator.
 pub const SIM_SPEED: f64 = 10.0;
-/// The deployment id in every instance label.
-pub const DEPLOYMENT: &str = "drover";
 
 /// Arguments of `drover serve`.
 #[derive(Debug, clap::Args)]
@@ -395,8 +400,13 @@ pub async fn start(
             (client, clock, Some(Arc::new(simulator)), ProviderKind::Simulator)
         }
     };
-    let provisioner_config =
-        ProvisionerConfig { gate: config.gate.clone(), ..ProvisionerConfig::new(DEPLOYMENT) };
+    let deployment =
+        fleet::resolve_deployment(&store, config.supervisor.deployment.as_deref()).await?;
+    let provisioner_config = ProvisionerConfig {
+        gate: config.gate.clone(),
+        replica_expiry_s: f64::from(config.supervisor.replica_expiry_s),
+        ..ProvisionerConfig::new(deployment)
+    };
     let provisioner = Arc::new(
         Provisioner::start(client, store.clone(), provisioner_config, clock)
             .await
@@ -530,9 +540,12 @@ impl Running {
         self.service.shutdown().await;
         self.supervisor.shutdown(Duration::from_secs(10)).await;
         let store = self.service.store();
+        let provisioner = self.service.provisioner();
         match store.open_leases().await {
             Ok(leases) => {
-                for lease in leases {
+                // Only this replica's: another supervisor sharing the store keeps its own.
+                let mine = Some(provisioner.replica_id());
+                for lease in leases.into_iter().filter(|l| l.owner_replica.as_deref() == mine) {
                     match self.service.provisioner().release(&lease.lease_id, "shutdown").await {
                         Ok(_) => tracing::info!(lease = %lease.lease_id, "released at shutdown"),
                         Err(error) => tracing::warn!(lease = %lease.lease_id, %error,
@@ -542,6 +555,7 @@ impl Running {
             }
             Err(error) => tracing::error!(%error, "listing open leases at shutdown"),
         }
+        provisioner.retire().await;
         tracing::info!("shutdown complete");
     }
 }
