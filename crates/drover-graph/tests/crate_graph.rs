@@ -27,6 +27,8 @@ const ALLOWED: &[(&str, &str)] = &[
     ("drover", "drover-store"),
     ("drover", "drover-supervisor"),
     ("drover", "drover-transport"),
+    // Dev only: the fleet test runs replicas on a real PostgreSQL server.
+    ("drover", "drover-testkit"),
     ("drover-api", "drover-proto"),
     // To go (issue 19): only for the schema checker and strict JSON parser, which move where
     // transport and API can both use them without depending on each other.

@@ -33,6 +33,9 @@ impl<P: Provider, S: Store> Inner<P, S> {
 
     /// Destroys `contract` and waits until it reads back as gone (show answers null and the
     /// label's list no longer has it), retrying with backoff until the teardown deadline.
+    /// Returns when the instance stopped billing: when the first destroy that the provider
+    /// accepted was sent (the provider ends the bill there, however long it then takes to stop
+    /// listing the instance), else when it was confirmed gone.
     pub(super) async fn destroy_confirmed(
         &self,
         contract: u64,
@@ -43,9 +46,14 @@ impl<P: Provider, S: Store> Inner<P, S> {
         let deadline = self.clock.now_s() + self.cfg.model.teardown_max_s;
         let mut pause = self.cfg.destroy_confirm_interval_s.max(0.001);
         let resource = format!("instance:{contract}");
+        let mut accepted_at = None;
         loop {
+            let sent_ms = self.clock.now_ms();
             match self.provider.destroy_instance(contract).await {
                 Ok(d) => {
+                    if d == crate::vast::Destroyed::Accepted {
+                        accepted_at.get_or_insert(sent_ms);
+                    }
                     self.audit(
                         "vast.destroy",
                         actor,
@@ -77,7 +85,7 @@ impl<P: Provider, S: Store> Inner<P, S> {
                 && let Ok(list) = self.provider.list_instances(Some(label)).await
                 && !list.iter().any(|i| i.id == contract)
             {
-                return Ok(self.clock.now_ms());
+                return Ok(accepted_at.unwrap_or_else(|| self.clock.now_ms()));
             }
             if self.clock.now_s() + pause > deadline {
                 warn!(contract, lease, "destroy not confirmed before the teardown deadline");
