@@ -73,6 +73,19 @@ pub struct SupervisorConfig {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 2), extend("uniqueItems" = true))]
     pub accept_risks: Vec<AcceptedRisk>,
+    /// This deployment's id, in the label of every rented instance (`drover:<id>:<lease>`); a
+    /// reaper touches only its own deployment's instances. Default: generated at the first
+    /// start (`drover-` and 12 random hex digits) and kept in the store, so two installs never
+    /// share one; replicas that share a store share it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64), regex(pattern = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"))]
+    pub deployment: Option<String>,
+    /// Seconds without a heartbeat (written every fifth of this) after which this supervisor
+    /// counts as dead to the others sharing its store, and its leases are taken over and their
+    /// instances destroyed. Default 30.
+    #[serde(default = "default_replica_expiry_s")]
+    #[schemars(range(min = 1, max = 3600))]
+    pub replica_expiry_s: u32,
 }
 
 /// A protection `serve` may knowingly run without (`supervisor.accept_risks`).
@@ -99,6 +112,8 @@ impl Default for SupervisorConfig {
             shutdown_grace_s: default_shutdown_grace_s(),
             bundled_container: true,
             accept_risks: Vec::new(),
+            deployment: None,
+            replica_expiry_s: default_replica_expiry_s(),
         }
     }
 }
@@ -120,6 +135,10 @@ fn default_true() -> bool {
 
 fn default_shutdown_grace_s() -> u32 {
     10
+}
+
+fn default_replica_expiry_s() -> u32 {
+    30
 }
 
 fn default_data_dir() -> String {

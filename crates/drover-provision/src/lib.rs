@@ -10,6 +10,7 @@
 //! | [`gate`] | the cost gate (SR-007): below 95% confidence, or any doubt, nothing is rented |
 //! | [`provisioner`] | leases: reserve, rent with failover, watchdog, confirmed destroy, settle, reaper; persisted through [`drover_store::Store`] |
 //! | [`metrics`] | gate decisions and provider calls for `/metrics` |
+//! | [`fleet`] | deployment id (configured, or generated once per store), replica ids and heartbeats, who owns a lease |
 //! | [`redact`] | blanks secret-bearing fields before anything is logged |
 //!
 //! Architecture invariants:
@@ -24,6 +25,9 @@
 //! - Never an instance billing without an owner: at most one live instance per lease, a hard
 //!   deadline per lease, and a reaper (at start-up and periodically) that destroys every
 //!   instance labelled for this deployment that no live lease owns.
+//! - Never another's instance: the reaper touches only its own deployment's instances, and
+//!   leaves a lease to the replica that owns it while that replica's heartbeat is live
+//!   ([`fleet`]).
 //! - A failed list is an error, never an empty list.
 //!
 //! ```no_run
@@ -60,6 +64,7 @@ pub use estimate::{CostModel, Estimate, EstimateInputs};
 pub use gate::{CostGateError, Gate, GateReason};
 pub use metrics::{GatePurpose, ProvisionMetrics};
 pub use provider::Provider;
+pub use provisioner::fleet;
 pub use provisioner::{
     AcquireError, DryRun, JobContext, LeaseError, Provisioner, ProvisionerConfig, ReapReport,
 };

@@ -432,8 +432,10 @@ async fn killed_mid_rent_the_reaper_on_restart_destroys_the_orphan() {
     assert!(open[0].is_open() && open[0].contracts.is_empty(), "the contract id was never learnt");
     assert_eq!(sim.ledger().live().len(), 1, "an instance bills with no owner");
 
-    // Restart on the same store: the start-up reaper finds it by its label.
+    // Restart on the same store once the killed replica's heartbeat has expired: the
+    // start-up reaper takes its lease over and finds the instance by its label.
     sim.set_faults(Faults::default());
+    tokio::time::sleep(std::time::Duration::from_secs_f64(config().replica_expiry_s + 0.1)).await;
     let restarted = Provisioner::start(client(&sim), store.clone(), config(), clock).await.unwrap();
     let rig = Rig { sim, store, prov: restarted, clock, dir };
     let lease = &leases(&rig.store).await[0];

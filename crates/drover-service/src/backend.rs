@@ -12,7 +12,7 @@ use drover_proto::api::{
     AuditEvent, Check, DriverHealth, DriverList, EstimateRequest, EstimateResponse, Job, JobList,
     OfferSummary, Readiness,
 };
-use drover_proto::{ActionName, DriverName, JobId, JobPhase, ParamsSchema};
+use drover_proto::{ActionName, DriverName, JobId, ParamsSchema};
 use drover_provision::{AcquireError, Provider};
 use drover_store::{Idempotency, JobFilter, NewJob, Store};
 use futures_util::StreamExt;
@@ -20,8 +20,8 @@ use serde_json::{Map, Value, json};
 use tokio::sync::{broadcast, mpsc};
 
 use crate::{
-    ProviderKind, SIMULATOR_NOTICE, Service, SimulatorLedger, is_terminal_event, lock, metrics,
-    new_job_id, now_ms, phase_name, state, store_error,
+    ProviderKind, SIMULATOR_NOTICE, Service, SimulatorLedger, is_terminal_event, metrics,
+    new_job_id, now_ms, phase_name, store_error,
 };
 
 impl<P: Provider, S: Store> Backend for Service<P, S> {
@@ -106,17 +106,12 @@ impl<P: Provider, S: Store> Backend for Service<P, S> {
             if let Err(error) = self.store.append_audit(&event).await {
                 tracing::warn!(%error, "audit event could not be stored");
             }
-            let sender = lock(&self.running).get(id).map(|run| run.cancel.clone());
-            match sender {
-                Some(sender) => {
-                    // The job task passes it to the runner (now, or once dispatched).
-                    let _ = sender.send(Some(reason));
-                }
-                None => {
-                    // Not running here (e.g. left queued by a previous run and not resumed):
-                    // end it directly.
-                    self.record(id, state(id, JobPhase::Cancelled, reason)).await;
-                }
+            if self.runs_here(id) || self.store.owns_job(id).await.map_err(store_error)? {
+                self.cancel_here(id, reason).await;
+            } else {
+                // Another replica runs it (or will take it over): leave the request for its
+                // owner, which acts on it within crate::fleet::FLEET_POLL.
+                self.store.request_cancel(id, &reason).await.map_err(store_error)?;
             }
             self.store.get_job(id).await.map_err(store_error)?.ok_or(BackendError::NotFound)
         })
@@ -149,22 +144,37 @@ impl<P: Provider, S: Store> Backend for Service<P, S> {
             let (tx, rx) = mpsc::channel(64);
             let id = id.clone();
             let store = self.store.clone();
+            let me = self.me.clone();
             if !ended {
                 tokio::spawn(async move {
                     loop {
-                        let batch = match live.recv().await {
-                            Ok(event) if event.event.job_id() == &id && event.seq > last => {
+                        // A job another replica runs sends nothing here: read the store
+                        // whenever nothing arrived for a while (crate::fleet).
+                        let received =
+                            tokio::time::timeout(crate::fleet::REMOTE_EVENTS_POLL, live.recv())
+                                .await;
+                        let batch = match received {
+                            Err(_elapsed) => {
+                                if me.upgrade().is_some_and(|service| service.runs_here(&id)) {
+                                    continue;
+                                }
+                                match store.events_after(&id, last, 1000).await {
+                                    Ok(events) => events,
+                                    Err(_) => return,
+                                }
+                            }
+                            Ok(Ok(event)) if event.event.job_id() == &id && event.seq > last => {
                                 vec![event]
                             }
-                            Ok(_) => continue,
-                            Err(broadcast::error::RecvError::Lagged(_)) => {
+                            Ok(Ok(_)) => continue,
+                            Ok(Err(broadcast::error::RecvError::Lagged(_))) => {
                                 // Fell behind: the store has everything.
                                 match store.events_after(&id, last, 1000).await {
                                     Ok(events) => events,
                                     Err(_) => return,
                                 }
                             }
-                            Err(broadcast::error::RecvError::Closed) => return,
+                            Ok(Err(broadcast::error::RecvError::Closed)) => return,
                         };
                         for event in batch {
                             last = event.seq;

@@ -64,7 +64,7 @@ fn wire(code: ErrorCode, message: impl Into<String>) -> WireError {
 /// A provisioner lease error as the driver sees it; internals stay in the supervisor's log.
 fn lease_error(error: &LeaseError) -> WireError {
     match error {
-        LeaseError::Unknown(id) => unknown_lease(id),
+        LeaseError::Unknown(id) | LeaseError::OwnedElsewhere(id) => unknown_lease(id),
         LeaseError::Busy(id) => {
             wire(ErrorCode::NotReady, format!("lease {id} is still being provisioned"))
         }

@@ -52,6 +52,7 @@
 mod backend;
 pub mod broker;
 mod config;
+pub mod fleet;
 pub mod metrics;
 mod quota;
 pub mod runner;
@@ -163,6 +164,9 @@ impl<P: Provider, S: Store> Service<P, S> {
         config: ServiceConfig,
     ) -> Arc<Self> {
         let (live, _) = broadcast::channel(4096);
+        // This replica's handle: the jobs it accepts are its own, and it writes only to
+        // those (crate::fleet).
+        let store = store.with_replica(provisioner.replica_id());
         Arc::new_cyclic(|me| Self {
             store,
             provisioner,
@@ -196,29 +200,12 @@ impl<P: Provider, S: Store> Service<P, S> {
         lock(&self.running).len()
     }
 
-    /// Takes over what a previous run left unfinished: `queued` jobs are dispatched again,
-    /// `starting`/`running` ones are recorded `failed`. Returns (resumed, failed).
+    /// Takes over what a previous run, or a replica that died, left unfinished: `queued`
+    /// jobs are dispatched again, `starting`/`running` ones are recorded `failed`
+    /// ([`Service::take_over_orphans`]; a replica killed without retiring is taken over once
+    /// its heartbeat expires, by [`Service::watch_fleet`]). Returns (resumed, failed).
     pub async fn recover(&self) -> Result<(usize, usize), StoreError> {
-        let mut resumed = 0;
-        let mut failed = 0;
-        for job in self.store.unfinished_jobs().await? {
-            if job.state == JobPhase::Queued {
-                resumed += 1;
-                tracing::info!(job = %job.id, "resuming a job the previous run left queued");
-                self.spawn(job);
-            } else {
-                failed += 1;
-                let message = format!(
-                    "the supervisor restarted while the job was {}; its driver is gone and the \
-                     reaper has destroyed any instance it rented",
-                    phase_name(job.state)
-                );
-                tracing::warn!(job = %job.id, "{message}");
-                self.record(&job.id, state(&job.id, JobPhase::Failed, message)).await;
-                self.audit_internal("job.recover", &job.id, "failed", Map::new()).await;
-            }
-        }
-        Ok((resumed, failed))
+        self.take_over_orphans().await
     }
 
     /// Stops accepting jobs (new submissions get 503), then ends the running ones as
@@ -296,6 +283,10 @@ impl<P: Provider, S: Store> Service<P, S> {
                 true
             }
             Err(StoreError::JobFinished { .. }) => false,
+            Err(StoreError::JobTakenOver(_)) => {
+                self.lost(id);
+                false
+            }
             Err(error) => {
                 tracing::error!(job = %id, %error, "a job event could not be stored");
                 false

@@ -718,3 +718,86 @@ async fn metrics_write_an_empty_bill_as_zero_not_negative_zero() {
     assert!(!text.contains(" -0"), "{text}");
     assert!(text.contains("# TYPE drover_ledger_usd gauge"), "{text}");
 }
+
+// --- Replicas on one store (drover_service::fleet) --------------------------------------------
+
+/// Two replicas (each its own service, provisioner and replica id) on one SQLite file.
+async fn two_replicas() -> (Rig, Rig) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_owned();
+    let a = rig_with(dir, SqliteStore::open_in(&path).await.unwrap()).await;
+    let b_dir = tempfile::tempdir().unwrap();
+    let b = rig_with(b_dir, SqliteStore::open_in(&path).await.unwrap()).await;
+    (a, b)
+}
+
+async fn wait_for_state(rig: &Rig, id: &JobId, phase: JobPhase) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while rig.service.job(id).await.unwrap().unwrap().state != phase {
+        assert!(std::time::Instant::now() < deadline, "{id} never reached {phase:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_streams_and_cancels_a_job_another_replica_runs() {
+    let (a, b) = two_replicas().await;
+    let _watch = a.service.watch_fleet();
+    let id = submit(&a, "hang").await;
+    wait_for_state(&b, &id, JobPhase::Running).await;
+    // Followed on b, which never ran it: the store is polled.
+    let follower = {
+        let stream = b.service.events(&id, 0).await.unwrap();
+        tokio::spawn(tokio::time::timeout(Duration::from_secs(10), stream.collect::<Vec<_>>()))
+    };
+    // Cancelled through b: left for a, which owns it and stops it.
+    let job = b.service.cancel(&id, "t").await.unwrap();
+    assert_eq!(job.state, JobPhase::Running, "the owner acts on it, not b");
+    let events = follower.await.unwrap().expect("b's stream ends with the job");
+    let phases: Vec<_> = events
+        .iter()
+        .filter_map(|e| match &e.event {
+            JobEventKind::JobState(s) => Some(s.state),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(phases, [JobPhase::Queued, JobPhase::Running, JobPhase::Cancelled]);
+    assert!(b.runner.dispatched.lock().unwrap().is_empty(), "b never ran it");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_replicas_jobs_are_taken_over_once_and_it_is_fenced_off() {
+    let (a, b) = two_replicas().await;
+    let running = submit(&a, "hang").await;
+    let queued = submit(&a, "retry").await;
+    wait_for_state(&a, &running, JobPhase::Running).await;
+    // Nothing is an orphan while a is live.
+    assert_eq!(b.service.take_over_orphans().await.unwrap(), (0, 0));
+
+    // a stops counting as live (its row gone, as when its heartbeat expires) while its runs go on.
+    let a_replica = a.service.provisioner().replica_id().to_owned();
+    a.service.provisioner().retire().await;
+    let (won, lost) = tokio::join!(b.service.take_over_orphans(), b.service.take_over_orphans());
+    let (won, lost) = (won.unwrap(), lost.unwrap());
+    assert_eq!((won.0 + lost.0, won.1 + lost.1), (1, 1), "each orphan taken over exactly once");
+    assert!(drover_store::JobOwners::owns_job(b.service.store(), &running).await.unwrap());
+    assert!(drover_store::JobOwners::owns_job(b.service.store(), &queued).await.unwrap());
+    assert_eq!(b.service.job(&running).await.unwrap().unwrap().state, JobPhase::Failed);
+    let why = message(&b, &running).await;
+    assert!(
+        why.contains(&format!("replica {a_replica} stopped while the job was running")),
+        "{why}"
+    );
+    // The queued one now waits on b (its driver is still busy there).
+    assert_eq!(b.service.running_jobs(), 1);
+
+    // a comes back and its run ends (its driver reports `cancelled`): fenced off, nothing of
+    // it is stored.
+    assert!(a.runner.cancel(&running, "t").await);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        states(&b, &running, 0).await,
+        [JobPhase::Queued, JobPhase::Running, JobPhase::Failed]
+    );
+    assert_eq!(message(&b, &running).await, why, "the old owner's cancel was refused");
+}

@@ -10,7 +10,9 @@ use drover_proto::config::StoreConfig;
 use drover_proto::{JobId, LeaseId};
 
 use crate::error::StoreError;
+use crate::fleet::{Fleet, Heartbeat, Replica};
 use crate::model::*;
+use crate::owners::{JobOwners, OwnedJob};
 use crate::{PgStore, SqliteStore, Store};
 
 /// The store a configuration names.
@@ -150,5 +152,73 @@ impl Store for AnyStore {
     }
     async fn ping(&self) -> Result<(), StoreError> {
         forward!(self, ping())
+    }
+}
+
+impl Fleet for AnyStore {
+    async fn setting_or_init(&self, key: &str, value: &str) -> Result<String, StoreError> {
+        forward!(self, setting_or_init(key, value))
+    }
+    async fn heartbeat(&self, beat: &Heartbeat<'_>) -> Result<(), StoreError> {
+        forward!(self, heartbeat(beat))
+    }
+    async fn replicas(&self, deployment: &str) -> Result<Vec<Replica>, StoreError> {
+        forward!(self, replicas(deployment))
+    }
+    async fn retire_replica(&self, replica_id: &str) -> Result<(), StoreError> {
+        forward!(self, retire_replica(replica_id))
+    }
+    async fn try_reaper_lock(
+        &self,
+        deployment: &str,
+        replica_id: &str,
+        ttl_ms: u64,
+    ) -> Result<bool, StoreError> {
+        forward!(self, try_reaper_lock(deployment, replica_id, ttl_ms))
+    }
+    async fn release_reaper_lock(
+        &self,
+        deployment: &str,
+        replica_id: &str,
+    ) -> Result<(), StoreError> {
+        forward!(self, release_reaper_lock(deployment, replica_id))
+    }
+    async fn take_over_lease(
+        &self,
+        lease_id: &LeaseId,
+        from: Option<&str>,
+        to: &str,
+    ) -> Result<bool, StoreError> {
+        forward!(self, take_over_lease(lease_id, from, to))
+    }
+}
+
+impl JobOwners for AnyStore {
+    fn with_replica(&self, replica_id: &str) -> Self {
+        match self {
+            Self::Sqlite(store) => Self::Sqlite(store.with_replica(replica_id)),
+            Self::Postgres(store) => Self::Postgres(store.with_replica(replica_id)),
+        }
+    }
+    fn replica(&self) -> Option<&str> {
+        match self {
+            Self::Sqlite(store) => store.replica(),
+            Self::Postgres(store) => store.replica(),
+        }
+    }
+    async fn orphaned_jobs(&self) -> Result<Vec<OwnedJob>, StoreError> {
+        forward!(self, orphaned_jobs())
+    }
+    async fn take_over_job(&self, id: &JobId, from: Option<&str>) -> Result<bool, StoreError> {
+        forward!(self, take_over_job(id, from))
+    }
+    async fn owns_job(&self, id: &JobId) -> Result<bool, StoreError> {
+        forward!(self, owns_job(id))
+    }
+    async fn request_cancel(&self, id: &JobId, reason: &str) -> Result<bool, StoreError> {
+        forward!(self, request_cancel(id, reason))
+    }
+    async fn cancel_requests(&self) -> Result<Vec<(JobId, String)>, StoreError> {
+        forward!(self, cancel_requests())
     }
 }

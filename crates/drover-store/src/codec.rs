@@ -18,7 +18,7 @@ pub(crate) const JOB_COLUMNS: &str =
 /// The lease columns every lease query selects, in [`lease_from_row`]'s terms.
 pub(crate) const LEASE_COLUMNS: &str = "lease_id, job_id, actor, label, phase, reserved_micros, day, \
     granted_unix_ms, deadline_unix_ms, pending_offer, gpu_model, gpu_count, expected_usd, \
-    p95_usd, worst_usd, confidence, bandwidth_micros, settled_micros, status_message";
+    p95_usd, worst_usd, confidence, bandwidth_micros, settled_micros, status_message, owner_replica";
 
 /// The contract columns, in [`contract_from_row`]'s terms.
 pub(crate) const CONTRACT_COLUMNS: &str =
@@ -178,6 +178,7 @@ pub(crate) fn lease_from_row(row: &impl Columns) -> Result<LeaseRecord, StoreErr
         bandwidth_usd: micros_to_usd(row.int("bandwidth_micros")?),
         settled_usd: row.opt_int("settled_micros")?.map(micros_to_usd),
         status_message: row.opt_text("status_message")?,
+        owner_replica: row.opt_text("owner_replica")?,
     })
 }
 

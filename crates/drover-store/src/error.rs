@@ -26,6 +26,10 @@ pub enum StoreError {
         /// Its terminal state.
         state: JobPhase,
     },
+    /// Another replica took the job over (its owner's heartbeat had expired); the writer no
+    /// longer owns it and writes nothing more to it.
+    #[error("job {0} was taken over by another replica")]
+    JobTakenOver(JobId),
     /// The daily cap would be exceeded.
     #[error(
         "the daily cap of {cap_usd:.2} USD would be exceeded ({committed_usd:.4} USD committed)"
@@ -48,6 +52,10 @@ pub enum StoreError {
     /// The lease is settled and cannot change.
     #[error("lease {0} is settled")]
     LeaseClosed(LeaseId),
+    /// Another replica took the lease over (its owner's heartbeat had expired); the writer
+    /// no longer owns it and must leave it alone.
+    #[error("lease {0} was taken over by another replica")]
+    LeaseTakenOver(LeaseId),
     /// A stored row does not decode: the database was changed by something else.
     #[error("stored {what} does not decode")]
     Corrupt {

@@ -61,6 +61,8 @@ struct Queue {
 #[derive(Debug)]
 pub(crate) struct Pending {
     job: NewJob,
+    /// The replica that accepts it (its owner), if the store handle speaks for one.
+    owner: Option<Arc<str>>,
     reply: oneshot::Sender<Result<Submitted, StoreError>>,
 }
 
@@ -75,11 +77,12 @@ impl Submissions {
         self: &Arc<Self>,
         writer: &SqlitePool,
         job: NewJob,
+        owner: Option<Arc<str>>,
     ) -> Result<Submitted, StoreError> {
         let (reply, answer) = oneshot::channel();
         let start = {
             let mut queue = self.lock();
-            queue.waiting.push(Pending { job, reply });
+            queue.waiting.push(Pending { job, owner, reply });
             !std::mem::replace(&mut queue.running, true)
         };
         if start {
@@ -157,7 +160,7 @@ impl Submissions {
         } else {
             let mut outcomes = Vec::with_capacity(batch.len());
             for pending in batch {
-                match insert_job(&mut tx, &pending.job).await {
+                match insert_job(&mut tx, &pending.job, pending.owner.as_deref()).await {
                     Ok(inserted) => outcomes.push(Ok(inserted)),
                     Err(
                         refusal @ (StoreError::DuplicateJob(_) | StoreError::IdempotencyConflict),
@@ -197,7 +200,7 @@ async fn insert_jobs(
         batch.iter().map(|p| to_json(&p.job.spec, "job spec")).collect::<Result<Vec<_>, _>>()?;
     let mut jobs = QueryBuilder::<Sqlite>::new(
         "INSERT INTO jobs (id, driver, action, state, submitted_by, spec, created_unix_ms, \
-         updated_unix_ms, last_event_seq) ",
+         updated_unix_ms, last_event_seq, owner_replica) ",
     );
     jobs.push_values(batch.iter().zip(&specs), |mut row, (pending, spec)| {
         let job = &pending.job;
@@ -209,7 +212,8 @@ async fn insert_jobs(
             .push_bind(spec.as_str())
             .push_bind(to_i64(job.at_unix_ms))
             .push_bind(to_i64(job.at_unix_ms))
-            .push_bind(1_i64);
+            .push_bind(1_i64)
+            .push_bind(pending.owner.as_deref());
     });
     jobs.push(" ON CONFLICT (id) DO NOTHING RETURNING id, seq");
     let rows = jobs.build().fetch_all(&mut **tx).await.during("inserting jobs")?;
@@ -317,7 +321,7 @@ mod tests {
 
     fn pending(job: NewJob) -> (Pending, oneshot::Receiver<Result<Submitted, StoreError>>) {
         let (reply, answer) = oneshot::channel();
-        (Pending { job, reply }, answer)
+        (Pending { job, owner: None, reply }, answer)
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

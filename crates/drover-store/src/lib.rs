@@ -23,6 +23,12 @@
 //!   also appends the reservation to the ledger and checks the caps in the same transaction)
 //!   and **closed only after destroy is confirmed** ([`Store::settle_lease`], which appends
 //!   the release and the charge in the same transaction).
+//! - **A lease has one owner.** Each lease names the replica that owns it; another replica
+//!   takes it over only once the owner's heartbeat has expired, and the old owner's writes
+//!   are refused from then on ([`fleet`]).
+//! - **A job has one owner.** The replica that accepted it, or took it over once its owner's
+//!   heartbeat expired; only the owner writes its events ([`owners`]), so a replica presumed
+//!   dead that comes back cannot overwrite a job another replica took.
 //! - **Events are ordered and final.** A job's events are numbered from 1 without gaps;
 //!   nothing is appended after a terminal state.
 //!
@@ -67,8 +73,10 @@
 mod any;
 mod codec;
 mod error;
+pub mod fleet;
 mod group_commit;
 mod model;
+pub mod owners;
 mod postgres;
 mod sqlite;
 
@@ -79,7 +87,9 @@ use drover_proto::{JobId, LeaseId};
 
 pub use any::AnyStore;
 pub use error::StoreError;
+pub use fleet::{Fleet, Heartbeat, Replica};
 pub use model::*;
+pub use owners::{JobOwners, OwnedJob};
 pub use postgres::PgStore;
 pub use sqlite::{DEFAULT_FILE_NAME, SqliteStore};
 
@@ -88,7 +98,10 @@ pub use sqlite::{DEFAULT_FILE_NAME, SqliteStore};
 ///
 /// The futures are `Send`, so a store can be shared across a multi-threaded runtime; an
 /// implementation is cheap to clone (a handle on a pool).
-pub trait Store: Clone + Send + Sync + 'static {
+///
+/// Every store also keeps what replicas of one deployment share ([`Fleet`]) and who runs
+/// each job ([`JobOwners`]).
+pub trait Store: Fleet + JobOwners + Clone + Send + Sync + 'static {
     // --- jobs -------------------------------------------------------------------------------
 
     /// Accepts a job: the job, its labels, its first event (`job_state: queued`) and its
@@ -146,7 +159,9 @@ pub trait Store: Clone + Send + Sync + 'static {
         limits: ReserveLimits,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
-    /// Replaces an open lease's record (same id; its reservation cannot change).
+    /// Replaces an open lease's record (same id; its reservation and owner cannot change).
+    /// Refused with [`StoreError::LeaseTakenOver`] when the record's `owner_replica` is no
+    /// longer the lease's owner (another replica took it over).
     fn update_lease(
         &self,
         lease: &LeaseRecord,

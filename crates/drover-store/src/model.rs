@@ -141,6 +141,9 @@ pub struct LeaseRecord {
     pub settled_usd: Option<f64>,
     /// Why it ended, or the provider's status line.
     pub status_message: Option<String>,
+    /// The replica (supervisor process) that owns it; `None` for a lease written before
+    /// replicas were recorded. See [`crate::fleet`].
+    pub owner_replica: Option<String>,
 }
 
 impl LeaseRecord {

@@ -1,24 +1,32 @@
 //! The SQLite [`Store`]: one file, WAL, every write `synchronous = FULL`.
 
-use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use drover_proto::api::{AuditEvent, Job, JobEvent, JobEventKind, JobSpec};
-use drover_proto::{CostEstimate, JobId, JobPhase, JobState, LeaseId, LeasePhase};
-use sqlx::migrate::{Migration, MigrationType, Migrator};
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
-};
-use sqlx::{Connection, Row, Sqlite, SqlitePool, Transaction};
+use drover_proto::api::{AuditEvent, Job, JobEvent, JobEventKind};
+use drover_proto::{JobId, JobPhase, LeaseId, LeasePhase};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Connection, Sqlite, SqlitePool, Transaction};
 
 use crate::Store;
+use crate::codec::now_unix_ms;
 use crate::error::{Context, StoreError};
 use crate::group_commit::Submissions;
 use crate::model::*;
+
+mod encode;
+mod fleet;
+mod jobs;
+mod leases;
+mod migrations;
+mod owners;
+pub(crate) use encode::*;
+pub(crate) use jobs::*;
+use leases::*;
+use migrations::migrator;
 
 /// The database file name inside the data directory.
 pub const DEFAULT_FILE_NAME: &str = "drover.db";
@@ -31,31 +39,6 @@ const AUDIT_ROWS: usize = 1024;
 
 /// How long a statement waits for another process's lock before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// The schema migrations, embedded so the binary needs no files beside it.
-fn migrator() -> Migrator {
-    Migrator {
-        migrations: Cow::Owned(vec![
-            Migration::new(
-                1,
-                Cow::Borrowed("init"),
-                MigrationType::Simple,
-                Cow::Borrowed(include_str!("../migrations/sqlite/0001_init.sql")),
-                false,
-            ),
-            Migration::new(
-                2,
-                Cow::Borrowed("write probe"),
-                MigrationType::Simple,
-                Cow::Borrowed(include_str!("../migrations/sqlite/0002_write_probe.sql")),
-                false,
-            ),
-        ]),
-        ignore_missing: false,
-        locking: true,
-        no_tx: false,
-    }
-}
 
 /// The SQLite [`Store`]. Cheap to clone: clones share the pools.
 ///
@@ -81,6 +64,9 @@ pub struct SqliteStore {
     write_failed: Arc<AtomicBool>,
     /// Job submissions waiting for the next group commit.
     pub(crate) submissions: Arc<Submissions>,
+    /// The replica this handle speaks for ([`crate::JobOwners`]): the owner of the jobs it
+    /// accepts, and the only owner it writes events for.
+    pub(crate) replica: Option<Arc<str>>,
 }
 
 impl SqliteStore {
@@ -162,6 +148,7 @@ impl SqliteStore {
             reader,
             write_failed: Arc::new(AtomicBool::new(false)),
             submissions: Arc::new(Submissions::default()),
+            replica: None,
         })
     }
 
@@ -194,12 +181,6 @@ impl SqliteStore {
     }
 }
 
-fn now_unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
 async fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     if tokio::fs::metadata(dir).await.is_ok() {
         return Ok(());
@@ -214,460 +195,11 @@ async fn create_private_dir(dir: &Path) -> std::io::Result<()> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Encoding helpers
-
-pub(crate) fn to_i64(value: u64) -> i64 {
-    i64::try_from(value).unwrap_or(i64::MAX)
-}
-
-fn to_u64(value: i64) -> u64 {
-    u64::try_from(value).unwrap_or(0)
-}
-
-pub(crate) fn phase_str(phase: JobPhase) -> &'static str {
-    match phase {
-        JobPhase::Queued => "queued",
-        JobPhase::Starting => "starting",
-        JobPhase::Running => "running",
-        JobPhase::Succeeded => "succeeded",
-        JobPhase::Failed => "failed",
-        JobPhase::Cancelled => "cancelled",
-    }
-}
-
-fn parse_phase(text: &str) -> Result<JobPhase, StoreError> {
-    serde_json::from_value(serde_json::Value::String(text.to_owned()))
-        .map_err(|_| StoreError::Corrupt { what: "job state" })
-}
-
-fn lease_phase_str(phase: LeasePhase) -> &'static str {
-    match phase {
-        LeasePhase::Provisioning => "provisioning",
-        LeasePhase::Loading => "loading",
-        LeasePhase::Running => "running",
-        LeasePhase::Exited => "exited",
-        LeasePhase::Failed => "failed",
-        LeasePhase::Released => "released",
-    }
-}
-
-fn parse_lease_phase(text: &str) -> Result<LeasePhase, StoreError> {
-    serde_json::from_value(serde_json::Value::String(text.to_owned()))
-        .map_err(|_| StoreError::Corrupt { what: "lease phase" })
-}
-
-pub(crate) fn to_json<T: serde::Serialize>(
-    value: &T,
-    what: &'static str,
-) -> Result<String, StoreError> {
-    serde_json::to_string(value).map_err(|_| StoreError::Corrupt { what })
-}
-
-fn from_json<T: serde::de::DeserializeOwned>(
-    text: &str,
-    what: &'static str,
-) -> Result<T, StoreError> {
-    serde_json::from_str(text).map_err(|_| StoreError::Corrupt { what })
-}
-
-pub(crate) fn get<'r, T>(row: &'r SqliteRow, column: &'static str) -> Result<T, StoreError>
-where
-    T: sqlx::Decode<'r, Sqlite> + sqlx::Type<Sqlite>,
-{
-    row.try_get(column).during("decoding a row")
-}
-
-const JOB_COLUMNS: &str =
-    "id, state, submitted_by, spec, created_unix_ms, updated_unix_ms, message, output";
-
-fn job_from_row(row: &SqliteRow) -> Result<Job, StoreError> {
-    let id: String = get(row, "id")?;
-    let spec: String = get(row, "spec")?;
-    let output: Option<String> = get(row, "output")?;
-    Ok(Job {
-        id: JobId::new(id).map_err(|_| StoreError::Corrupt { what: "job id" })?,
-        state: parse_phase(&get::<String>(row, "state")?)?,
-        spec: from_json::<JobSpec>(&spec, "job spec")?,
-        submitted_by: get(row, "submitted_by")?,
-        created_unix_ms: to_u64(get(row, "created_unix_ms")?),
-        updated_unix_ms: to_u64(get(row, "updated_unix_ms")?),
-        message: get(row, "message")?,
-        output: output.map(|o| from_json(&o, "job output")).transpose()?,
-    })
-}
-
-fn event_from_row(row: &SqliteRow) -> Result<JobEvent, StoreError> {
-    let body: String = get(row, "body")?;
-    Ok(JobEvent {
-        seq: to_u64(get(row, "seq")?),
-        at_unix_ms: to_u64(get(row, "at_unix_ms")?),
-        event: from_json(&body, "job event")?,
-    })
-}
-
-/// The transitions a job may make. Terminal states end it; anything else may follow
-/// anything that is not terminal (a driver may skip `starting`, a queued job may be
-/// cancelled).
-fn transition_allowed(from: JobPhase, to: JobPhase) -> bool {
-    !from.is_terminal() && to != JobPhase::Queued
-}
-
-async fn job_seq_and_state(
-    tx: &mut Transaction<'static, Sqlite>,
-    id: &JobId,
-) -> Result<Option<(i64, JobPhase)>, StoreError> {
-    let row = sqlx::query("SELECT seq, state FROM jobs WHERE id = $1")
-        .bind(id.as_str())
-        .fetch_optional(&mut **tx)
-        .await
-        .during("reading a job")?;
-    match row {
-        None => Ok(None),
-        Some(row) => Ok(Some((get(&row, "seq")?, parse_phase(&get::<String>(&row, "state")?)?))),
-    }
-}
-
-/// Appends an event inside an open transaction; the caller has checked the job is not
-/// terminal.
-async fn insert_event(
-    tx: &mut Transaction<'static, Sqlite>,
-    job_seq: i64,
-    at_unix_ms: u64,
-    event: &JobEventKind,
-) -> Result<JobEvent, StoreError> {
-    let seq: i64 = sqlx::query_scalar(
-        "UPDATE jobs SET last_event_seq = last_event_seq + 1 WHERE seq = $1 RETURNING last_event_seq",
-    )
-    .bind(job_seq)
-    .fetch_one(&mut **tx)
-    .await
-    .during("numbering a job event")?;
-    sqlx::query(
-        "INSERT INTO job_events (job_seq, seq, at_unix_ms, kind, body) VALUES ($1, $2, $3, $4, $5)",
-    )
-    .bind(job_seq)
-    .bind(seq)
-    .bind(to_i64(at_unix_ms))
-    .bind(event.name())
-    .bind(to_json(event, "job event")?)
-    .execute(&mut **tx)
-    .await
-    .during("appending a job event")?;
-    Ok(JobEvent { seq: to_u64(seq), at_unix_ms, event: event.clone() })
-}
-
-async fn load_job(
-    executor: impl sqlx::Executor<'_, Database = Sqlite>,
-    id: &str,
-) -> Result<Option<Job>, StoreError> {
-    let row = sqlx::query(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1"))
-        .bind(id)
-        .fetch_optional(executor)
-        .await
-        .during("reading a job")?;
-    row.as_ref().map(job_from_row).transpose()
-}
-
-// --- leases ----------------------------------------------------------------------------------
-
-const LEASE_COLUMNS: &str = "lease_id, job_id, actor, label, phase, reserved_micros, day, \
-    granted_unix_ms, deadline_unix_ms, pending_offer, gpu_model, gpu_count, expected_usd, \
-    p95_usd, worst_usd, confidence, bandwidth_micros, settled_micros, status_message";
-
-async fn load_lease(
-    conn: &mut sqlx::SqliteConnection,
-    id: &str,
-) -> Result<Option<LeaseRecord>, StoreError> {
-    let row = sqlx::query(&format!("SELECT {LEASE_COLUMNS} FROM leases WHERE lease_id = $1"))
-        .bind(id)
-        .fetch_optional(&mut *conn)
-        .await
-        .during("reading a lease")?;
-    let Some(row) = row else { return Ok(None) };
-    let mut lease = lease_from_row(&row)?;
-    lease.contracts = load_contracts(conn, id).await?;
-    Ok(Some(lease))
-}
-
-fn lease_from_row(row: &SqliteRow) -> Result<LeaseRecord, StoreError> {
-    let gpu_count: Option<i64> = get(row, "gpu_count")?;
-    let settled: Option<i64> = get(row, "settled_micros")?;
-    let pending: Option<i64> = get(row, "pending_offer")?;
-    Ok(LeaseRecord {
-        lease_id: LeaseId::new(get::<String>(row, "lease_id")?)
-            .map_err(|_| StoreError::Corrupt { what: "lease id" })?,
-        job_id: JobId::new(get::<String>(row, "job_id")?)
-            .map_err(|_| StoreError::Corrupt { what: "lease job id" })?,
-        actor: get(row, "actor")?,
-        label: get(row, "label")?,
-        phase: parse_lease_phase(&get::<String>(row, "phase")?)?,
-        reserved_usd: micros_to_usd(get(row, "reserved_micros")?),
-        day: to_u64(get(row, "day")?),
-        granted_unix_ms: to_u64(get(row, "granted_unix_ms")?),
-        deadline_unix_ms: to_u64(get(row, "deadline_unix_ms")?),
-        pending_offer: pending.map(to_u64),
-        contracts: Vec::new(),
-        gpu_model: get(row, "gpu_model")?,
-        gpu_count: gpu_count
-            .map(|c| u8::try_from(c).map_err(|_| StoreError::Corrupt { what: "gpu count" }))
-            .transpose()?,
-        estimate: CostEstimate {
-            expected_usd: get(row, "expected_usd")?,
-            p95_usd: get(row, "p95_usd")?,
-            worst_usd: get(row, "worst_usd")?,
-            confidence: get(row, "confidence")?,
-        },
-        bandwidth_usd: micros_to_usd(get(row, "bandwidth_micros")?),
-        settled_usd: settled.map(micros_to_usd),
-        status_message: get(row, "status_message")?,
-    })
-}
-
-async fn load_contracts(
-    conn: &mut sqlx::SqliteConnection,
-    lease_id: &str,
-) -> Result<Vec<ContractRecord>, StoreError> {
-    let rows = sqlx::query(
-        "SELECT contract_id, offer_id, usd_per_hour, created_unix_ms, gone_unix_ms \
-         FROM lease_contracts WHERE lease_id = $1 ORDER BY position",
-    )
-    .bind(lease_id)
-    .fetch_all(&mut *conn)
-    .await
-    .during("reading lease contracts")?;
-    rows.iter()
-        .map(|row| {
-            let gone: Option<i64> = get(row, "gone_unix_ms")?;
-            Ok(ContractRecord {
-                contract_id: to_u64(get(row, "contract_id")?),
-                offer_id: to_u64(get(row, "offer_id")?),
-                usd_per_hour: get(row, "usd_per_hour")?,
-                created_unix_ms: to_u64(get(row, "created_unix_ms")?),
-                gone_unix_ms: gone.map(to_u64),
-            })
-        })
-        .collect()
-}
-
-async fn write_contracts(
-    tx: &mut Transaction<'static, Sqlite>,
-    lease: &LeaseRecord,
-) -> Result<(), StoreError> {
-    sqlx::query("DELETE FROM lease_contracts WHERE lease_id = $1")
-        .bind(lease.lease_id.as_str())
-        .execute(&mut **tx)
-        .await
-        .during("replacing lease contracts")?;
-    for (position, c) in lease.contracts.iter().enumerate() {
-        sqlx::query(
-            "INSERT INTO lease_contracts (lease_id, position, contract_id, offer_id, \
-             usd_per_hour, created_unix_ms, gone_unix_ms) VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        )
-        .bind(lease.lease_id.as_str())
-        .bind(i64::try_from(position).unwrap_or(i64::MAX))
-        .bind(to_i64(c.contract_id))
-        .bind(to_i64(c.offer_id))
-        .bind(c.usd_per_hour)
-        .bind(to_i64(c.created_unix_ms))
-        .bind(c.gone_unix_ms.map(to_i64))
-        .execute(&mut **tx)
-        .await
-        .during("recording a lease contract")?;
-    }
-    Ok(())
-}
-
-async fn ledger_sum(
-    tx: &mut Transaction<'static, Sqlite>,
-    column: &'static str,
-    value: SumKey<'_>,
-) -> Result<i64, StoreError> {
-    let sql = format!("SELECT COALESCE(SUM(amount_micros), 0) FROM ledger WHERE {column} = $1");
-    let query = sqlx::query_scalar::<_, i64>(&sql);
-    let query = match value {
-        SumKey::Text(text) => query.bind(text.to_owned()),
-        SumKey::Int(int) => query.bind(int),
-    };
-    query.fetch_one(&mut **tx).await.during("summing the ledger")
-}
-
-enum SumKey<'a> {
-    Text(&'a str),
-    Int(i64),
-}
-
-async fn append_ledger(
-    tx: &mut Transaction<'static, Sqlite>,
-    lease: &LeaseRecord,
-    kind: LedgerKind,
-    amount_micros: i64,
-    at_unix_ms: u64,
-) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO ledger (lease_id, job_id, day, kind, amount_micros, at_unix_ms) \
-         VALUES ($1, $2, $3, $4, $5, $6)",
-    )
-    .bind(lease.lease_id.as_str())
-    .bind(lease.job_id.as_str())
-    .bind(to_i64(lease.day))
-    .bind(kind.as_str())
-    .bind(amount_micros)
-    .bind(to_i64(at_unix_ms))
-    .execute(&mut **tx)
-    .await
-    .during("appending to the ledger")?;
-    Ok(())
-}
-
-/// What inserting one submission did inside a batch's transaction.
-#[derive(Debug)]
-pub(crate) enum Inserted {
-    /// A new job, with its first event.
-    New,
-    /// The idempotency key matched an earlier submission of the same request: that job.
-    Replayed(Box<Job>),
-}
-
-impl Inserted {
-    /// The answer to the submission of `new`, once the transaction has committed.
-    pub(crate) fn into_submitted(self, new: NewJob) -> Submitted {
-        match self {
-            Self::Replayed(job) => Submitted { job: *job, replayed: true },
-            Self::New => Submitted {
-                job: Job {
-                    id: new.id,
-                    state: JobPhase::Queued,
-                    spec: new.spec,
-                    submitted_by: new.submitted_by,
-                    created_unix_ms: new.at_unix_ms,
-                    updated_unix_ms: new.at_unix_ms,
-                    message: None,
-                    output: None,
-                },
-                replayed: false,
-            },
-        }
-    }
-}
-
-/// Inserts one submitted job, its labels, its first event (`queued`, numbered 1 by the job
-/// insert itself) and its idempotency key, inside an open transaction that the caller commits.
-/// The refusals (a repeated id, an idempotency key reused for a different request) are
-/// decided before anything is written.
-pub(crate) async fn insert_job(
-    tx: &mut Transaction<'static, Sqlite>,
-    new: &NewJob,
-) -> Result<Inserted, StoreError> {
-    if let Some(idem) = &new.idempotency {
-        let earlier = sqlx::query(
-            "SELECT request_sha256, job_id FROM idempotency_keys WHERE actor = $1 AND key = $2",
-        )
-        .bind(&new.submitted_by)
-        .bind(&idem.key)
-        .fetch_optional(&mut **tx)
-        .await
-        .during("checking an idempotency key")?;
-        if let Some(row) = earlier {
-            let digest: String = get(&row, "request_sha256")?;
-            if digest != idem.request_sha256 {
-                return Err(StoreError::IdempotencyConflict);
-            }
-            let job_id: String = get(&row, "job_id")?;
-            let job = load_job(&mut **tx, &job_id)
-                .await?
-                .ok_or(StoreError::Corrupt { what: "idempotency key's job" })?;
-            return Ok(Inserted::Replayed(Box::new(job)));
-        }
-    }
-    let spec_json = to_json(&new.spec, "job spec")?;
-    let inserted = sqlx::query(
-        "INSERT INTO jobs (id, driver, action, state, submitted_by, spec, created_unix_ms, \
-         updated_unix_ms, last_event_seq) VALUES ($1, $2, $3, $4, $5, $6, $7, $7, 1) \
-         ON CONFLICT (id) DO NOTHING RETURNING seq",
-    )
-    .bind(new.id.as_str())
-    .bind(new.spec.driver.as_str())
-    .bind(new.spec.action.as_str())
-    .bind(phase_str(JobPhase::Queued))
-    .bind(&new.submitted_by)
-    .bind(&spec_json)
-    .bind(to_i64(new.at_unix_ms))
-    .fetch_optional(&mut **tx)
-    .await
-    .during("inserting a job")?;
-    let Some(row) = inserted else {
-        return Err(StoreError::DuplicateJob(new.id.clone()));
-    };
-    let job_seq: i64 = get(&row, "seq")?;
-    for (key, value) in &new.spec.labels {
-        sqlx::query("INSERT INTO job_labels (job_seq, key, value) VALUES ($1, $2, $3)")
-            .bind(job_seq)
-            .bind(key)
-            .bind(value)
-            .execute(&mut **tx)
-            .await
-            .during("inserting job labels")?;
-    }
-    let queued = JobEventKind::JobState(JobState {
-        job_id: new.id.clone(),
-        state: JobPhase::Queued,
-        message: None,
-    });
-    sqlx::query(
-        "INSERT INTO job_events (job_seq, seq, at_unix_ms, kind, body) VALUES ($1, 1, $2, $3, $4)",
-    )
-    .bind(job_seq)
-    .bind(to_i64(new.at_unix_ms))
-    .bind(queued.name())
-    .bind(to_json(&queued, "job event")?)
-    .execute(&mut **tx)
-    .await
-    .during("appending a job event")?;
-    if let Some(idem) = &new.idempotency {
-        sqlx::query(
-            "INSERT INTO idempotency_keys (actor, key, request_sha256, job_id, \
-             created_unix_ms) VALUES ($1, $2, $3, $4, $5)",
-        )
-        .bind(&new.submitted_by)
-        .bind(&idem.key)
-        .bind(&idem.request_sha256)
-        .bind(new.id.as_str())
-        .bind(to_i64(new.at_unix_ms))
-        .execute(&mut **tx)
-        .await
-        .during("recording an idempotency key")?;
-    }
-    Ok(Inserted::New)
-}
-
-/// Inserts one audit event inside `tx`; returns its position in the log.
-async fn insert_audit(
-    tx: &mut Transaction<'static, Sqlite>,
-    event: &AuditEvent,
-) -> Result<i64, StoreError> {
-    let line = to_json(event, "audit event")?;
-    sqlx::query_scalar(
-        "INSERT INTO audit_events (timestamp, request_id, actor, action, resource, result, line) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
-    )
-    .bind(&event.timestamp)
-    .bind(event.request_id.as_deref())
-    .bind(&event.actor)
-    .bind(&event.action)
-    .bind(&event.resource)
-    .bind(&event.result)
-    .bind(line)
-    .fetch_one(&mut **tx)
-    .await
-    .during("appending an audit event")
-}
-
-// ---------------------------------------------------------------------------------------------
 
 impl Store for SqliteStore {
     async fn submit_job(&self, new: NewJob) -> Result<Submitted, StoreError> {
         // Concurrent submissions share one transaction and one fsync (crate::group_commit).
-        self.track(self.submissions.submit(&self.writer, new)).await
+        self.track(self.submissions.submit(&self.writer, new, self.replica.clone())).await
     }
 
     async fn get_job(&self, id: &JobId) -> Result<Option<Job>, StoreError> {
@@ -732,9 +264,13 @@ impl Store for SqliteStore {
     ) -> Result<JobEvent, StoreError> {
         self.track(async {
             let mut tx = self.begin("appending a job event").await?;
-            let (job_seq, state) = job_seq_and_state(&mut tx, id)
+            let (job_seq, state, owner) = job_seq_state_owner(&mut tx, id)
                 .await?
                 .ok_or_else(|| StoreError::JobNotFound(id.clone()))?;
+            // The fence: only the job's owner writes to it (crate::owners).
+            if owner.as_deref() != self.replica.as_deref() {
+                return Err(StoreError::JobTakenOver(id.clone()));
+            }
             if state.is_terminal() {
                 return Err(StoreError::JobFinished { job_id: id.clone(), state });
             }
@@ -837,9 +373,9 @@ impl Store for SqliteStore {
             sqlx::query(
                 "INSERT INTO leases (lease_id, job_id, actor, label, phase, reserved_micros, day, \
                  granted_unix_ms, deadline_unix_ms, pending_offer, gpu_model, gpu_count, expected_usd, \
-                 p95_usd, worst_usd, confidence, bandwidth_micros, settled_micros, status_message) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
-                 NULL, $18)",
+                 p95_usd, worst_usd, confidence, bandwidth_micros, settled_micros, status_message, \
+                 owner_replica) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, \
+                 $15, $16, $17, NULL, $18, $19)",
             )
             .bind(lease.lease_id.as_str())
             .bind(lease.job_id.as_str())
@@ -859,6 +395,7 @@ impl Store for SqliteStore {
             .bind(lease.estimate.confidence)
             .bind(usd_to_micros(lease.bandwidth_usd))
             .bind(lease.status_message.as_deref())
+            .bind(lease.owner_replica.as_deref())
             .execute(&mut *tx)
             .await
             .during("inserting a lease")?;
@@ -873,16 +410,21 @@ impl Store for SqliteStore {
     async fn update_lease(&self, lease: &LeaseRecord) -> Result<(), StoreError> {
         self.track(async {
             let mut tx = self.begin("updating a lease").await?;
-            let settled: Option<Option<i64>> =
-                sqlx::query_scalar("SELECT settled_micros FROM leases WHERE lease_id = $1")
-                    .bind(lease.lease_id.as_str())
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .during("updating a lease")?;
-            match settled {
+            let row: Option<(Option<i64>, Option<String>)> = sqlx::query_as(
+                "SELECT settled_micros, owner_replica FROM leases WHERE lease_id = $1",
+            )
+            .bind(lease.lease_id.as_str())
+            .fetch_optional(&mut *tx)
+            .await
+            .during("updating a lease")?;
+            match row {
                 None => return Err(StoreError::LeaseNotFound(lease.lease_id.clone())),
-                Some(Some(_)) => return Err(StoreError::LeaseClosed(lease.lease_id.clone())),
-                Some(None) => {}
+                Some((Some(_), _)) => return Err(StoreError::LeaseClosed(lease.lease_id.clone())),
+                // Fencing: a replica that lost the lease to a takeover writes nothing more.
+                Some((None, owner)) if owner != lease.owner_replica => {
+                    return Err(StoreError::LeaseTakenOver(lease.lease_id.clone()));
+                }
+                Some((None, _)) => {}
             }
             sqlx::query(
                 "UPDATE leases SET phase = $2, deadline_unix_ms = $3, pending_offer = $4, \
@@ -989,48 +531,19 @@ impl Store for SqliteStore {
     async fn ledger_report(&self) -> Result<LedgerReport, StoreError> {
         // One read transaction, so the leases and the ledger are the same snapshot.
         let mut tx = self.reader.begin().await.during("checking the ledger")?;
-        let rows = sqlx::query(
-            "SELECT l.lease_id, l.reserved_micros, l.settled_micros, \
-               COALESCE((SELECT SUM(amount_micros) FROM ledger g WHERE g.lease_id = l.lease_id), 0) AS total, \
-               (SELECT COUNT(*) FROM ledger g WHERE g.lease_id = l.lease_id AND g.kind = 'reserve') AS reserves, \
-               (SELECT COUNT(*) FROM ledger g WHERE g.lease_id = l.lease_id AND g.kind = 'release') AS releases, \
-               (SELECT COUNT(*) FROM ledger g WHERE g.lease_id = l.lease_id AND g.kind = 'charge') AS charges \
-             FROM leases l ORDER BY l.lease_id",
-        )
-        .fetch_all(&mut *tx)
-        .await
-        .during("checking the ledger")?;
+        let rows = sqlx::query(crate::codec::LEASE_LEDGER_QUERY)
+            .fetch_all(&mut *tx)
+            .await
+            .during("checking the ledger")?;
         let ledger_micros: i64 =
             sqlx::query_scalar("SELECT COALESCE(SUM(amount_micros), 0) FROM ledger")
                 .fetch_one(&mut *tx)
                 .await
                 .during("checking the ledger")?;
         tx.commit().await.during("checking the ledger")?;
-        let mut report = LedgerReport { ledger_micros, ..LedgerReport::default() };
-        for row in &rows {
-            let reserved: i64 = get(row, "reserved_micros")?;
-            let settled: Option<i64> = get(row, "settled_micros")?;
-            let total: i64 = get(row, "total")?;
-            let counts: (i64, i64, i64) =
-                (get(row, "reserves")?, get(row, "releases")?, get(row, "charges")?);
-            report.leases += 1;
-            let committed = settled.unwrap_or(reserved);
-            report.committed_micros += committed;
-            let shape_ok = match settled {
-                None => {
-                    report.open += 1;
-                    counts == (1, 0, 0)
-                }
-                Some(_) => counts == (1, 1, 1),
-            };
-            if total != committed || !shape_ok {
-                let id: String = get(row, "lease_id")?;
-                report
-                    .unbalanced
-                    .push(LeaseId::new(id).map_err(|_| StoreError::Corrupt { what: "lease id" })?);
-            }
-        }
-        Ok(report)
+        let leases =
+            rows.iter().map(crate::codec::lease_ledger_from_row).collect::<Result<Vec<_>, _>>()?;
+        crate::codec::ledger_report(leases, ledger_micros)
     }
 
     async fn append_audit(&self, event: &AuditEvent) -> Result<i64, StoreError> {

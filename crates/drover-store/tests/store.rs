@@ -5,36 +5,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[macro_use]
 mod common;
 
 use common::*;
 use drover_proto::api::{AuditEvent, JobEventKind};
 use drover_proto::{JobPhase, JobProgress, JobResult, JobState, LeasePhase, Outcome};
-use drover_store::{Idempotency, JobFilter, ReserveLimits, SqliteStore, Store, StoreError};
-
-/// One `#[tokio::test]` per case and backend: `sqlite::<case>` and `postgres::<case>`.
-macro_rules! on_both {
-    ($($case:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test]
-                async fn $case() {
-                    let dir = tempfile::tempdir().unwrap();
-                    let store = super::SqliteStore::open_in(&dir.path().join("data")).await.unwrap();
-                    super::$case(store).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test]
-                async fn $case() {
-                    super::$case(super::common::postgres::store().await).await;
-                }
-            )*
-        }
-    };
-}
+use drover_store::{Idempotency, JobFilter, ReserveLimits, Store, StoreError};
 
 on_both!(
     duplicate_job_ids_are_refused,

@@ -1,8 +1,9 @@
 //! SIGKILL in the middle of a job, then a restart. The provider is `drover fake-vast` in a
 //! process of its own, selected as the real Vast.ai provider would be (`provider.kind =
 //! "vastai"` and `VASTAI_API_KEY`), so the instance outlives the killed supervisor exactly as
-//! a real one would. After the restart: the start-up reaper has destroyed the orphaned
-//! instance and settled its lease, the interrupted job is `failed` with the reason, a new job
+//! a real one would. After the restart: once the killed replica's heartbeat has expired
+//! (`supervisor.replica_expiry_s`, 2 s here), the reaper has destroyed the orphaned instance
+//! and settled its lease, the interrupted job is `failed` with the reason, a new job
 //! runs, and at the end the provider's ledger shows nothing billing and every lease is settled
 //! in a balanced ledger.
 
@@ -70,6 +71,15 @@ async fn ledger(fake: &FakeVast) -> (usize, f64) {
     (live, total)
 }
 
+/// `drover serve` with the Vast.ai key and a 2-second replica expiry, so that the killed
+/// run's leases are taken over soon after the restart.
+fn start_serve(config: &std::path::Path) -> Serve {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_drover"));
+    command.args(["serve", "--listen", "127.0.0.1:0", "--config"]).arg(config);
+    command.env("VASTAI_API_KEY", KEY).env("DROVER_SUPERVISOR__REPLICA_EXPIRY_S", "2");
+    start_command(command)
+}
+
 #[test]
 fn a_killed_supervisor_leaves_no_orphan_after_restart() {
     let fake = fake_vast();
@@ -79,7 +89,7 @@ fn a_killed_supervisor_leaves_no_orphan_after_restart() {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
 
     // First run: a job rents an instance, then the supervisor is killed with SIGKILL.
-    let mut serve = start_with(&config, Some(KEY));
+    let mut serve = start_serve(&config);
     let interrupted = runtime.block_on(async {
         let client = ApiClient::new(&serve.url, Token::new(token.expose()).unwrap()).unwrap();
         wait_ready_with(&client, "vast.ai").await;
@@ -97,7 +107,7 @@ fn a_killed_supervisor_leaves_no_orphan_after_restart() {
     assert_eq!(live, 1, "the killed supervisor left its instance billing");
 
     // Second run: reconciled before anything else.
-    let mut serve = start_with(&config, Some(KEY));
+    let mut serve = start_serve(&config);
     runtime.block_on(async {
         let client = ApiClient::new(&serve.url, Token::new(token.expose()).unwrap()).unwrap();
         wait_ready_with(&client, "vast.ai").await;

@@ -30,6 +30,8 @@ const ALLOWED: &[(&str, &str)] = &[
     ("drover", "drover-store"),
     ("drover", "drover-supervisor"),
     ("drover", "drover-transport"),
+    // Dev only: the fleet test runs replicas on a real PostgreSQL server.
+    ("drover", "drover-testkit"),
     ("drover-api", "drover-proto"),
     // To go (issue 19): only for the schema checker and strict JSON parser, which move where
     // transport and API can both use them without depending on each other.
@@ -50,6 +52,8 @@ const ALLOWED: &[(&str, &str)] = &[
     ("drover-service", "drover-store"),
     ("drover-service", "drover-supervisor"),
     ("drover-store", "drover-proto"),
+    // Dev only: the store suite runs against a real PostgreSQL server the testkit starts.
+    ("drover-store", "drover-testkit"),
     ("drover-supervisor", "drover-proto"),
     ("drover-supervisor", "drover-sandbox"),
     ("drover-supervisor", "drover-transport"),
@@ -74,6 +78,7 @@ const FORBIDDEN_IN_CLOSURE: &[(&str, &[&str], &str)] = &[
         "the sandbox knows nothing of an async runtime (the child between clone and exec allocates nothing)",
     ),
     ("drover-proto", &["tokio"], "the wire vocabulary does no I/O"),
+    ("drover", &["drover-testkit"], "test support never ships in the binary"),
 ];
 
 struct Graph {

@@ -62,6 +62,8 @@ pub(crate) fn config() -> ProvisionerConfig {
         reap_interval_s: 1.0e6,
         destroy_confirm_interval_s: 1.0,
         failover_price_slack: 10.0,
+        // Real seconds: a dropped (killed) provisioner's leases are taken over this soon.
+        replica_expiry_s: 0.3,
         ..ProvisionerConfig::new("test")
     }
 }

@@ -9,7 +9,7 @@
 //! | Step | Lock |
 //! |---|---|
 //! | idempotency check, then insert | `pg_advisory_xact_lock` on the actor's key |
-//! | a job's state check, then its event | `SELECT ... FOR UPDATE` on the job row |
+//! | a job's state and owner check, then its event | `SELECT ... FOR UPDATE` on the job row |
 //! | a lease's state check, then its update or settlement | `SELECT ... FOR UPDATE` on the lease row |
 //! | the caps, then a reservation | `pg_advisory_xact_lock` on [`BUDGET_LOCK`], so reservations of every replica are serialized and the sums they check cannot move under them |
 //!
@@ -29,6 +29,9 @@
 //! replica writes can miss a row committed late with a lower position. Within one replica the
 //! order holds.
 
+mod fleet;
+mod leases;
+mod owners;
 mod store;
 
 use std::borrow::Cow;
@@ -73,6 +76,12 @@ fn migrator() -> Migrator {
                 "write probe",
                 include_str!("../../migrations/postgres/0002_write_probe.sql"),
             ),
+            migration(3, "fleet", include_str!("../../migrations/postgres/0003_fleet.sql")),
+            migration(
+                4,
+                "job owners",
+                include_str!("../../migrations/postgres/0004_job_owners.sql"),
+            ),
         ]),
         ignore_missing: false,
         locking: true,
@@ -86,6 +95,9 @@ pub struct PgStore {
     pool: PgPool,
     /// Whether the last write failed in the database (not a refusal).
     write_failed: Arc<AtomicBool>,
+    /// The replica this handle speaks for ([`crate::JobOwners`]): the owner of the jobs it
+    /// accepts, and the only owner it writes events for.
+    replica: Option<Arc<str>>,
 }
 
 impl PgStore {
@@ -115,7 +127,7 @@ impl PgStore {
             .run(&pool)
             .await
             .map_err(|e| StoreError::Open { location: location.clone(), source: Box::new(e) })?;
-        Ok(Self { pool, write_failed: Arc::new(AtomicBool::new(false)) })
+        Ok(Self { pool, write_failed: Arc::new(AtomicBool::new(false)), replica: None })
     }
 
     /// Closes the pool, waiting for connections in use to be returned.

@@ -8,17 +8,20 @@ use drover_proto::{JobId, JobPhase, JobState, LeaseId, LeasePhase};
 use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, Postgres, QueryBuilder, Transaction};
 
+use super::leases::{
+    SumKey, append_ledger, ledger_sum, load_contracts, load_lease, write_contracts,
+};
 use super::{BUDGET_LOCK, PgStore};
 use crate::Store;
 use crate::codec::{
-    CONTRACT_COLUMNS, Columns, JOB_COLUMNS, LEASE_COLUMNS, LEASE_LEDGER_QUERY, contract_from_row,
-    event_from_row, from_json, job_from_row, lease_from_row, lease_ledger_from_row,
-    lease_phase_str, ledger_report, parse_phase, phase_str, to_i64, to_json, transition_allowed,
+    Columns, JOB_COLUMNS, LEASE_COLUMNS, LEASE_LEDGER_QUERY, event_from_row, from_json,
+    job_from_row, lease_from_row, lease_ledger_from_row, lease_phase_str, ledger_report,
+    parse_phase, phase_str, to_i64, to_json, transition_allowed,
 };
 use crate::error::{Context, StoreError};
 use crate::model::*;
 
-type Tx = Transaction<'static, Postgres>;
+pub(super) type Tx = Transaction<'static, Postgres>;
 
 async fn load_job(conn: &mut PgConnection, id: &str) -> Result<Option<Job>, StoreError> {
     let row = sqlx::query(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1"))
@@ -29,112 +32,13 @@ async fn load_job(conn: &mut PgConnection, id: &str) -> Result<Option<Job>, Stor
     row.as_ref().map(job_from_row).transpose()
 }
 
-async fn load_lease(
-    conn: &mut PgConnection,
-    id: &str,
-    lock: bool,
-) -> Result<Option<LeaseRecord>, StoreError> {
-    let suffix = if lock { " FOR UPDATE" } else { "" };
-    let row =
-        sqlx::query(&format!("SELECT {LEASE_COLUMNS} FROM leases WHERE lease_id = $1{suffix}"))
-            .bind(id)
-            .fetch_optional(&mut *conn)
-            .await
-            .during("reading a lease")?;
-    let Some(row) = row else { return Ok(None) };
-    let mut lease = lease_from_row(&row)?;
-    lease.contracts = load_contracts(conn, id).await?;
-    Ok(Some(lease))
-}
-
-async fn load_contracts(
-    conn: &mut PgConnection,
-    lease_id: &str,
-) -> Result<Vec<ContractRecord>, StoreError> {
-    let rows = sqlx::query(&format!(
-        "SELECT {CONTRACT_COLUMNS} FROM lease_contracts WHERE lease_id = $1 ORDER BY position"
-    ))
-    .bind(lease_id)
-    .fetch_all(conn)
-    .await
-    .during("reading lease contracts")?;
-    rows.iter().map(contract_from_row).collect()
-}
-
-async fn write_contracts(tx: &mut Tx, lease: &LeaseRecord) -> Result<(), StoreError> {
-    sqlx::query("DELETE FROM lease_contracts WHERE lease_id = $1")
-        .bind(lease.lease_id.as_str())
-        .execute(&mut **tx)
-        .await
-        .during("replacing lease contracts")?;
-    if lease.contracts.is_empty() {
-        return Ok(());
-    }
-    let mut insert = QueryBuilder::<Postgres>::new(
-        "INSERT INTO lease_contracts (lease_id, position, contract_id, offer_id, usd_per_hour, \
-         created_unix_ms, gone_unix_ms) ",
-    );
-    insert.push_values(lease.contracts.iter().enumerate(), |mut row, (position, c)| {
-        row.push_bind(lease.lease_id.as_str())
-            .push_bind(i64::try_from(position).unwrap_or(i64::MAX))
-            .push_bind(to_i64(c.contract_id))
-            .push_bind(to_i64(c.offer_id))
-            .push_bind(c.usd_per_hour)
-            .push_bind(to_i64(c.created_unix_ms))
-            .push_bind(c.gone_unix_ms.map(to_i64));
-    });
-    insert.build().execute(&mut **tx).await.during("recording lease contracts")?;
-    Ok(())
-}
-
-/// The ledger's sum over `column = value`, as a 64-bit integer.
-async fn ledger_sum(
-    conn: &mut PgConnection,
-    column: &'static str,
-    value: SumKey<'_>,
-) -> Result<i64, StoreError> {
-    let sql = format!(
-        "SELECT CAST(COALESCE(SUM(amount_micros), 0) AS BIGINT) FROM ledger WHERE {column} = $1"
-    );
-    let query = sqlx::query_scalar::<_, i64>(&sql);
-    let query = match value {
-        SumKey::Text(text) => query.bind(text.to_owned()),
-        SumKey::Int(int) => query.bind(int),
-    };
-    query.fetch_one(conn).await.during("summing the ledger")
-}
-
-enum SumKey<'a> {
-    Text(&'a str),
-    Int(i64),
-}
-
-async fn append_ledger(
-    tx: &mut Tx,
-    lease: &LeaseRecord,
-    kind: LedgerKind,
-    amount_micros: i64,
-    at_unix_ms: u64,
-) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO ledger (lease_id, job_id, day, kind, amount_micros, at_unix_ms) \
-         VALUES ($1, $2, $3, $4, $5, $6)",
-    )
-    .bind(lease.lease_id.as_str())
-    .bind(lease.job_id.as_str())
-    .bind(to_i64(lease.day))
-    .bind(kind.as_str())
-    .bind(amount_micros)
-    .bind(to_i64(at_unix_ms))
-    .execute(&mut **tx)
-    .await
-    .during("appending to the ledger")?;
-    Ok(())
-}
-
 /// Inserts a job, its labels, its first event and its idempotency key in `tx`; `Ok(Some(job))`
 /// when the key replays an earlier submission of the same request.
-async fn insert_job(tx: &mut Tx, new: &NewJob) -> Result<Option<Job>, StoreError> {
+async fn insert_job(
+    tx: &mut Tx,
+    new: &NewJob,
+    owner: Option<&str>,
+) -> Result<Option<Job>, StoreError> {
     if let Some(idem) = &new.idempotency {
         // Two replicas handling the same key at once: the second waits here, then replays.
         sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1), hashtext($2))")
@@ -163,8 +67,8 @@ async fn insert_job(tx: &mut Tx, new: &NewJob) -> Result<Option<Job>, StoreError
     }
     let inserted: Option<i64> = sqlx::query_scalar(
         "INSERT INTO jobs (id, driver, action, state, submitted_by, spec, created_unix_ms, \
-         updated_unix_ms, last_event_seq) VALUES ($1, $2, $3, $4, $5, $6, $7, $7, 1) \
-         ON CONFLICT (id) DO NOTHING RETURNING seq",
+         updated_unix_ms, last_event_seq, owner_replica) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $7, 1, $8) ON CONFLICT (id) DO NOTHING RETURNING seq",
     )
     .bind(new.id.as_str())
     .bind(new.spec.driver.as_str())
@@ -173,6 +77,7 @@ async fn insert_job(tx: &mut Tx, new: &NewJob) -> Result<Option<Job>, StoreError
     .bind(&new.submitted_by)
     .bind(to_json(&new.spec, "job spec")?)
     .bind(to_i64(new.at_unix_ms))
+    .bind(owner)
     .fetch_optional(&mut **tx)
     .await
     .during("inserting a job")?;
@@ -244,7 +149,7 @@ impl Store for PgStore {
     async fn submit_job(&self, new: NewJob) -> Result<Submitted, StoreError> {
         self.track(async {
             let mut tx = self.begin("accepting a job").await?;
-            let replayed = insert_job(&mut tx, &new).await?;
+            let replayed = insert_job(&mut tx, &new, self.replica.as_deref()).await?;
             tx.commit().await.during("committing a job")?;
             Ok(match replayed {
                 Some(job) => Submitted { job, replayed: true },
@@ -330,7 +235,7 @@ impl Store for PgStore {
     ) -> Result<JobEvent, StoreError> {
         self.track(async {
             let mut tx = self.begin("appending a job event").await?;
-            let row = sqlx::query("SELECT seq, state FROM jobs WHERE id = $1 FOR UPDATE")
+            let row = sqlx::query("SELECT seq, state, owner_replica FROM jobs WHERE id = $1 FOR UPDATE")
                 .bind(id.as_str())
                 .fetch_optional(&mut *tx)
                 .await
@@ -338,6 +243,10 @@ impl Store for PgStore {
                 .ok_or_else(|| StoreError::JobNotFound(id.clone()))?;
             let job_seq = row.int("seq")?;
             let state = parse_phase(&row.text("state")?)?;
+            // The fence: only the job's owner writes to it (crate::owners).
+            if row.opt_text("owner_replica")?.as_deref() != self.replica.as_deref() {
+                return Err(StoreError::JobTakenOver(id.clone()));
+            }
             if state.is_terminal() {
                 return Err(StoreError::JobFinished { job_id: id.clone(), state });
             }
@@ -463,8 +372,8 @@ impl Store for PgStore {
                 "INSERT INTO leases (lease_id, job_id, actor, label, phase, reserved_micros, day, \
                  granted_unix_ms, deadline_unix_ms, pending_offer, gpu_model, gpu_count, \
                  expected_usd, p95_usd, worst_usd, confidence, bandwidth_micros, settled_micros, \
-                 status_message) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, \
-                 $14, $15, $16, $17, NULL, $18)",
+                 status_message, owner_replica) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, \
+                 $11, $12, $13, $14, $15, $16, $17, NULL, $18, $19)",
             )
             .bind(lease.lease_id.as_str())
             .bind(lease.job_id.as_str())
@@ -484,6 +393,7 @@ impl Store for PgStore {
             .bind(lease.estimate.confidence)
             .bind(usd_to_micros(lease.bandwidth_usd))
             .bind(lease.status_message.as_deref())
+            .bind(lease.owner_replica.as_deref())
             .execute(&mut *tx)
             .await
             .during("inserting a lease")?;
@@ -498,17 +408,21 @@ impl Store for PgStore {
     async fn update_lease(&self, lease: &LeaseRecord) -> Result<(), StoreError> {
         self.track(async {
             let mut tx = self.begin("updating a lease").await?;
-            let settled: Option<Option<i64>> = sqlx::query_scalar(
-                "SELECT settled_micros FROM leases WHERE lease_id = $1 FOR UPDATE",
+            let row: Option<(Option<i64>, Option<String>)> = sqlx::query_as(
+                "SELECT settled_micros, owner_replica FROM leases WHERE lease_id = $1 FOR UPDATE",
             )
             .bind(lease.lease_id.as_str())
             .fetch_optional(&mut *tx)
             .await
             .during("updating a lease")?;
-            match settled {
+            match row {
                 None => return Err(StoreError::LeaseNotFound(lease.lease_id.clone())),
-                Some(Some(_)) => return Err(StoreError::LeaseClosed(lease.lease_id.clone())),
-                Some(None) => {}
+                Some((Some(_), _)) => return Err(StoreError::LeaseClosed(lease.lease_id.clone())),
+                // Fencing: a replica that lost the lease to a takeover writes nothing more.
+                Some((None, owner)) if owner != lease.owner_replica => {
+                    return Err(StoreError::LeaseTakenOver(lease.lease_id.clone()));
+                }
+                Some((None, _)) => {}
             }
             sqlx::query(
                 "UPDATE leases SET phase = $2, deadline_unix_ms = $3, pending_offer = $4, \

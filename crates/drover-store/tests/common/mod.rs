@@ -4,6 +4,33 @@
 
 pub mod postgres;
 
+/// One `#[tokio::test]` per case and backend, `sqlite::<case>` and `postgres::<case>`: each
+/// case is an `async fn(impl Store)` in the including file.
+#[macro_export]
+macro_rules! on_both {
+    ($($case:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    let dir = tempfile::tempdir().unwrap();
+                    let store =
+                        drover_store::SqliteStore::open_in(&dir.path().join("data")).await.unwrap();
+                    super::$case(store).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    super::$case($crate::common::postgres::store().await).await;
+                }
+            )*
+        }
+    };
+}
+
 use drover_proto::api::JobSpec;
 use drover_proto::{CostEstimate, JobId, LeaseId, LeasePhase};
 use drover_store::{ContractRecord, LeaseRecord, NewJob};
@@ -59,6 +86,7 @@ pub fn lease(id: &str, job: &str, reserved_usd: f64) -> LeaseRecord {
         bandwidth_usd: 0.01,
         settled_usd: None,
         status_message: None,
+        owner_replica: Some("replica-a".to_owned()),
     }
 }
 

@@ -21,9 +21,13 @@
 //! 4. The provider: the real Vast.ai when the configuration says `provider.kind = "vastai"`,
 //!    which then needs `VASTAI_API_KEY` (without it, the start is refused); otherwise the
 //!    embedded simulator (on a loopback port, its clock 10x faster than real time), announced
-//!    loudly in the log and in `/readyz`. The provisioner's start-up reaper reconciles the
-//!    account before anything is rented: instances a killed predecessor left are destroyed
-//!    and its leases settled.
+//!    loudly in the log and in `/readyz`. The deployment id is `supervisor.deployment`, or
+//!    the one generated at the first start and kept in the store; this process draws a
+//!    replica id and heartbeats into the store (`drover_provision::fleet`). The provisioner's
+//!    start-up reaper reconciles the account before anything is rented: instances of this
+//!    deployment that no live replica owns are destroyed and their leases settled (a killed
+//!    predecessor's once its heartbeat is `supervisor.replica_expiry_s` old, default 30 s);
+//!    other deployments' instances are never touched.
 //! 5. The supervisor with its drivers, each in its sandbox, renting only through the
 //!    provisioner. Each driver may read what its profile grants plus what `drover
 //!    driver-check` grants: its program, and the directory of every argument naming a file.
@@ -38,8 +42,9 @@
 //! (`supervisor.on_shutdown = "cancel"`, the default) or allowed to finish (`"drain"`) within
 //! `supervisor.shutdown_grace_s` (default 10 s), the rest cancelled after it, so event streams
 //! that follow them end; then the listener stops accepting and in-flight requests finish; the
-//! drivers get `shutdown` with their grace period, then the stop ladder; every lease still
-//! open is released (destroyed and confirmed gone, cost settled); then the process exits 0.
+//! drivers get `shutdown` with their grace period, then the stop ladder; every lease this
+//! replica still owns is released (destroyed and confirmed gone, cost settled) and the replica
+//! leaves the store; then the process exits 0.
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -53,12 +58,14 @@ use drover_api::{ApiState, Auditor};
 use drover_gpu::{DeviceSet, Gpu, Inventory, Roots};
 use drover_proto::config::{Config, DriverConfig, ProviderConfig};
 use drover_provision::sim::{SimConfig, Simulator};
-use drover_provision::{ApiKey, Clock, Provisioner, ProvisionerConfig, RetryPolicy, VastClient};
+use drover_provision::{
+    ApiKey, Clock, Provisioner, ProvisionerConfig, RetryPolicy, VastClient, fleet,
+};
 use drover_sandbox::{DropConfig, Dropped, LinuxSys, drop_privileges};
 use drover_service::{
     ProviderKind, ProvisionerBroker, Service, ServiceConfig, SimulatorLedger, SupervisorRunner,
 };
-use drover_store::{SqliteStore, Store};
+use drover_store::{AnyStore, Store};
 use drover_supervisor::{DriverSpec, Options, Supervisor};
 
 use crate::cmd::{serve_files, serve_limits};
@@ -66,8 +73,6 @@ use crate::profile;
 
 /// Simulated seconds per real second of the embedded simulator.
 pub const SIM_SPEED: f64 = 10.0;
-/// The deployment id in every instance label.
-pub const DEPLOYMENT: &str = "drover";
 
 /// Arguments of `drover serve`.
 #[derive(Debug, clap::Args)]
@@ -129,7 +134,9 @@ pub fn grant_gpus(
     Ok(set.gpus.iter().map(Gpu::held).collect())
 }
 
+mod logging;
 pub mod overrides;
+pub use logging::{LogFormat, init_logging_at, init_logging_from_env};
 
 /// Reads the configuration: the file at `path` (none: every default), then the `DROVER_*`
 /// environment overrides (see [`overrides`]), then the whole configuration schema, with the
@@ -321,7 +328,7 @@ pub struct Running {
     /// Where the API listens.
     pub addr: SocketAddr,
     /// The backend.
-    pub service: Arc<Service<VastClient, SqliteStore>>,
+    pub service: Arc<Service<VastClient, AnyStore>>,
     /// The supervisor.
     pub supervisor: Arc<Supervisor>,
     /// The embedded simulator, when it is the provider.
@@ -351,15 +358,12 @@ pub async fn start(
             "the drover binary is not reachable by the uid drover dropped to; drivers run from a copy, removed at exit"
         );
     }
-    let store = match &config.store.url {
-        Some(url) if url.starts_with("sqlite://") => {
-            SqliteStore::open(Path::new(url.trim_start_matches("sqlite://")))
-                .await
-                .context("opening the store")?
-        }
-        Some(_) => anyhow::bail!("store.url: only sqlite:// is supported by this build"),
-        None => SqliteStore::open_in(&prepared.data_dir).await.context("opening the store")?,
-    };
+    // SQLite in the data directory by default; `store.url` may name another SQLite file or a
+    // PostgreSQL database shared by several replicas (its password never reaches a log).
+    let store = AnyStore::from_config(&config.store, &prepared.data_dir)
+        .await
+        .context("opening the store")?;
+    tracing::info!(backend = store.backend(), "store open");
 
     let key = match ApiKey::from_env() {
         Ok(key) => Some(key),
@@ -404,10 +408,13 @@ pub async fn start(
             (client, clock, Some(Arc::new(simulator)), ProviderKind::Simulator)
         }
     };
+    let deployment =
+        fleet::resolve_deployment(&store, config.supervisor.deployment.as_deref()).await?;
     let provisioner_config = ProvisionerConfig {
         gate: config.gate.clone(),
+        replica_expiry_s: f64::from(config.supervisor.replica_expiry_s),
         metrics: provision_metrics.clone(),
-        ..ProvisionerConfig::new(DEPLOYMENT)
+        ..ProvisionerConfig::new(deployment)
     };
     let provisioner = Arc::new(
         Provisioner::start(client, store.clone(), provisioner_config, clock)
@@ -490,6 +497,8 @@ pub async fn start(
     if resumed + failed > 0 {
         tracing::warn!(resumed, failed, "jobs left by the previous run were taken over");
     }
+    // From now on, every second: jobs of replicas that died, cancels left by other replicas.
+    service.watch_fleet();
     let auditor =
         Auditor::start(service.clone(), config.api.audit_file.as_ref().map(PathBuf::from));
     let mut registry = drover_api::metrics::Registry::default();
@@ -544,9 +553,12 @@ impl Running {
         self.service.shutdown().await;
         self.supervisor.shutdown(Duration::from_secs(10)).await;
         let store = self.service.store();
+        let provisioner = self.service.provisioner();
         match store.open_leases().await {
             Ok(leases) => {
-                for lease in leases {
+                // Only this replica's: another supervisor sharing the store keeps its own.
+                let mine = Some(provisioner.replica_id());
+                for lease in leases.into_iter().filter(|l| l.owner_replica.as_deref() == mine) {
                     match self.service.provisioner().release(&lease.lease_id, "shutdown").await {
                         Ok(_) => tracing::info!(lease = %lease.lease_id, "released at shutdown"),
                         Err(error) => tracing::warn!(lease = %lease.lease_id, %error,
@@ -556,6 +568,7 @@ impl Running {
             }
             Err(error) => tracing::error!(%error, "listing open leases at shutdown"),
         }
+        provisioner.retire().await;
         tracing::info!("shutdown complete");
     }
 }
@@ -575,46 +588,6 @@ pub async fn shutdown_signal() {
         _ = term.recv() => {}
     }
     tracing::info!("shutdown signal received");
-}
-
-/// How log lines are written.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
-pub enum LogFormat {
-    /// One human-readable line per event. Default.
-    #[default]
-    Text,
-    /// One JSON object per line (`timestamp`, `level`, `fields`, `target`), for collectors.
-    Json,
-}
-
-/// Log lines on stderr, `level` and up, as text.
-pub fn init_logging_at(level: tracing_subscriber::filter::LevelFilter) {
-    let _ = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .with_max_level(level)
-        .try_init();
-}
-
-/// Log lines on stderr in `format`, filtered by `RUST_LOG` (the `tracing-subscriber`
-/// env-filter syntax: `warn`, `drover_api=debug,info`, ...); without it, INFO and up. A
-/// `RUST_LOG` that does not parse refuses the start.
-pub fn init_logging_from_env(format: LogFormat) -> anyhow::Result<()> {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::builder()
-        .with_default_directive(tracing_subscriber::filter::LevelFilter::INFO.into())
-        .from_env()
-        .context("RUST_LOG is not a valid log filter")?;
-    let builder = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .with_env_filter(filter);
-    // A subscriber already installed (a test harness) keeps its own; nothing to refuse.
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
-    };
-    Ok(())
 }
 
 /// Runs `drover serve`.
