@@ -81,7 +81,8 @@ pub struct SupervisorConfig {
     /// This deployment's id, in the label of every rented instance (`drover:<id>:<lease>`); a
     /// reaper touches only its own deployment's instances. Default: generated at the first
     /// start (`drover-` and 12 random hex digits) and kept in the store, so two installs never
-    /// share one; replicas that share a store share it.
+    /// share one; replicas that share a store share it. Two supervisors with different stores
+    /// must never be given the same id: each would destroy the other's instances.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 64), regex(pattern = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"))]
     pub deployment: Option<String>,
