@@ -87,6 +87,15 @@ pub trait Fleet: Send + Sync {
         replica_id: &str,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
+    /// Forgets the replicas of `deployment` whose heartbeat expired more than `expired_for_ms`
+    /// ago (killed processes never retire themselves); returns how many. A replica without a
+    /// row counts as dead, as an expired one does, so this changes no decision.
+    fn prune_replicas(
+        &self,
+        deployment: &str,
+        expired_for_ms: u64,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
     /// Takes `deployment`'s reaper lock for `replica_id` for `ttl_ms` (store clock), if no
     /// other replica holds it unexpired; true when this replica now holds it.
     fn try_reaper_lock(

@@ -57,6 +57,15 @@ async fn a_replica_is_live_until_its_heartbeat_expires_or_it_retires(store: impl
     assert_eq!(live(store.replicas("prod").await.unwrap()), ["a", "b"]);
     store.retire_replica("a").await.unwrap();
     assert_eq!(live(store.replicas("prod").await.unwrap()), ["b"]);
+    // Long-expired rows are forgotten; live ones and other deployments' are not.
+    store.heartbeat(&beat("d", 1)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(store.prune_replicas("prod", 10).await.unwrap(), 1);
+    assert_eq!(store.prune_replicas("prod", 10).await.unwrap(), 0);
+    let ids: Vec<_> =
+        store.replicas("prod").await.unwrap().into_iter().map(|r| r.replica_id).collect();
+    assert_eq!(ids, ["b"]);
+    assert_eq!(store.replicas("staging").await.unwrap().len(), 1);
 }
 
 async fn one_reaper_at_a_time_per_deployment(store: impl Store) {

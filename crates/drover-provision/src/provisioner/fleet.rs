@@ -24,7 +24,8 @@
 //!   per deployment reaps at a time (the store's reaper lock, held for a pass and extended by
 //!   heartbeats). After a replica is killed, its instances are therefore destroyed
 //!   `replica_expiry_s` later at most plus one reaper pass: a waiting reaper wakes when the
-//!   earliest such heartbeat expires, not only every `reap_interval_s`.
+//!   earliest such heartbeat expires, not only every `reap_interval_s`. A dead replica's row
+//!   is forgotten by the first reaper pass an hour after its heartbeat expired.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

@@ -11,6 +11,9 @@ use tracing::warn;
 use super::{Inner, LeaseError, Owner, ReapReport, live_contract, lock, parse_label};
 use crate::provider::Provider;
 
+/// How long after its heartbeat expired a replica's row is forgotten (by the next pass).
+pub(super) const PRUNE_AFTER_MS: u64 = 3_600_000;
+
 impl<P: Provider, S: Store> Inner<P, S> {
     /// One pass, if this replica gets the deployment's reaper lock (otherwise another replica
     /// is reaping: `skipped`).
@@ -39,6 +42,9 @@ impl<P: Provider, S: Store> Inner<P, S> {
             .into_iter()
             .filter(|r| parse_label(&r.label).is_some_and(|(d, _)| d == this.cfg.deployment))
             .collect();
+        if let Err(error) = this.store.prune_replicas(&this.cfg.deployment, PRUNE_AFTER_MS).await {
+            warn!(%error, "long-dead replicas not pruned");
+        }
         let replicas = this.store.replicas(&this.cfg.deployment).await?;
         // Replicas other than this one that are live: their leases are theirs.
         let others_live: Vec<_> =

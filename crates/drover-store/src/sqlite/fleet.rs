@@ -105,6 +105,27 @@ impl Fleet for SqliteStore {
         .await
     }
 
+    async fn prune_replicas(
+        &self,
+        deployment: &str,
+        expired_for_ms: u64,
+    ) -> Result<u64, StoreError> {
+        self.track(async {
+            let before = now_unix_ms().saturating_sub(expired_for_ms);
+            let mut tx = self.begin("pruning replicas").await?;
+            let done =
+                sqlx::query("DELETE FROM replicas WHERE deployment = $1 AND expires_unix_ms < $2")
+                    .bind(deployment)
+                    .bind(to_i64(before))
+                    .execute(&mut *tx)
+                    .await
+                    .during("pruning replicas")?;
+            tx.commit().await.during("pruning replicas")?;
+            Ok(done.rows_affected())
+        })
+        .await
+    }
+
     async fn try_reaper_lock(
         &self,
         deployment: &str,
