@@ -168,6 +168,13 @@ impl Fleet for AnyStore {
     async fn retire_replica(&self, replica_id: &str) -> Result<(), StoreError> {
         forward!(self, retire_replica(replica_id))
     }
+    async fn prune_replicas(
+        &self,
+        deployment: &str,
+        expired_for_ms: u64,
+    ) -> Result<u64, StoreError> {
+        forward!(self, prune_replicas(deployment, expired_for_ms))
+    }
     async fn try_reaper_lock(
         &self,
         deployment: &str,

@@ -110,6 +110,25 @@ impl Fleet for PgStore {
         .await
     }
 
+    async fn prune_replicas(
+        &self,
+        deployment: &str,
+        expired_for_ms: u64,
+    ) -> Result<u64, StoreError> {
+        self.track(async {
+            let done = sqlx::query(&format!(
+                "DELETE FROM replicas WHERE deployment = $1 AND expires_unix_ms < {NOW_MS} - $2"
+            ))
+            .bind(deployment)
+            .bind(to_i64(expired_for_ms))
+            .execute(&self.pool)
+            .await
+            .during("pruning replicas")?;
+            Ok(done.rows_affected())
+        })
+        .await
+    }
+
     async fn try_reaper_lock(
         &self,
         deployment: &str,
