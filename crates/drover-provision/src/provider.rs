@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 
 use crate::vast::{
-    CreateOutcome, CreateRequest, Destroyed, Instance, Offer, OfferQuery, PriceIncrease,
+    Billed, CreateOutcome, CreateRequest, Destroyed, Instance, Offer, OfferQuery, PriceIncrease,
     VastClient, VastError,
 };
 
@@ -58,12 +58,12 @@ pub trait Provider: Send + Sync + 'static {
         accept: bool,
     ) -> impl Future<Output = Result<(), VastError>> + Send;
     /// What each instance that billed between `from_s` and `to_s` (Unix seconds) was billed
-    /// so far, USD, by instance id. A failure is an error, never an empty bill.
+    /// so far, and up to when, by instance id. A failure is an error, never an empty bill.
     fn instance_charges(
         &self,
         from_s: f64,
         to_s: f64,
-    ) -> impl Future<Output = Result<BTreeMap<u64, f64>, VastError>> + Send;
+    ) -> impl Future<Output = Result<BTreeMap<u64, Billed>, VastError>> + Send;
 }
 
 impl Provider for VastClient {
@@ -121,7 +121,7 @@ impl Provider for VastClient {
         &self,
         from_s: f64,
         to_s: f64,
-    ) -> impl Future<Output = Result<BTreeMap<u64, f64>, VastError>> + Send {
+    ) -> impl Future<Output = Result<BTreeMap<u64, Billed>, VastError>> + Send {
         VastClient::instance_charges(self, from_s, to_s)
     }
 }

@@ -155,6 +155,9 @@ struct Inner<P, S> {
     owners: Mutex<HashMap<LeaseId, Owner>>,
     teardown_locks: Mutex<HashMap<LeaseId, Arc<tokio::sync::Mutex<()>>>>,
     decide: tokio::sync::Mutex<()>,
+    /// Offers an acquire of this replica is trying now: later decisions leave them out, so
+    /// concurrent rentals of one replica do not all race for the same cheapest offers.
+    trying: Mutex<std::collections::HashSet<u64>>,
     counter: AtomicU64,
 }
 
@@ -252,6 +255,7 @@ impl<P: Provider, S: Store> Provisioner<P, S> {
             owners: Mutex::new(HashMap::new()),
             teardown_locks: Mutex::new(HashMap::new()),
             decide: tokio::sync::Mutex::new(()),
+            trying: Mutex::new(std::collections::HashSet::new()),
             counter: AtomicU64::new(0),
         });
         // Live before anything is reaped or rented, so no other replica takes this one's
@@ -552,9 +556,16 @@ impl<P: Provider, S: Store> Inner<P, S> {
         }
     }
 
+    /// `l`, the time, a counter and 32 random bits, in hex: unique across the replicas of a
+    /// fleet too (two replicas minting ids in the same millisecond with the same counter value
+    /// collided in the store when the id was time and counter alone).
     fn new_lease_id(&self) -> LeaseId {
         let n = self.counter.fetch_add(1, Ordering::Relaxed) % 0x1_0000;
-        let id = format!("l{:x}{n:04x}", self.clock.now_ms());
+        let mut salt = [0u8; 4];
+        // Without the OS's randomness the counter still keeps this replica's ids apart.
+        let _ = getrandom::fill(&mut salt);
+        let salt = u32::from_be_bytes(salt);
+        let id = format!("l{:x}{n:04x}{salt:08x}", self.clock.now_ms());
         // Hex digits after a letter always fit the lease-id grammar and its 64-byte bound.
         LeaseId::new(id).unwrap_or_else(|_| unreachable!("hex lease ids are valid"))
     }

@@ -186,3 +186,55 @@ async fn an_instance_whose_price_would_pass_the_budget_while_loading_is_destroye
     assert!(err.to_wire().message.contains("budget"), "{:?}", err.to_wire());
     assert_no_leak_no_overspend_within(&rig, budget).await;
 }
+
+/// The `ledger.settle` audit event of the only lease.
+async fn settle_event(rig: &Rig) -> serde_json::Value {
+    let events: Vec<_> = audit_events(&rig.store)
+        .await
+        .into_iter()
+        .filter(|e| e.action == "ledger.settle")
+        .collect();
+    assert_eq!(events.len(), 1, "{events:?}");
+    serde_json::Value::Object(events[0].metadata.clone())
+}
+
+#[tokio::test]
+async fn a_released_lease_settles_at_its_whole_bill_not_above_it() {
+    // The accrued bound counts compute from the create call, but the provider bills compute
+    // only once the instance loads: settling at the higher of the two put a fleet's ledger a
+    // fifth above the account's bill. A whole bill is the measure.
+    let rig = rig("none").await;
+    let lease = rig.prov.acquire(&request("job-whole-bill"), &ctx()).await.unwrap();
+    wait_sim(&rig, 120.0).await;
+    rig.prov.release(&lease.lease_id, "driver:test").await.unwrap();
+    assert_no_leak_no_overspend(&rig).await;
+    let event = settle_event(&rig).await;
+    assert_eq!(event["basis"], "bill", "{event}");
+    let rec = leases(&rig.store).await.pop().unwrap();
+    let billed = billed_for(&rig, &rec);
+    let settled = rec.settled_usd.unwrap();
+    let accrued = event["accrued_usd"].as_f64().unwrap();
+    assert!(accrued > settled + 1e-6, "accrued {accrued} is not above settled {settled}");
+    let expected = billed + rec.bandwidth_usd;
+    assert!(
+        settled >= expected && settled <= expected + 1e-6,
+        "settled {settled}, billed {billed} + bandwidth {}",
+        rec.bandwidth_usd
+    );
+}
+
+#[tokio::test]
+async fn a_bill_that_lags_behind_the_destroy_settles_at_the_accrued_bound() {
+    // The provider's listing counts an hour late: what it says at settlement is not the whole
+    // bill, so the lease settles at the accrued upper bound, never below what is billed later.
+    let rig = rig("bill_lag=3600").await;
+    let lease = rig.prov.acquire(&request("job-late-bill"), &ctx()).await.unwrap();
+    wait_sim(&rig, 120.0).await;
+    rig.prov.release(&lease.lease_id, "driver:test").await.unwrap();
+    let event = settle_event(&rig).await;
+    assert_eq!(event["basis"], "accrued", "{event}");
+    let rec = leases(&rig.store).await.pop().unwrap();
+    assert_eq!(rec.settled_usd.unwrap(), event["settled_usd"].as_f64().unwrap());
+    assert!(event["billed_usd"].as_f64().unwrap() < billed_for(&rig, &rec), "{event}");
+    assert_no_leak_no_overspend(&rig).await;
+}

@@ -25,7 +25,8 @@
 //!   `drover-service`) and the check of a lease request against its job's ([`broker::authorize`]).
 //! - [`status`]: [`DriverStatus`] and [`DeathReport`].
 //! - [`output`]: stdout and stderr capture.
-//! - [`metrics`]: drivers, restarts, exits and sandbox deaths for `/metrics`.
+//! - `metrics` (private): drivers, restarts, exits and sandbox deaths for `/metrics`
+//!   ([`Supervisor::register_metrics`]).
 //!
 //! # Defaults
 //!

@@ -34,8 +34,8 @@ use crate::status::DriverStatus;
 use crate::supervisor::Supervisor;
 
 impl Supervisor {
-    /// Adds the supervisor's metrics (see [`crate::metrics`]) to the registry `/metrics`
-    /// serves. The registry holds the supervisor only weakly.
+    /// Adds the supervisor's metrics (drivers, restarts, exits, sandbox deaths) to the
+    /// registry `/metrics` serves. The registry holds the supervisor only weakly.
     pub fn register_metrics(&self, registry: &mut Registry) {
         let deaths = &self.inner.deaths;
         registry.register(

@@ -116,9 +116,20 @@ fn a_killed_supervisor_leaves_no_orphan_after_restart() {
             assert!(Instant::now() < deadline, "the orphaned instance was never destroyed");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let before = client.job(&interrupted).await.unwrap().body;
+        // The killed run's job is failed once its replica's heartbeat expires (2 s here),
+        // saying why.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let before = loop {
+            let job = client.job(&interrupted).await.unwrap().body;
+            if job.state.is_terminal() {
+                break job;
+            }
+            assert!(Instant::now() < deadline, "the interrupted job never ended: {job:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
         assert_eq!(before.state, JobPhase::Failed);
-        assert!(before.message.as_deref().unwrap_or("").contains("restarted"), "{before:?}");
+        let message = before.message.as_deref().unwrap_or("");
+        assert!(message.contains("stopped while the job was"), "{before:?}");
 
         // The restarted supervisor runs jobs.
         let id = client.submit(job(5.0), None).await.unwrap().body.id;

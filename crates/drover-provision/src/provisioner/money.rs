@@ -8,10 +8,19 @@
 //! and a teardown would add (`rate * (check interval + teardown_expected_s)`) reaches the
 //! ceiling.
 //!
-//! **Settlement.** A lease settles at `max(accrued, billed + bandwidth)`, where `billed` is
-//! what the provider's charges listing says each of its instances cost. If the bill cannot be
-//! read (the call fails, or an instance of the lease has no charge), it settles at
-//! `max(accrued, reserved)`, the worst bound it reserved, and the settlement message says so.
+//! **Settlement.** A lease settles at what the provider billed for its instances (the charges
+//! listing, summed per instance) plus its declared bandwidth, when that bill is whole: each
+//! instance's charges are counted up to (their latest `end` is at or after) the moment drover
+//! sent the destroy that ended it. A bill that does not yet reach that moment (a provider that
+//! counts late) settles at `max(accrued, billed + bandwidth)`: the accrued cost is an upper
+//! bound (each instance's highest seen price from the create call to the destroy, though a
+//! provider starts compute only once the instance loads and stops it when it stops), so the
+//! ledger never records less than was billed. If the bill cannot be read (the call fails, or
+//! an instance of the lease has no charge), it settles at `max(accrued, reserved)`, the worst
+//! bound it reserved, and the settlement message says so. Every settlement is rounded up to
+//! the store's micro-dollar. The audit event `ledger.settle` names the basis (`bill`,
+//! `accrued` or `reserved_bound`) with the billed and accrued amounts. Settling at the accrued
+//! bound whenever it was higher put a fleet's ledger about a fifth above the account's bill.
 //!
 //! **Dead-man's switch.** Every instance's `onstart` begins with a script that, from the
 //! moment the container starts, waits `max_runtime_s + deadman_grace_s` (never past the

@@ -90,6 +90,22 @@ enum Attempt {
 /// Creates tried again after an ambiguous create was confirmed not applied, per lease.
 const MAX_AMBIGUOUS_RETRIES: u32 = 2;
 
+/// The offers one acquire is trying, given back however the acquire ends (a dropped future
+/// included).
+struct Trying<'a> {
+    set: &'a std::sync::Mutex<std::collections::HashSet<u64>>,
+    offers: Vec<u64>,
+}
+
+impl Drop for Trying<'_> {
+    fn drop(&mut self) {
+        let mut set = lock(self.set);
+        for id in &self.offers {
+            set.remove(id);
+        }
+    }
+}
+
 fn validate(req: &AcquireGpu, ctx: &JobContext) -> Result<(), AcquireError> {
     let limits = drover_proto::limits::GPU_COUNT;
     if req.gpu.count == 0 || u32::from(req.gpu.count) > limits {
@@ -189,6 +205,8 @@ impl<P: Provider, S: Store> Inner<P, S> {
             let _decide = this.decide.lock().await;
             this.decide_and_reserve(req, ctx, &lease_id, &label, disk_gb).await?
         };
+        let _trying =
+            Trying { set: &this.trying, offers: candidates.iter().map(|c| c.offer.id).collect() };
         let result = this.rent(record, &candidates, req, disk_gb, ctx, ceiling).await;
         match result {
             Ok(rec) => {
@@ -228,7 +246,15 @@ impl<P: Provider, S: Store> Inner<P, S> {
         let gpu = &req.gpu;
         let query = self.offer_query(gpu, disk_gb);
         for _ in 0..3 {
-            let offers = self.provider.search_offers(&query).await?;
+            let mut offers = self.provider.search_offers(&query).await?;
+            // Offers another acquire of this replica is trying are left to it (all of them
+            // when nothing else is on offer: a race lost is then answered as before).
+            {
+                let trying = lock(&self.trying);
+                if offers.iter().any(|o| !trying.contains(&o.id)) {
+                    offers.retain(|o| !trying.contains(&o.id));
+                }
+            }
             let quoted_at = self.clock.now_s();
             let candidates = self.candidates(offers, gpu.pricing, disk_gb);
             let Some(dearest) = candidates.last() else { return Err(AcquireError::NoOffers) };
@@ -303,6 +329,7 @@ impl<P: Provider, S: Store> Inner<P, S> {
                     // The ceiling the lease may accrue: its reservation, or the job's
                     // remaining budget if that is less.
                     let ceiling = record.reserved_usd.min(inputs.remaining_budget_usd);
+                    lock(&self.trying).extend(candidates.iter().map(|c| c.offer.id));
                     return Ok((record, candidates, ceiling));
                 }
                 Err(StoreError::Conflict) => continue,

@@ -4,12 +4,13 @@
 use std::sync::Arc;
 
 use drover_proto::{LeaseId, LeasePhase};
-use drover_store::{LeaseRecord, Store};
+use drover_store::{LeaseRecord, MICROS_PER_USD, Store};
 use serde_json::json;
 use tracing::warn;
 
 use super::{Inner, LeaseError, lock, ms_to_s, settle_cost};
 use crate::provider::Provider;
+use crate::vast::Billed;
 
 impl<P: Provider, S: Store> Inner<P, S> {
     /// Destroys a failed attempt's instance and confirms it gone.
@@ -146,44 +147,104 @@ impl<P: Provider, S: Store> Inner<P, S> {
             self.end_attempt(&mut rec, inst.id, actor).await?;
         }
         let accrued = settle_cost(&rec, self.clock.now_ms());
-        let (settled, billed) = self.settlement(&rec, accrued).await;
-        let message = match billed {
-            Some(_) => message.to_owned(),
-            None => format!(
+        let settlement = self.settlement(&rec, accrued).await;
+        let message = match settlement.basis {
+            Basis::ReservedBound => format!(
                 "{message}; the provider's bill could not be read, so it is settled at the reserved bound"
             ),
+            Basis::Bill | Basis::Accrued => message.to_owned(),
         };
+        let settled = settlement.usd;
         let rec = self.store.settle_lease(lease_id, settled, &message, self.clock.now_ms()).await?;
         self.audit("ledger.settle", actor, format!("lease:{lease_id}"), "ok", json!({
             "job": rec.job_id.as_str(), "settled_usd": settled, "reserved_usd": rec.reserved_usd,
-            "billed_usd": billed, "accrued_usd": accrued,
-            "basis": if billed.is_some() { "bill" } else { "reserved_bound" },
+            "billed_usd": settlement.billed, "accrued_usd": accrued, "basis": settlement.basis.as_str(),
             "contracts": rec.contracts.iter().map(|c| c.contract_id).collect::<Vec<_>>(), "message": message,
         })).await;
         lock(&self.teardown_locks).remove(lease_id);
         Ok(rec)
     }
 
-    /// What a lease settles at, and what the provider billed for it (`None`: unreadable). See
-    /// [`money`].
-    async fn settlement(&self, rec: &LeaseRecord, accrued: f64) -> (f64, Option<f64>) {
+    /// What a lease settles at (see [`money`](super::money)).
+    async fn settlement(&self, rec: &LeaseRecord, accrued: f64) -> Settlement {
         let Some(first_ms) = rec.contracts.iter().map(|c| c.created_unix_ms).min() else {
-            return (accrued, Some(0.0));
+            return Settlement {
+                usd: round_up_to_micros(accrued),
+                billed: Some(0.0),
+                basis: Basis::Bill,
+            };
         };
         // A day either side: the provider's clock and day boundaries are not ours.
         let (from, to) = (ms_to_s(first_ms) - 86_400.0, self.clock.now_s() + 86_400.0);
-        let billed = match self.provider.instance_charges(from, to).await {
-            Ok(bill) => {
-                rec.contracts.iter().map(|c| bill.get(&c.contract_id).copied()).sum::<Option<f64>>()
-            }
+        let bill = match self.provider.instance_charges(from, to).await {
+            Ok(bill) => bill,
             Err(error) => {
                 warn!(lease = %rec.lease_id, %error, "the provider's bill could not be read");
-                None
+                return Settlement {
+                    usd: round_up_to_micros(accrued.max(rec.reserved_usd)),
+                    billed: None,
+                    basis: Basis::ReservedBound,
+                };
             }
         };
-        match billed {
-            Some(b) => (accrued.max(b + rec.bandwidth_usd), Some(b)),
-            None => (accrued.max(rec.reserved_usd), None),
+        let charges: Option<Vec<(Billed, Option<u64>)>> = rec
+            .contracts
+            .iter()
+            .map(|c| bill.get(&c.contract_id).map(|b| (*b, c.gone_unix_ms)))
+            .collect();
+        let Some(charges) = charges else {
+            return Settlement {
+                usd: round_up_to_micros(accrued.max(rec.reserved_usd)),
+                billed: None,
+                basis: Basis::ReservedBound,
+            };
+        };
+        let billed: f64 = charges.iter().map(|(b, _)| b.usd).sum();
+        let whole = charges.iter().all(|(b, gone)| match (b.through_s, gone) {
+            (Some(through), Some(gone_ms)) => through >= ms_to_s(*gone_ms),
+            _ => false,
+        });
+        let (usd, basis) = if whole {
+            (billed + rec.bandwidth_usd, Basis::Bill)
+        } else {
+            (accrued.max(billed + rec.bandwidth_usd), Basis::Accrued)
+        };
+        Settlement { usd: round_up_to_micros(usd), billed: Some(billed), basis }
+    }
+}
+
+/// A lease's settlement.
+struct Settlement {
+    /// What it settles at, USD.
+    usd: f64,
+    /// What the provider billed for its instances (`None`: unreadable).
+    billed: Option<f64>,
+    basis: Basis,
+}
+
+/// What a settlement was measured by (see [`money`](super::money)).
+#[derive(Clone, Copy)]
+enum Basis {
+    /// The provider's whole bill.
+    Bill,
+    /// The accrued cost: the bill did not yet reach the instances' ends.
+    Accrued,
+    /// The reserved bound: the bill could not be read.
+    ReservedBound,
+}
+
+impl Basis {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Bill => "bill",
+            Self::Accrued => "accrued",
+            Self::ReservedBound => "reserved_bound",
         }
     }
+}
+
+/// `usd` rounded up to the store's unit, the micro-dollar, so that storing it never settles a
+/// lease below what was billed.
+fn round_up_to_micros(usd: f64) -> f64 {
+    (usd * MICROS_PER_USD).ceil() / MICROS_PER_USD
 }

@@ -27,6 +27,7 @@
 //! | `destroy_noop=N` | the next N destroys answer success and do nothing |
 //! | `slow=MS` | every API response is delayed by MS milliseconds, after the work is done |
 //! | `slow_create=MS` | only creates are delayed so |
+//! | `bill_lag=S` | the charges listing counts each instance only up to S simulated seconds ago (its `end` says so; the amount is the whole bill's share of that time), as a provider that bills late |
 //!
 //! ```
 //! use drover_provision::sim::Faults;
@@ -89,6 +90,8 @@ pub struct Faults {
     pub create_bad_gateway: u32,
     /// Creates are refused with the key echoed in this encoding.
     pub echo_key: Option<KeyEcho>,
+    /// How far the charges listing lags, simulated seconds.
+    pub bill_lag_s: Option<f64>,
 }
 
 /// How the `echo_key` fault encodes the key it echoes.
@@ -231,6 +234,15 @@ impl FromStr for Faults {
                 }
                 "slow" => f.slow_ms = millis()?,
                 "slow_create" => f.slow_create_ms = millis()?,
+                "bill_lag" => {
+                    let s: f64 = value.and_then(|v| v.parse().ok()).ok_or_else(|| {
+                        FaultSpecError("`bill_lag` takes simulated seconds".into())
+                    })?;
+                    if !(s.is_finite() && (0.0..=86_400.0).contains(&s)) {
+                        return Err(FaultSpecError("`bill_lag` must be in [0, 86400]".into()));
+                    }
+                    f.bill_lag_s = Some(s);
+                }
                 other => {
                     return Err(FaultSpecError(format!(
                         "unknown fault `{}`",
@@ -287,6 +299,9 @@ impl fmt::Display for Faults {
         if self.slow_create_ms > 0 {
             parts.push(format!("slow_create={}", self.slow_create_ms));
         }
+        if let Some(s) = self.bill_lag_s {
+            parts.push(format!("bill_lag={s}"));
+        }
         if parts.is_empty() { f.write_str("none") } else { f.write_str(&parts.join(",")) }
     }
 }
@@ -307,7 +322,7 @@ mod tests {
 
     #[test]
     fn round_trip() {
-        let spec = "rate_limit=3,gateway_timeout=1,offer_gone=2,stuck_loading=1,auth=401,double_sale,price_increase=1.5,slow=20,price_notice=0.5,underquote=1.25,late_create=2,create_bad_gateway=1,echo_key=base64url";
+        let spec = "rate_limit=3,gateway_timeout=1,offer_gone=2,stuck_loading=1,auth=401,double_sale,price_increase=1.5,slow=20,price_notice=0.5,underquote=1.25,late_create=2,create_bad_gateway=1,echo_key=base64url,bill_lag=30";
         let f: Faults = spec.parse().unwrap();
         let again: Faults = f.to_string().parse().unwrap();
         assert_eq!(f, again);

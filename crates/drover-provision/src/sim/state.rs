@@ -554,15 +554,25 @@ impl World {
     /// in `[from, to]`, its amount so far.
     pub(crate) fn charges(&mut self, from: f64, to: f64, now: f64) -> Vec<Value> {
         self.advance(now);
+        let counted_to = now - self.faults.bill_lag_s.unwrap_or(0.0);
         self.ledger
             .values()
             .filter(|e| e.created_s <= to && e.ended_s.is_none_or(|end| end >= from))
             .map(|e| {
+                let end = e.ended_s.unwrap_or(e.accrued_to_s);
+                // A lagging bill counts the instance's share of the time up to `counted_to`.
+                let (amount, end) = if end <= counted_to {
+                    (e.total_usd(), end)
+                } else {
+                    let counted = (counted_to - e.created_s).max(0.0);
+                    let share = counted / (end - e.created_s).max(f64::MIN_POSITIVE);
+                    (e.total_usd() * share.min(1.0), e.created_s + counted)
+                };
                 json!({
                     "type": "instance", "source": e.contract_id.to_string(),
-                    "instance_id": e.contract_id, "amount": e.total_usd(),
+                    "instance_id": e.contract_id, "amount": amount,
                     "description": format!("Instance {} GPU and storage charges", e.contract_id),
-                    "start": e.created_s, "end": e.ended_s.unwrap_or(e.accrued_to_s),
+                    "start": e.created_s, "end": end,
                 })
             })
             .collect()

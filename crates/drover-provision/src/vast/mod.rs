@@ -39,6 +39,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use tracing::{debug, trace, warn};
 
+pub use billing::Billed;
 pub use error::{TransportFailure, VastError};
 pub use model::{
     CreateOutcome, CreateRequest, Instance, InstanceState, Offer, OfferQuery, PriceIncrease, User,

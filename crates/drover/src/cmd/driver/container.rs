@@ -8,7 +8,12 @@
 //!    shell-quoted, followed by `echo drover-exit-status=$?`), `env`, `disk` GiB (default 16)
 //!    and the GPU request (`gpu` in the params, else the job's), for the job's remaining
 //!    time (at least 60 s). The supervisor estimates, gates (nothing is rented below 95%
-//!    confidence) and rents.
+//!    confidence) and rents. A refusal that says "later" (`not_ready`: the session's lease
+//!    requests are all in flight; `provider_unavailable`: no offer could be started, e.g.
+//!    another rental took the last ones) is asked again, at most [`RETRIES`] times, after a
+//!    pause that doubles from [`RETRY_FIRST`] up to [`RETRY_MAX`] (about 40 s in all), logged
+//!    each time, unless the job is cancelled or its deadline comes first; any other refusal
+//!    (the cost gate, the budget) fails the job at once.
 //! 2. Every second (default): `lease_status` and `lease_logs` (last 100 lines); new log lines
 //!    become the job's log, the lease state its progress (`provisioning` 1/4, `loading` 2/4,
 //!    `running` 3/4, done 4/4).
@@ -24,14 +29,20 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use drover_driver::{Action, Driver, Job, JobContext, JobError, JobOutcome};
-use drover_proto::{AcquireGpu, GpuRequest, Lease, LeasePhase};
+use drover_driver::{Action, Driver, Job, JobContext, JobError, JobOutcome, RequestError};
+use drover_proto::{AcquireGpu, ErrorCode, GpuRequest, Lease, LeasePhase};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::json;
 
 /// How often the lease is polled.
 const POLL: Duration = Duration::from_secs(1);
+/// The first pause before asking again for a GPU after a "later" refusal.
+pub const RETRY_FIRST: Duration = Duration::from_millis(500);
+/// The longest pause between two asks.
+pub const RETRY_MAX: Duration = Duration::from_secs(8);
+/// How many times a "later" refusal is asked again.
+pub const RETRIES: u32 = 7;
 /// Log lines asked for per poll.
 const TAIL: u32 = 100;
 /// The line a real instance's start script ends with.
@@ -69,6 +80,34 @@ pub struct Run {
 /// `'...'` shell quoting.
 fn quote(arg: &str) -> String {
     format!("'{}'", arg.replace('\'', r"'\''"))
+}
+
+/// `acquire_gpu`, asked again after a "later" refusal (see the module docs).
+async fn acquire(
+    ctx: &JobContext,
+    request: AcquireGpu,
+    deadline_unix_ms: u64,
+) -> Result<Lease, RequestError> {
+    let mut pause = RETRY_FIRST;
+    for _ in 0..RETRIES {
+        let error = match ctx.acquire_gpu(request.clone()).await {
+            Ok(lease) => return Ok(lease),
+            Err(error) => error,
+        };
+        let later = matches!(&error, RequestError::Refused { error, .. }
+            if matches!(error.code, ErrorCode::NotReady | ErrorCode::ProviderUnavailable));
+        let wait_ms = u64::try_from(pause.as_millis()).unwrap_or(u64::MAX);
+        if !later || ctx.is_cancelled() || now_ms().saturating_add(wait_ms) >= deadline_unix_ms {
+            return Err(error);
+        }
+        ctx.log(&format!("no GPU yet ({error}); asking again in {} ms", pause.as_millis()));
+        tokio::select! {
+            () = tokio::time::sleep(pause) => {}
+            () = ctx.cancelled() => return Err(error),
+        }
+        pause = (pause * 2).min(RETRY_MAX);
+    }
+    ctx.acquire_gpu(request).await
 }
 
 /// The instance's start script for `command`.
@@ -121,7 +160,7 @@ impl Driver for Container {
         };
         // Not abandoned on cancel: a lease granted after the job gave up would be nobody's.
         // The follow loop below sees the cancellation and releases it.
-        let lease = ctx.acquire_gpu(request).await?;
+        let lease = acquire(&ctx, request, job.deadline_unix_ms).await?;
         ctx.log(&format!(
             "lease {} granted: {} x {} at ${:.4}/h, deadline in {} s",
             lease.lease_id,
