@@ -153,6 +153,9 @@ impl Store for AnyStore {
     async fn ping(&self) -> Result<(), StoreError> {
         forward!(self, ping())
     }
+    async fn now_unix_ms(&self) -> Result<u64, StoreError> {
+        forward!(self, now_unix_ms())
+    }
 }
 
 impl Fleet for AnyStore {

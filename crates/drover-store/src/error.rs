@@ -43,6 +43,16 @@ pub enum StoreError {
     /// The job's committed amount changed since the gate looked.
     #[error("the job's committed amount changed; decide again")]
     Conflict,
+    /// The lease's budget `day` is not the store's current UTC day: the caller's clock is
+    /// off the store's (PostgreSQL: the database server's). Measure the offset again and
+    /// decide again.
+    #[error("the lease is booked on day {day}, but the store's day is {today}")]
+    NotToday {
+        /// The lease's day (Unix days).
+        day: u64,
+        /// The store's current day (Unix days).
+        today: u64,
+    },
     /// A lease with that id already exists.
     #[error("lease {0} already exists")]
     DuplicateLease(LeaseId),

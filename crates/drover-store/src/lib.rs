@@ -10,6 +10,16 @@
 //! milliseconds, JSON as text), decoded by one set of row decoders, and the same test suite
 //! (`tests/store.rs`) runs against both.
 //!
+//! # Clock
+//!
+//! [`Store::now_unix_ms`] is the store's own clock, the one time every replica of a fleet can
+//! agree on: PostgreSQL's `clock_timestamp()` on the database server for [`PgStore`], the
+//! host's system clock for [`SqliteStore`] (embedded: every process sharing its file runs on
+//! that host). Replicas correct their own clocks to it (the provisioner measures the offset
+//! at start and with every heartbeat), and [`PgStore`] refuses a reservation whose budget
+//! `day` is not the database's current UTC day ([`StoreError::NotToday`]), so replicas with
+//! skewed clocks cannot book one day's dollars on two days around midnight.
+//!
 //! # Write-ahead rules
 //!
 //! The store is what lets a supervisor be killed at any instant and lose nothing:
@@ -152,7 +162,9 @@ pub trait Store: Fleet + JobOwners + Clone + Send + Sync + 'static {
 
     /// Inserts a new open lease and its reservation in the ledger, if today's committed amount
     /// plus the reservation stays within the daily cap and the job's committed amount is still
-    /// what the gate saw. Call it before renting.
+    /// what the gate saw. Call it before renting. [`PgStore`] also refuses, with
+    /// [`StoreError::NotToday`], a lease whose `day` is not the database's current UTC day
+    /// (Unix days by [`Store::now_unix_ms`]); SQLite's single host needs no such check.
     fn reserve_lease(
         &self,
         lease: &LeaseRecord,
@@ -227,4 +239,11 @@ pub trait Store: Fleet + JobOwners + Clone + Send + Sync + 'static {
 
     /// Whether the database answers.
     fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    // --- clock -------------------------------------------------------------------------------
+
+    /// The store's clock, Unix ms: `clock_timestamp()` of the PostgreSQL server (one round
+    /// trip), or the host's system clock for SQLite. The time replicas of a fleet agree on
+    /// (see the crate docs, "Clock").
+    fn now_unix_ms(&self) -> impl Future<Output = Result<u64, StoreError>> + Send;
 }

@@ -635,4 +635,11 @@ impl Store for SqliteStore {
             .during("pinging the database")?;
         Ok(())
     }
+
+    async fn now_unix_ms(&self) -> Result<u64, StoreError> {
+        // Embedded: the store's clock is this host's.
+        Ok(std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)))
+    }
 }

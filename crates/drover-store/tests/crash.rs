@@ -197,7 +197,7 @@ fn child(dir: &std::path::Path, round: u32) {
 
             let lease_id = format!("lease-r{round}-{i}");
             let mut record = lease(&lease_id, &id, 0.5 + (i % 5) as f64 * 0.25);
-            let seen = store.committed(&job, DAY).await.unwrap().job_usd;
+            let seen = store.committed(&job, today()).await.unwrap().job_usd;
             let limits = ReserveLimits { daily_cap_usd: 1_000_000.0, job_committed_seen_usd: seen };
             store.reserve_lease(&record, limits).await.unwrap();
             record.phase = LeasePhase::Running;

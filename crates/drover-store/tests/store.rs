@@ -21,6 +21,7 @@ on_both!(
     leases_reserve_within_caps_and_settle_once_with_a_balanced_ledger,
     audit_events_are_appended_and_read_back_in_order,
     an_audit_batch_is_appended_in_order_after_single_events,
+    the_store_clock_is_the_system_clock_within_seconds,
 );
 
 fn state(job: &str, phase: JobPhase) -> JobEventKind {
@@ -176,7 +177,7 @@ async fn leases_reserve_within_caps_and_settle_once_with_a_balanced_ledger(store
     let closed = store.update_lease(&running).await.unwrap_err();
     assert!(matches!(closed, StoreError::LeaseClosed(_)), "{closed}");
 
-    let committed = store.committed(&job_id("job-1"), DAY).await.unwrap();
+    let committed = store.committed(&job_id("job-1"), today()).await.unwrap();
     assert_eq!(committed.job_usd, 6.25);
     assert_eq!(committed.day_usd, 6.25);
     let open: Vec<_> =
@@ -234,6 +235,46 @@ async fn two_replicas() -> (drover_store::PgStore, drover_store::PgStore) {
     (first, second)
 }
 
+async fn the_store_clock_is_the_system_clock_within_seconds(store: impl Store) {
+    // The test's PostgreSQL server runs on this host, so its clock is this host's.
+    let before = system_ms();
+    let store_ms = store.now_unix_ms().await.unwrap();
+    let after = system_ms();
+    assert!(
+        store_ms + 2_000 >= before && store_ms <= after + 2_000,
+        "store clock {store_ms} is not within 2 s of the system clock ({before}..{after})"
+    );
+}
+
+fn system_ms() -> u64 {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+    u64::try_from(now.as_millis()).unwrap()
+}
+
+#[tokio::test]
+async fn postgres_a_reservation_on_another_day_than_the_databases_is_refused() {
+    let store = common::postgres::store().await;
+    let limits = ReserveLimits { daily_cap_usd: 10.0, job_committed_seen_usd: 0.0 };
+    let today = store.now_unix_ms().await.unwrap() / 86_400_000;
+    // A replica whose clock is a day behind (or ahead) books nothing.
+    for day in [today - 1, today + 1] {
+        let mut skewed = lease("lease-skewed", "job-1", 4.0);
+        skewed.day = day;
+        let err = store.reserve_lease(&skewed, limits).await.unwrap_err();
+        assert!(
+            matches!(err, StoreError::NotToday { day: d, today: t } if d == day && t == today),
+            "{err}"
+        );
+        assert_eq!(store.committed(&job_id("job-1"), day).await.unwrap().day_usd, 0.0);
+    }
+    assert!(store.get_lease(&"lease-skewed".parse().unwrap()).await.unwrap().is_none());
+    // The database's own day is booked.
+    let mut booked = lease("lease-today", "job-1", 4.0);
+    booked.day = today;
+    store.reserve_lease(&booked, limits).await.unwrap();
+    assert_eq!(store.committed(&job_id("job-1"), today).await.unwrap().day_usd, 4.0);
+}
+
 #[tokio::test]
 async fn postgres_replicas_racing_for_the_last_dollars_never_exceed_the_daily_cap() {
     let (a, b) = two_replicas().await;
@@ -256,7 +297,7 @@ async fn postgres_replicas_racing_for_the_last_dollars_never_exceed_the_daily_ca
         }
     }
     assert_eq!((granted, capped), (10, 30));
-    assert_eq!(a.committed(&job_id("job-0"), DAY).await.unwrap().day_usd, 10.0);
+    assert_eq!(a.committed(&job_id("job-0"), today()).await.unwrap().day_usd, 10.0);
     let report = b.ledger_report().await.unwrap();
     assert!(report.balances(), "{report:?}");
     assert_eq!(report.committed_micros, 10_000_000);

@@ -5,13 +5,10 @@
 
 use drover_proto::LeaseId;
 
-use super::PgStore;
+use super::{NOW_MS, PgStore};
 use crate::codec::{Columns as _, to_i64, to_u64};
 use crate::error::{Context as _, StoreError};
 use crate::fleet::{Fleet, Heartbeat, Replica};
-
-/// The database clock in Unix milliseconds, as SQL.
-const NOW_MS: &str = "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)";
 
 impl Fleet for PgStore {
     async fn setting_or_init(&self, key: &str, value: &str) -> Result<String, StoreError> {

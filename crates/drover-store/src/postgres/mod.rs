@@ -24,6 +24,11 @@
 //! | connect timeout | [`CONNECT_TIMEOUT`] |
 //! | TLS | none in this build: reach the database over a private network or a Unix socket (`?host=/run/postgresql`) |
 //!
+//! The store's clock ([`Store::now_unix_ms`](crate::Store::now_unix_ms)) is the server's
+//! `clock_timestamp()`, and a reservation is refused unless its `day` is the server's current
+//! UTC day (read in the reservation's transaction, under [`BUDGET_LOCK`], and summed against
+//! that day's cap).
+//!
 //! Audit positions come from an identity column, which concurrent transactions may commit out
 //! of order; a reader paging [`Store::audit_after`](crate::Store::audit_after) while another
 //! replica writes can miss a row committed late with a lower position. Within one replica the
@@ -56,6 +61,13 @@ pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// constant, "drover budget" in ASCII, kept apart from the idempotency keys' hash range by
 /// the two-key form those use).
 pub(crate) const BUDGET_LOCK: i64 = 0x6472_6f76_6572_6275;
+
+/// The database server's clock in Unix milliseconds, as SQL (`clock_timestamp()`, read when
+/// the statement reaches it, not when its transaction began).
+pub(crate) const NOW_MS: &str = "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)";
+
+/// A UTC day in milliseconds: `NOW_MS / DAY_MS` is the database's budget day (Unix days).
+pub(crate) const DAY_MS: i64 = 86_400_000;
 
 /// The schema migrations, embedded so the binary needs no files beside it.
 fn migrator() -> Migrator {

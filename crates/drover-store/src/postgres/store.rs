@@ -11,12 +11,12 @@ use sqlx::{PgConnection, Postgres, QueryBuilder, Transaction};
 use super::leases::{
     SumKey, append_ledger, ledger_sum, load_contracts, load_lease, write_contracts,
 };
-use super::{BUDGET_LOCK, PgStore};
+use super::{BUDGET_LOCK, DAY_MS, NOW_MS, PgStore};
 use crate::Store;
 use crate::codec::{
     Columns, JOB_COLUMNS, LEASE_COLUMNS, LEASE_LEDGER_QUERY, event_from_row, from_json,
     job_from_row, lease_from_row, lease_ledger_from_row, lease_phase_str, ledger_report,
-    parse_phase, phase_str, to_i64, to_json, transition_allowed,
+    parse_phase, phase_str, to_i64, to_json, to_u64, transition_allowed,
 };
 use crate::error::{Context, StoreError};
 use crate::model::*;
@@ -296,7 +296,7 @@ impl Store for PgStore {
             .await
             .during("appending a job event")?;
             tx.commit().await.during("committing a job event")?;
-            Ok(JobEvent { seq: crate::codec::to_u64(seq), at_unix_ms, event })
+            Ok(JobEvent { seq: to_u64(seq), at_unix_ms, event })
         })
         .await
     }
@@ -354,6 +354,15 @@ impl Store for PgStore {
                     .during("reserving a lease")?;
             if exists.is_some() {
                 return Err(StoreError::DuplicateLease(lease.lease_id.clone()));
+            }
+            // The database's day, not the caller's: a replica whose clock is off cannot book
+            // today's dollars on another day.
+            let today: i64 = sqlx::query_scalar(&format!("SELECT {NOW_MS} / {DAY_MS}"))
+                .fetch_one(&mut *tx)
+                .await
+                .during("reading the database clock")?;
+            if to_i64(lease.day) != today {
+                return Err(StoreError::NotToday { day: lease.day, today: to_u64(today) });
             }
             let job_micros =
                 ledger_sum(&mut tx, "job_id", SumKey::Text(lease.job_id.as_str())).await?;
@@ -615,5 +624,13 @@ impl Store for PgStore {
             .await
             .during("pinging the database")?;
         Ok(())
+    }
+
+    async fn now_unix_ms(&self) -> Result<u64, StoreError> {
+        let ms: i64 = sqlx::query_scalar(&format!("SELECT {NOW_MS}"))
+            .fetch_one(&self.pool)
+            .await
+            .during("reading the database clock")?;
+        Ok(to_u64(ms))
     }
 }

@@ -36,7 +36,13 @@ use drover_proto::{CostEstimate, JobId, LeaseId, LeasePhase};
 use drover_store::{ContractRecord, LeaseRecord, NewJob};
 
 pub const T0: u64 = 1_795_305_600_000;
-pub const DAY: u64 = T0 / 86_400_000;
+
+/// Today's budget day (Unix days, UTC): the day a reservation must carry on PostgreSQL, which
+/// refuses any other day than its own.
+pub fn today() -> u64 {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+    now.as_secs() / 86_400
+}
 
 pub fn spec(driver: &str, labels: &[(&str, &str)]) -> JobSpec {
     let labels: serde_json::Map<String, serde_json::Value> =
@@ -70,7 +76,7 @@ pub fn lease(id: &str, job: &str, reserved_usd: f64) -> LeaseRecord {
         label: format!("drover:test:{id}"),
         phase: LeasePhase::Provisioning,
         reserved_usd,
-        day: DAY,
+        day: today(),
         granted_unix_ms: T0,
         deadline_unix_ms: T0 + 3_600_000,
         pending_offer: Some(77),
