@@ -47,7 +47,7 @@ pub use error::{AcquireError, LeaseError, ReapReport, StartError};
 use rent::estimate_inputs;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -152,6 +152,8 @@ struct Inner<P, S> {
     /// This process's replica id (see [`fleet`]).
     replica: String,
     clock: Clock,
+    /// How far the store's clock is ahead of this host's, ms (see [`fleet`]).
+    store_offset_ms: AtomicI64,
     owners: Mutex<HashMap<LeaseId, Owner>>,
     teardown_locks: Mutex<HashMap<LeaseId, Arc<tokio::sync::Mutex<()>>>>,
     decide: tokio::sync::Mutex<()>,
@@ -252,6 +254,7 @@ impl<P: Provider, S: Store> Provisioner<P, S> {
             cfg,
             replica,
             clock,
+            store_offset_ms: AtomicI64::new(0),
             owners: Mutex::new(HashMap::new()),
             teardown_locks: Mutex::new(HashMap::new()),
             decide: tokio::sync::Mutex::new(()),
@@ -261,6 +264,7 @@ impl<P: Provider, S: Store> Provisioner<P, S> {
         // Live before anything is reaped or rented, so no other replica takes this one's
         // leases for dead.
         inner.beat().await.map_err(StartError::Heartbeat)?;
+        inner.sync_clock().await.map_err(StartError::Heartbeat)?;
         let beating = Arc::clone(&inner);
         let heartbeat = tokio::spawn(async move {
             let every = Duration::from_secs_f64((beating.cfg.replica_expiry_s / 5.0).max(0.001));
@@ -268,6 +272,8 @@ impl<P: Provider, S: Store> Provisioner<P, S> {
                 tokio::time::sleep(every).await;
                 if let Err(error) = beating.beat().await {
                     warn!(%error, replica = %beating.replica, "heartbeat not stored");
+                } else if let Err(error) = beating.sync_clock().await {
+                    warn!(%error, "the store's clock was not read; the last offset stays");
                 }
             }
         });
@@ -296,7 +302,7 @@ impl<P: Provider, S: Store> Provisioner<P, S> {
                 // expire (real time: it is judged by the store's clock).
                 let mut nap = periodic.clock.real(periodic.cfg.reap_interval_s);
                 if let Some(at) = next_takeover {
-                    let wait_ms = at.saturating_sub(fleet::wall_ms()) + 50;
+                    let wait_ms = at.saturating_sub(periodic.store_now_ms()) + 50;
                     nap = nap.min(Duration::from_millis(wait_ms));
                 }
                 tokio::time::sleep(nap).await;
@@ -418,7 +424,7 @@ impl<P: Provider, S: Store> Provisioner<P, S> {
         let quoted_at = inner.clock.now_s();
         let candidates = inner.candidates(offers, gpu.pricing, disk_gb);
         let Some(dearest) = candidates.last() else { return Err(AcquireError::NoOffers) };
-        let day = inner.clock.now_ms() / 86_400_000;
+        let day = inner.budget_day();
         // Only today's total is used; the job part of the answer is ignored.
         let nobody = drover_proto::JobId::new("dry-run").map_err(|_| AcquireError::NoOffers)?;
         let day_usd = inner.store.committed(&nobody, day).await?.day_usd;

@@ -26,11 +26,20 @@
 //!   `replica_expiry_s` later at most plus one reaper pass: a waiting reaper wakes when the
 //!   earliest such heartbeat expires, not only every `reap_interval_s`. A dead replica's row
 //!   is forgotten by the first reaper pass an hour after its heartbeat expired.
+//! - **Time.** The replica reads the store's clock at start and after every heartbeat and
+//!   keeps its offset from this host's clock ([`crate::clock`] has the rule): the budget day,
+//!   a lease's grant time and deadline, and the wake-up for an expiring heartbeat are the
+//!   store's time, so replicas with skewed clocks agree on "today" and on deadlines.
 
+use std::sync::atomic::Ordering;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use drover_store::fleet::DEPLOYMENT_ID_KEY;
-use drover_store::{Fleet, StoreError};
+use drover_store::{Fleet, Store, StoreError};
+
+use super::{Inner, ms_to_s};
+use crate::clock::{midpoint_offset_ms, shift_ms, unix_day};
+use crate::provider::Provider;
 
 /// The longest deployment id, in bytes.
 pub const DEPLOYMENT_MAX_LEN: usize = 64;
@@ -115,6 +124,39 @@ pub(crate) fn wall_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+impl<P: Provider, S: Store> Inner<P, S> {
+    /// Reads the store's clock and keeps its offset from this host's (half the round trip
+    /// corrected). Done at start and after every heartbeat.
+    pub(super) async fn sync_clock(&self) -> Result<(), StoreError> {
+        let sent = wall_ms();
+        let store_ms = self.store.now_unix_ms().await?;
+        let offset = midpoint_offset_ms(sent, store_ms, wall_ms());
+        self.store_offset_ms.store(offset, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// The store's clock now, as this replica estimates it, Unix ms.
+    pub(super) fn store_now_ms(&self) -> u64 {
+        shift_ms(wall_ms(), self.store_offset_ms.load(Ordering::Relaxed))
+    }
+
+    /// The budget day (Unix days, UTC): always the store's.
+    pub(super) fn budget_day(&self) -> u64 {
+        unix_day(self.store_now_ms())
+    }
+
+    /// Now for a lease's grant time and deadline, Unix ms: the store's clock when this
+    /// replica runs on the real clock, the scaled clock itself in tests.
+    pub(super) fn lease_now_ms(&self) -> u64 {
+        if self.clock.is_real() { self.store_now_ms() } else { self.clock.now_ms() }
+    }
+
+    /// [`Self::lease_now_ms`] in seconds.
+    pub(super) fn lease_now_s(&self) -> f64 {
+        if self.clock.is_real() { ms_to_s(self.store_now_ms()) } else { self.clock.now_s() }
+    }
 }
 
 #[cfg(test)]

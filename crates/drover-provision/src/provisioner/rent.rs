@@ -258,8 +258,9 @@ impl<P: Provider, S: Store> Inner<P, S> {
             let quoted_at = self.clock.now_s();
             let candidates = self.candidates(offers, gpu.pricing, disk_gb);
             let Some(dearest) = candidates.last() else { return Err(AcquireError::NoOffers) };
-            let now_ms = self.clock.now_ms();
-            let day = now_ms / 86_400_000;
+            // Today is the store's day, and lease times the store's clock (see `fleet`).
+            let now_ms = self.lease_now_ms();
+            let day = self.budget_day();
             let committed = self.store.committed(&req.job_id, day).await?;
             let inputs = estimate_inputs(
                 &candidates,
@@ -333,6 +334,16 @@ impl<P: Provider, S: Store> Inner<P, S> {
                     return Ok((record, candidates, ceiling));
                 }
                 Err(StoreError::Conflict) => continue,
+                Err(StoreError::NotToday { day, today }) => {
+                    // This replica's idea of the store's clock is off (or the day just
+                    // turned): measure again, and decide again on the store's day.
+                    warn!(
+                        day,
+                        today, "the reservation's day was not the store's; re-reading its clock"
+                    );
+                    self.sync_clock().await?;
+                    continue;
+                }
                 Err(StoreError::DailyCap { committed_usd, cap_usd }) => {
                     let rejection = CostGateError {
                         reason: GateReason::DailyCap {
@@ -378,7 +389,7 @@ impl<P: Provider, S: Store> Inner<P, S> {
         let mut queue: VecDeque<&Candidate> = candidates.iter().collect();
         let mut ambiguous_retries = 0u32;
         while let Some(cand) = queue.pop_front() {
-            if self.clock.now_s() >= window_end {
+            if self.lease_now_s() >= window_end {
                 last = "the provisioning window closed".into();
                 break;
             }
@@ -499,7 +510,7 @@ impl<P: Provider, S: Store> Inner<P, S> {
             self.record_contract(&mut rec, contract, cand.offer.id, cand.rate, sent_ms).await?;
             match self.wait_running(&mut rec, contract, cand, window_end, ceiling).await {
                 Attempt::Running(inst) => {
-                    let now_ms = self.clock.now_ms();
+                    let now_ms = self.lease_now_ms();
                     let runtime_ms = u64::from(req.max_runtime_s) * 1000;
                     rec.phase = LeasePhase::Running;
                     rec.deadline_unix_ms = rec.deadline_unix_ms.min(now_ms + runtime_ms);
@@ -563,10 +574,10 @@ impl<P: Provider, S: Store> Inner<P, S> {
         label: &str,
         window_end: f64,
     ) -> Result<Vec<Instance>, VastError> {
-        let until = (self.clock.now_s() + self.cfg.create_confirm_s).min(window_end);
+        let until = (self.lease_now_s() + self.cfg.create_confirm_s).min(window_end);
         loop {
             let found = self.find_by_label(label).await?;
-            if !found.is_empty() || self.clock.now_s() + self.cfg.poll_interval_s > until {
+            if !found.is_empty() || self.lease_now_s() + self.cfg.poll_interval_s > until {
                 return Ok(found);
             }
             self.clock.sleep(self.cfg.poll_interval_s).await;
@@ -661,7 +672,7 @@ impl<P: Provider, S: Store> Inner<P, S> {
                     "instance {contract} had accrued {accrued:.6} USD of a {ceiling:.6} USD ceiling without running"
                 );
             }
-            if self.clock.now_s() + self.cfg.poll_interval_s > window_end {
+            if self.lease_now_s() + self.cfg.poll_interval_s > window_end {
                 break format!(
                     "instance {contract} did not reach running within the provisioning window"
                 );

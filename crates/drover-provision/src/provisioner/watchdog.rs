@@ -38,7 +38,7 @@ impl<P: Provider, S: Store> Inner<P, S> {
                 }
             };
             let deadline = ms_to_s(rec.deadline_unix_ms);
-            let now = this.clock.now_s();
+            let now = this.lease_now_s();
             if now >= deadline {
                 this.audit(
                     "lease.deadline",
@@ -66,7 +66,7 @@ impl<P: Provider, S: Store> Inner<P, S> {
                 () = release.notified() => return,
                 () = this.clock.sleep(nap) => {}
             }
-            if this.clock.now_s() < deadline && this.monitor(&rec, ceiling).await {
+            if this.lease_now_s() < deadline && this.monitor(&rec, ceiling).await {
                 return;
             }
         }
@@ -191,8 +191,8 @@ impl<P: Provider, S: Store> Inner<P, S> {
     /// now on.
     fn projected(&self, rec: &LeaseRecord, rate: f64) -> f64 {
         let now_ms = self.clock.now_ms();
-        let left_s =
-            ms_to_s(rec.deadline_unix_ms.saturating_sub(now_ms)) + self.cfg.model.teardown_max_s;
+        let left_s = ms_to_s(rec.deadline_unix_ms.saturating_sub(self.lease_now_ms()))
+            + self.cfg.model.teardown_max_s;
         settle_cost(rec, now_ms)
             + rate * left_s / 3600.0
             + rec.bandwidth_usd * self.cfg.model.bandwidth_overrun_max
