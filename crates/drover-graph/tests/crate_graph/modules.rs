@@ -64,9 +64,6 @@ const KNOWN_CYCLES: &[(&str, &[&str])] = &[
             "sse",
         ],
     ),
-    // `group_commit` writes with `sqlite`'s helpers, and `SqliteStore` holds its queue; being
-    // split today with `sqlite.rs`.
-    ("drover-store", &["group_commit", "sqlite"]),
 ];
 
 /// The workspace root.
