@@ -327,7 +327,7 @@ scopes! {
 }
 
 /// An authenticated, rate-limited caller holding scope `S`. Its rejection is an
-/// [`ApiError`]: 401 (with `WWW-Authenticate`), 429 or 403.
+/// [`ApiError`](crate::error::ApiError): 401 (with `WWW-Authenticate`), 429 or 403.
 #[derive(Debug)]
 pub struct Authorized<S: RequiredScope> {
     /// Who.
