@@ -74,7 +74,6 @@ mod any;
 mod codec;
 mod error;
 pub mod fleet;
-mod group_commit;
 mod model;
 pub mod owners;
 mod postgres;
