@@ -4,12 +4,22 @@
 //! manifests set, the store URL comes from the environment only, every replica has the same
 //! deployment id and heartbeat expiry, and no secret is in the ConfigMap or the compose file;
 //! the secrets reach the replicas from Secrets (`secretKeyRef`) or the caller's environment;
-//! the replicas' probes are /healthz and /readyz.
+//! the replicas' probes are /healthz and /readyz. Then two replicas really start from that
+//! file with that environment, on a real PostgreSQL (drover-testkit) and one `drover
+//! fake-vast`, answer the probes the way the kubelet calls them, and share one deployment.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::ffi::OsString;
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::start_command;
 
 use drover_proto::config::{Config, ProviderConfig};
 
@@ -164,4 +174,90 @@ fn the_replicas_take_their_secrets_from_secrets_and_probe_without_a_token() {
         "DROVER_STORE__URL: postgres://drover:${DROVER_PG_PASSWORD:?set DROVER_PG_PASSWORD}@"
     ));
     assert!(compose.contains("VASTAI_API_KEY: ${VASTAI_API_KEY:?"));
+}
+
+/// The simulator's key in the test: it stands for the drover-vastai Secret.
+const KEY: &str = "fake-vast-key-for-the-deploy-fleet-test-0123456789";
+
+struct FakeVast {
+    child: Child,
+    url: String,
+}
+
+impl Drop for FakeVast {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn fake_vast() -> FakeVast {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_drover"))
+        .args(["fake-vast", "--listen", "127.0.0.1:0", "--api-key", KEY])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let url = line.trim().strip_prefix("fake-vast listening on ").expect(&line).to_owned();
+    FakeVast { child, url }
+}
+
+/// A GET as the kubelet's httpGet probe makes it: no Authorization header. The status code.
+fn kubelet_get(addr: &str, path: &str) -> u16 {
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: kube-probe/1.31\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).unwrap();
+    reply.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn two_replicas_start_from_the_fleet_file_share_the_database_and_pass_the_probes() {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let database = runtime.block_on(drover_testkit::postgres::fresh_database_url());
+    let fake = fake_vast();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let replicas: Vec<_> = (0..2)
+        .map(|n| {
+            let mut command = Command::new(env!("CARGO_BIN_EXE_drover"));
+            // The manifests' environment; the data directory and the port moved for the test.
+            command
+                .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+                .arg(deploy("drover.toml"))
+                .env("DROVER_STORE__URL", &database)
+                .env("VASTAI_API_KEY", KEY)
+                .env("DROVER_PROVIDER__BASE_URL", &fake.url)
+                .env("DROVER_SUPERVISOR__DATA_DIR", dir.path().join(format!("data-{n}")));
+            start_command(command)
+        })
+        .collect();
+    for replica in &replicas {
+        let addr = replica.url.trim_start_matches("http://");
+        assert_eq!(kubelet_get(addr, "/healthz"), 200, "liveness");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while kubelet_get(addr, "/readyz") != 200 {
+            assert!(Instant::now() < deadline, "{addr} never ready");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    // Both are live replicas of the one deployment the file names.
+    let rows: Vec<(String, String)> = runtime.block_on(async {
+        let pool = sqlx::PgPool::connect(&database).await.unwrap();
+        sqlx::query_as("SELECT deployment, replica_id FROM replicas ORDER BY replica_id")
+            .fetch_all(&pool)
+            .await
+            .unwrap()
+    });
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert!(rows.iter().all(|(deployment, _)| deployment == "drover-fleet"), "{rows:?}");
+    assert_ne!(rows[0].1, rows[1].1);
 }
