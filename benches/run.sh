@@ -37,7 +37,10 @@ machine() {
   kernel=$(uname -sr)
   echo "- Machine: ${cpu:-unknown CPU}, $(nproc) cores visible, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo) memory, ${kernel}"
   echo "- Toolchain: $(rustc --version)"
-  echo "- Date: $(date -u +%Y-%m-%dT%H:%MZ)"
+  local commit
+  commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+  if [ -n "$(git status --porcelain --untracked-files=no 2>/dev/null)" ]; then commit="$commit with uncommitted changes"; fi
+  echo "- Date: $(date -u +%Y-%m-%dT%H:%MZ), at commit ${commit}"
 }
 
 output=$(mktemp)

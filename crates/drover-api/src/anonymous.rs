@@ -18,7 +18,7 @@
 //!   written when it ends, so a flood of any size leaves at most five rows per window.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -28,6 +28,7 @@ use serde_json::{Map, Value};
 
 use crate::audit::{Auditor, rfc3339_now};
 use crate::auth::RateLimiter;
+pub use crate::listener::{peer_key, peer_of};
 
 /// Peer buckets held at most.
 pub const MAX_PEERS: usize = 10_000;
@@ -35,26 +36,6 @@ pub const MAX_PEERS: usize = 10_000;
 pub const TRACKED_PEERS: usize = 1024;
 /// Busiest peers named in an aggregate row.
 pub const TOP_PEERS: usize = 10;
-
-/// The peer address of a request served with connect info (`None` in `oneshot` tests).
-pub fn peer_of(extensions: &axum::http::Extensions) -> Option<IpAddr> {
-    extensions.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|info| info.0.ip())
-}
-
-/// The key a peer is limited and counted under: its address, or its /64 for IPv6.
-pub fn peer_key(peer: Option<IpAddr>) -> IpAddr {
-    match peer {
-        None => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
-        Some(IpAddr::V6(v6)) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => {
-                let [a, b, c, d, ..] = v6.segments();
-                IpAddr::V6(Ipv6Addr::new(a, b, c, d, 0, 0, 0, 0))
-            }
-        },
-        Some(v4) => v4,
-    }
-}
 
 #[derive(Debug, Default)]
 struct Window {

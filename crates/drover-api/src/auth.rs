@@ -2,7 +2,8 @@
 //!
 //! Every route but the probes (`GET /healthz`, and `GET /readyz` without an `Authorization`
 //! header, which then says only ready or not) takes an [`Authorized<S>`] extractor, which
-//! runs before the body is read:
+//! runs before the body is read (its `FromRequestParts` impl is in `extract.rs`, above the
+//! shared state, so that this module is a leaf the state is built from):
 //!
 //! ```text
 //! Authorization: Bearer drover_...   -- missing / not Bearer ---------> 401
@@ -27,16 +28,14 @@ use std::marker::PhantomData;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
-use axum::extract::FromRequestParts;
-use axum::http::header;
-use axum::http::request::Parts;
-use drover_proto::api::ApiErrorCode;
 use drover_proto::config::{RateLimitConfig, Scope, TokenEntry};
 use subtle::ConstantTimeEq;
 
-use crate::error::{ApiError, RequestContext};
-use crate::server::ApiState;
 use crate::token;
+
+/// Why a presented token was refused (defined with the tokens, below the request-error
+/// layer that records it).
+pub use crate::token::Rejection;
 
 /// The least entropy a configured token may carry.
 pub const MIN_TOKEN_BITS: u32 = 256;
@@ -123,31 +122,6 @@ impl Principal {
     /// jobs always, anyone's with `jobs:admin`.
     pub fn may_touch_job_of(&self, owner: &str) -> bool {
         *self.name == *owner || self.has(Scope::JobsAdmin)
-    }
-}
-
-/// Why a presented token was refused; the audit log records which.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Rejection {
-    /// No `Authorization: Bearer` header.
-    Missing,
-    /// Not a well-formed token; no lookup was made.
-    Malformed,
-    /// Well-formed, but no configured digest matches.
-    Unknown,
-    /// Its entry is marked revoked.
-    Revoked,
-}
-
-impl Rejection {
-    /// The audit `result` for this rejection.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Missing => "unauthenticated:missing",
-            Self::Malformed => "unauthenticated:malformed",
-            Self::Unknown => "unauthenticated:unknown",
-            Self::Revoked => "unauthenticated:revoked",
-        }
     }
 }
 
@@ -353,7 +327,7 @@ scopes! {
 }
 
 /// An authenticated, rate-limited caller holding scope `S`. Its rejection is an
-/// [`ApiError`]: 401 (with `WWW-Authenticate`), 429 or 403.
+/// [`ApiError`](crate::error::ApiError): 401 (with `WWW-Authenticate`), 429 or 403.
 #[derive(Debug)]
 pub struct Authorized<S: RequiredScope> {
     /// Who.
@@ -361,72 +335,11 @@ pub struct Authorized<S: RequiredScope> {
     _scope: PhantomData<S>,
 }
 
-/// The bearer token of a request, if the header is present and says `Bearer`.
-fn bearer(parts: &Parts) -> Option<&str> {
-    let value = parts.headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-}
-
-impl<S: RequiredScope> FromRequestParts<Arc<ApiState>> for Authorized<S> {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &Arc<ApiState>,
-    ) -> Result<Self, Self::Rejection> {
-        let tokens = state.tokens.current();
-        let outcome = match bearer(parts) {
-            None => Err(Rejection::Missing),
-            Some(presented) => tokens.authenticate(presented),
-        };
-        let principal = match outcome {
-            Ok(principal) => principal,
-            Err(rejection) => {
-                state.metrics.auth_failure(rejection);
-                if let Some(context) = RequestContext::current() {
-                    context.set_rejection(rejection);
-                }
-                let peer = crate::anonymous::peer_of(&parts.extensions);
-                if let Err(wait) = state.anonymous.check(peer) {
-                    state.metrics.rate_limited();
-                    return Err(ApiError::rate_limited(wait));
-                }
-                return Err(ApiError::new(ApiErrorCode::Unauthorized)
-                    .with_message("a valid bearer token is required"));
-            }
-        };
-        if let Some(context) = RequestContext::current() {
-            context.set_actor(principal.name.clone());
-        }
-        if let Err(wait) = state.limiter.check(&principal.name, Instant::now()) {
-            state.metrics.rate_limited();
-            return Err(ApiError::rate_limited(wait));
-        }
-        if let Some(scope) = S::SCOPE
-            && !principal.has(scope)
-        {
-            return Err(ApiError::new(ApiErrorCode::Forbidden)
-                .with_message("the token lacks the scope this route requires"));
-        }
-        Ok(Self { principal, _scope: PhantomData })
-    }
-}
-
-/// `Option<Authorized<S>>`: `None` when the request carries no `Authorization` header at
-/// all (an anonymous probe); a header that is present must pass exactly as for
-/// [`Authorized`], so a bad token is still 401.
-impl<S: RequiredScope> axum::extract::OptionalFromRequestParts<Arc<ApiState>> for Authorized<S> {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &Arc<ApiState>,
-    ) -> Result<Option<Self>, Self::Rejection> {
-        if !parts.headers.contains_key(header::AUTHORIZATION) {
-            return Ok(None);
-        }
-        <Self as FromRequestParts<Arc<ApiState>>>::from_request_parts(parts, state).await.map(Some)
+impl<S: RequiredScope> Authorized<S> {
+    /// `principal`, once it passed authentication, its rate limit and scope `S`
+    /// ([`crate::extract`] checks those).
+    pub(crate) fn new(principal: Principal) -> Self {
+        Self { principal, _scope: PhantomData }
     }
 }
 

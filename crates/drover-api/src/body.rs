@@ -31,7 +31,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
 use crate::error::ApiError;
-use crate::server::ApiState;
+use crate::state::ApiState;
 
 /// One compiled API schema.
 #[derive(Debug)]

@@ -29,7 +29,7 @@ pub struct RequestContext {
     /// The authenticated token's name, once the auth extractor ran.
     pub actor: Mutex<Option<Arc<str>>>,
     /// Why authentication failed, if it did.
-    pub rejection: Mutex<Option<crate::auth::Rejection>>,
+    pub rejection: Mutex<Option<crate::token::Rejection>>,
 }
 
 impl RequestContext {
@@ -54,13 +54,13 @@ impl RequestContext {
         }
     }
 
-    pub(crate) fn set_rejection(&self, rejection: crate::auth::Rejection) {
+    pub(crate) fn set_rejection(&self, rejection: crate::token::Rejection) {
         if let Ok(mut slot) = self.rejection.lock() {
             *slot = Some(rejection);
         }
     }
 
-    pub(crate) fn rejection(&self) -> Option<crate::auth::Rejection> {
+    pub(crate) fn rejection(&self) -> Option<crate::token::Rejection> {
         self.rejection.lock().ok().and_then(|slot| *slot)
     }
 

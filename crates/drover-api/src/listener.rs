@@ -21,7 +21,7 @@
 //! Requests in flight are capped separately, in the router ([`crate::server::context`]).
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -34,7 +34,25 @@ use hyper_util::service::TowerToHyperService;
 use tokio::sync::Semaphore;
 use tower::ServiceExt;
 
-use crate::anonymous::peer_key;
+/// The peer address of a request served with connect info (`None` in `oneshot` tests).
+pub fn peer_of(extensions: &axum::http::Extensions) -> Option<IpAddr> {
+    extensions.get::<ConnectInfo<SocketAddr>>().map(|info| info.0.ip())
+}
+
+/// The key a peer is limited and counted under: its address, or its /64 for IPv6.
+pub fn peer_key(peer: Option<IpAddr>) -> IpAddr {
+    match peer {
+        None => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+        Some(IpAddr::V6(v6)) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let [a, b, c, d, ..] = v6.segments();
+                IpAddr::V6(Ipv6Addr::new(a, b, c, d, 0, 0, 0, 0))
+            }
+        },
+        Some(v4) => v4,
+    }
+}
 
 /// How often the loop looks again while the descriptor reserve is not free.
 pub const RESERVE_POLL: Duration = Duration::from_millis(50);

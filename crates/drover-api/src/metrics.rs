@@ -47,7 +47,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::info::Info;
 pub use prometheus_client::registry::Registry;
 
-use crate::auth::Rejection;
+use crate::token::Rejection;
 
 /// Upper bounds of the request-duration buckets, seconds (see the [module docs](self)).
 pub const REQUEST_DURATION_BUCKETS: [f64; 13] =

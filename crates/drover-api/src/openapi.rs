@@ -10,7 +10,9 @@
 use serde_json::{Map, Value, json};
 
 use crate::body::ApiSchemas;
-use crate::routes::IDEMPOTENCY_KEY;
+
+/// The name of the idempotency header.
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
 /// Every route and method the router serves, as `(method, OpenAPI path)`.
 pub const ROUTES: &[(&str, &str)] = &[

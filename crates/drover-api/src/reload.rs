@@ -13,7 +13,7 @@ use serde_json::{Map, Value};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::task::JoinHandle;
 
-use crate::server::ApiState;
+use crate::state::ApiState;
 
 /// Reads the API section of the configuration again; the binary passes its config loader.
 pub type Loader =

@@ -7,8 +7,7 @@
 //! caller's own jobs unless its token carries `jobs:admin`; another token's job is a 404,
 //! the same answer as a job that does not exist.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 
 use axum::extract::{FromRequestParts, Path, State};
 use axum::http::request::Parts;
@@ -19,8 +18,7 @@ use drover_proto::api::{
     JobSpec,
 };
 use drover_proto::config::Scope;
-use drover_proto::{ActionName, DriverName, JobId, ParamsSchema, Violation};
-use drover_transport::SchemaChecker;
+use drover_proto::{JobId, Violation};
 use serde::Serialize;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
@@ -29,10 +27,9 @@ use crate::auth::{AnyScope, Authorized, DriversRead, JobsRead, JobsWrite, Metric
 use crate::backend::{JobQuery, SchemaLookupError, Submission};
 use crate::body::{ValidJson, ValidQuery};
 use crate::error::{ApiError, RequestContext};
-use crate::server::ApiState;
+use crate::state::ApiState;
 
-/// The name of the idempotency header.
-pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+pub use crate::openapi::IDEMPOTENCY_KEY;
 
 type Shared = State<Arc<ApiState>>;
 
@@ -65,41 +62,6 @@ pub async fn readyz(State(state): Shared, auth: Option<Authorized<AnyScope>>) ->
         readiness.checks.clear();
     }
     json(status, &readiness)
-}
-
-/// Compiled params validators, keyed by driver and action, reused while the backend returns
-/// the same schema `Arc`.
-#[derive(Debug, Default)]
-pub(crate) struct ParamsCache {
-    compiled: Mutex<HashMap<(DriverName, ActionName), CompiledParams>>,
-}
-
-/// A driver's params schema and its validator.
-type CompiledParams = (Arc<ParamsSchema>, Arc<SchemaChecker>);
-
-impl ParamsCache {
-    fn checker(
-        &self,
-        driver: &DriverName,
-        action: &ActionName,
-        schema: Arc<ParamsSchema>,
-    ) -> Result<Arc<SchemaChecker>, ApiError> {
-        let key = (driver.clone(), action.clone());
-        if let Ok(cache) = self.compiled.lock()
-            && let Some((cached, checker)) = cache.get(&key)
-            && Arc::ptr_eq(cached, &schema)
-        {
-            return Ok(checker.clone());
-        }
-        let checker = Arc::new(SchemaChecker::new(&schema.0).map_err(|_| {
-            ApiError::new(ApiErrorCode::Unavailable)
-                .with_message("the driver's params schema for this action does not compile")
-        })?);
-        if let Ok(mut cache) = self.compiled.lock() {
-            cache.insert(key, (schema, checker.clone()));
-        }
-        Ok(checker)
-    }
 }
 
 /// Checks a job's params against the schema its driver declared for its action.

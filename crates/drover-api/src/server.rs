@@ -1,4 +1,4 @@
-//! The router, its state, the outermost middleware, and serving.
+//! The router, the outermost middleware, and serving (the state is [`crate::state`]).
 //!
 //! Outermost first, every request passes through:
 //!
@@ -22,162 +22,14 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use drover_proto::api::{ApiErrorCode, ErrorBody};
-use drover_proto::config::{ApiConfig, ApiLimitsConfig, ApiMode};
+use drover_proto::config::ApiMode;
 use futures_util::FutureExt;
 use serde_json::{Map, Value};
-use tokio::sync::watch;
 
-use crate::anonymous::{AnonymousGate, peer_of};
-use crate::audit::Auditor;
-use crate::auth::{RateLimiter, TokenConfigError, TokenRegistry, TokenSet};
-use crate::backend::Backend;
 use crate::error::{RequestContext, error_response};
-use crate::metrics::{ApiMetrics, Registry};
+use crate::listener::peer_of;
 use crate::routes;
-use crate::sse::StreamSlots;
-
-/// How the API behaves, from the configuration and the command line.
-#[derive(Clone, Debug)]
-pub struct ApiSettings {
-    /// Error detail level.
-    pub mode: ApiMode,
-    /// Largest request body, in bytes.
-    pub max_body_bytes: usize,
-    /// Whether `http://` webhook URLs are accepted.
-    pub allow_http_webhooks: bool,
-    /// Connection, concurrency and abuse limits.
-    pub limits: ApiLimitsConfig,
-}
-
-/// Why the API refuses to start.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    /// A configured token is unacceptable.
-    #[error("API token configuration refused")]
-    Tokens(#[from] TokenConfigError),
-    /// The configuration asks for development mode without the explicit flag.
-    #[error(
-        "api.mode is \"development\" but the server was not started with --development; \
-         development mode adds internal details to error responses and must be asked for twice"
-    )]
-    DevelopmentNotConfirmed,
-    /// The flag asks for development mode but the configuration does not.
-    #[error("--development was given but api.mode is not \"development\"")]
-    DevelopmentNotConfigured,
-}
-
-/// Everything the handlers share.
-#[derive(Debug)]
-pub struct ApiState {
-    /// The supervisor behind the API.
-    pub backend: Arc<dyn Backend>,
-    /// The live tokens.
-    pub tokens: TokenRegistry,
-    /// Per-token rate limits.
-    pub limiter: RateLimiter,
-    /// Per-peer limits and aggregated audit for requests without a valid token.
-    pub anonymous: AnonymousGate,
-    /// Settings.
-    pub settings: ApiSettings,
-    /// Audit sink.
-    pub auditor: Auditor,
-    /// The registry behind `/metrics`, with the API's own metrics.
-    pub metrics: ApiMetrics,
-    /// Compiled params validators per driver action.
-    pub(crate) params: routes::ParamsCache,
-    /// Open event streams per token.
-    pub streams: StreamSlots,
-    /// Requests in flight (`api.limits.max_concurrent_requests`).
-    requests: Arc<tokio::sync::Semaphore>,
-    /// Set once the server begins to shut down; event streams end on it.
-    shutdown: watch::Sender<bool>,
-}
-
-impl std::fmt::Debug for dyn Backend {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Backend")
-    }
-}
-
-impl ApiState {
-    /// Checks `config` and builds the state. `development_flag` is the server's explicit
-    /// `--development` flag: development mode needs both it and `api.mode = "development"`,
-    /// and logs a loud warning when on. Refuses to start with any token that could carry
-    /// less than 256 bits (see [`TokenSet::new`]).
-    pub fn new(
-        config: &ApiConfig,
-        development_flag: bool,
-        backend: Arc<dyn Backend>,
-        auditor: Auditor,
-    ) -> Result<Arc<Self>, StartError> {
-        Self::with_registry(config, development_flag, backend, auditor, Registry::default())
-    }
-
-    /// [`ApiState::new`], serving `registry` (with whatever the rest of drover registered in
-    /// it) at `/metrics`, the API's own metrics added.
-    pub fn with_registry(
-        config: &ApiConfig,
-        development_flag: bool,
-        backend: Arc<dyn Backend>,
-        auditor: Auditor,
-        registry: Registry,
-    ) -> Result<Arc<Self>, StartError> {
-        let mode = match (config.mode, development_flag) {
-            (ApiMode::Production, false) => ApiMode::Production,
-            (ApiMode::Development, true) => {
-                tracing::warn!(
-                    "!!! DEVELOPMENT MODE: error responses include internal error details. \
-                     Never expose this server to anyone but yourself. !!!"
-                );
-                ApiMode::Development
-            }
-            (ApiMode::Development, false) => return Err(StartError::DevelopmentNotConfirmed),
-            (ApiMode::Production, true) => return Err(StartError::DevelopmentNotConfigured),
-        };
-        let tokens = TokenSet::new(&config.tokens)?;
-        if tokens.is_empty() {
-            tracing::warn!("no API tokens are configured: every request but /healthz gets 401");
-        }
-        Ok(Arc::new(Self {
-            backend,
-            tokens: TokenRegistry::new(tokens),
-            limiter: RateLimiter::new(config.rate_limit),
-            anonymous: AnonymousGate::new(&config.limits),
-            settings: ApiSettings {
-                mode,
-                max_body_bytes: config.max_body_bytes as usize,
-                allow_http_webhooks: config.allow_http_webhooks,
-                limits: config.limits,
-            },
-            auditor,
-            metrics: ApiMetrics::new(registry),
-            params: routes::ParamsCache::default(),
-            streams: StreamSlots::new(config.limits.sse_streams_per_token),
-            requests: Arc::new(tokio::sync::Semaphore::new(
-                config.limits.max_concurrent_requests.max(1) as usize,
-            )),
-            shutdown: watch::Sender::new(false),
-        }))
-    }
-
-    /// Ends every open event stream (cleanly: each body finishes) and any opened later; the
-    /// server calls it when its shutdown begins.
-    pub fn end_streams(&self) {
-        self.shutdown.send_replace(true);
-    }
-
-    /// Becomes `true` when [`ApiState::end_streams`] is called.
-    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
-        self.shutdown.subscribe()
-    }
-
-    /// Replaces the tokens with `config`'s (a reload). On error the old tokens stay.
-    pub fn reload_tokens(&self, config: &ApiConfig) -> Result<usize, TokenConfigError> {
-        let count = self.tokens.replace(&config.tokens)?;
-        tracing::info!(tokens = count, "API tokens reloaded");
-        Ok(count)
-    }
-}
+pub use crate::state::{ApiSettings, ApiState, StartError};
 
 /// The whole API as a router, ready for `axum::serve` or for `oneshot` in tests.
 pub fn router(state: Arc<ApiState>) -> Router {

@@ -17,9 +17,8 @@
 //! begins its shutdown ([`ApiState::end_streams`]), so graceful shutdown never waits on a
 //! follower.
 
-use std::collections::HashMap;
 use std::convert::Infallible;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
@@ -30,60 +29,12 @@ use futures_util::{Stream, StreamExt};
 use crate::auth::{Authorized, JobsRead};
 use crate::error::ApiError;
 use crate::routes::JobIdPath;
-use crate::server::ApiState;
+use crate::state::ApiState;
 
 /// The header a reconnecting client sends.
 pub const LAST_EVENT_ID: &str = "last-event-id";
 
-/// Open streams per token name.
-#[derive(Debug)]
-pub struct StreamSlots {
-    per_token: u32,
-    open: Arc<Mutex<HashMap<Arc<str>, u32>>>,
-}
-
-/// One open stream; its token's count goes down when it is dropped with the response body.
-#[derive(Debug)]
-pub struct StreamSlot {
-    name: Arc<str>,
-    open: Arc<Mutex<HashMap<Arc<str>, u32>>>,
-}
-
-impl StreamSlots {
-    /// At most `per_token` open streams per token.
-    pub fn new(per_token: u32) -> Self {
-        Self { per_token: per_token.max(1), open: Arc::default() }
-    }
-
-    /// A slot for `name`, or `None` when it already holds its limit.
-    pub fn open(&self, name: &Arc<str>) -> Option<StreamSlot> {
-        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
-        let count = open.entry(name.clone()).or_default();
-        if *count >= self.per_token {
-            return None;
-        }
-        *count += 1;
-        Some(StreamSlot { name: name.clone(), open: self.open.clone() })
-    }
-
-    /// How many streams `name` holds open.
-    pub fn held(&self, name: &str) -> u32 {
-        let open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
-        open.get(name).copied().unwrap_or(0)
-    }
-}
-
-impl Drop for StreamSlot {
-    fn drop(&mut self) {
-        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(count) = open.get_mut(&self.name) {
-            *count = count.saturating_sub(1);
-            if *count == 0 {
-                open.remove(&self.name);
-            }
-        }
-    }
-}
+pub use crate::state::{StreamSlot, StreamSlots};
 
 /// The handler.
 pub async fn events(

@@ -141,6 +141,31 @@ pub fn parse(text: &str) -> Result<(), TokenError> {
     Ok(())
 }
 
+/// Why a presented token was refused; the audit log records which.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rejection {
+    /// No `Authorization: Bearer` header.
+    Missing,
+    /// Not a well-formed token; no lookup was made.
+    Malformed,
+    /// Well-formed, but no configured digest matches.
+    Unknown,
+    /// Its entry is marked revoked.
+    Revoked,
+}
+
+impl Rejection {
+    /// The audit `result` for this rejection.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Missing => "unauthenticated:missing",
+            Self::Malformed => "unauthenticated:malformed",
+            Self::Unknown => "unauthenticated:unknown",
+            Self::Revoked => "unauthenticated:revoked",
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -87,8 +87,9 @@ pub struct SupervisorConfig {
     #[schemars(length(min = 1, max = 64), regex(pattern = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"))]
     pub deployment: Option<String>,
     /// Seconds without a heartbeat (written every fifth of this) after which this supervisor
-    /// counts as dead to the others sharing its store, and its leases are taken over and their
-    /// instances destroyed. Default 30.
+    /// counts as dead to the others sharing its store: its queued jobs are resumed by another
+    /// replica, its starting and running ones failed with the reason, and its leases taken
+    /// over and their instances destroyed. Give every replica the same value. Default 30.
     #[serde(default = "default_replica_expiry_s")]
     #[schemars(range(min = 1, max = 3600))]
     pub replica_expiry_s: u32,
@@ -158,8 +159,11 @@ fn default_unprivileged_id() -> u32 {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
-    /// Database URL: `sqlite://PATH` or `postgres://...`. Default: SQLite at
-    /// `<data_dir>/drover.db`.
+    /// Database URL: `sqlite://PATH`, or `postgres://USER:PASSWORD@HOST:PORT/DATABASE` (or
+    /// `postgresql://`) for one database shared by a fleet of replicas, migrated at start. It
+    /// holds a password: set it in the environment (`DROVER_STORE__URL`), not in the file.
+    /// No TLS to PostgreSQL in this build (`sslmode=require` fails): use a private network or
+    /// a Unix socket (`?host=/run/postgresql`). Default: SQLite at `<data_dir>/drover.db`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 4096), regex(pattern = r"^(sqlite|postgres|postgresql)://"))]
     pub url: Option<String>,

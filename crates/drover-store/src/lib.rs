@@ -84,7 +84,6 @@ mod any;
 mod codec;
 mod error;
 pub mod fleet;
-mod group_commit;
 mod model;
 pub mod owners;
 mod postgres;

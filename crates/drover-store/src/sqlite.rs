@@ -14,16 +14,17 @@ use sqlx::{Connection, Sqlite, SqlitePool, Transaction};
 use crate::Store;
 use crate::codec::now_unix_ms;
 use crate::error::{Context, StoreError};
-use crate::group_commit::Submissions;
 use crate::model::*;
 
 mod encode;
 mod fleet;
+mod group_commit;
 mod jobs;
 mod leases;
 mod migrations;
 mod owners;
 pub(crate) use encode::*;
+use group_commit::Submissions;
 pub(crate) use jobs::*;
 use leases::*;
 use migrations::migrator;
@@ -198,7 +199,7 @@ async fn create_private_dir(dir: &Path) -> std::io::Result<()> {
 
 impl Store for SqliteStore {
     async fn submit_job(&self, new: NewJob) -> Result<Submitted, StoreError> {
-        // Concurrent submissions share one transaction and one fsync (crate::group_commit).
+        // Concurrent submissions share one transaction and one fsync (`group_commit`).
         self.track(self.submissions.submit(&self.writer, new, self.replica.clone())).await
     }
 

@@ -34,9 +34,9 @@ use drover_proto::{JobPhase, JobState};
 use sqlx::{QueryBuilder, Sqlite, SqlitePool, Transaction};
 use tokio::sync::oneshot;
 
+use super::{Inserted, get, insert_job, phase_str, to_i64, to_json};
 use crate::error::{Context, StoreError};
 use crate::model::{NewJob, Submitted};
-use crate::sqlite::{Inserted, get, insert_job, phase_str, to_i64, to_json};
 
 /// The most submissions one transaction takes; the rest wait for the next.
 pub(crate) const MAX_BATCH: usize = 128;
