@@ -231,7 +231,9 @@ pub struct GateConfig {
     #[serde(default = "default_max_quote_age_s")]
     #[schemars(range(min = 1, max = 3600))]
     pub max_quote_age_s: u32,
-    /// Most that all rentals together may cost per UTC day, in USD. Default 50.
+    /// Most that all rentals together may cost per UTC day, in USD. Default 50. The day is
+    /// the store's (the PostgreSQL server's clock, shared by every replica of a fleet; the
+    /// host's for SQLite), not each replica's own.
     #[serde(default = "default_daily_cap_usd")]
     #[schemars(range(min = 0.0, max = crate::limits::MAX_USD))]
     pub daily_cap_usd: f64,

@@ -119,7 +119,8 @@ pub struct LeaseRecord {
     pub phase: LeasePhase,
     /// The reservation, USD: the estimate's worst case.
     pub reserved_usd: f64,
-    /// UTC day of the reservation (Unix days), for the daily cap.
+    /// UTC day of the reservation (Unix days), for the daily cap: the store's day (PostgreSQL
+    /// refuses any other, [`crate::StoreError::NotToday`]).
     pub day: u64,
     /// When it was granted, Unix ms.
     pub granted_unix_ms: u64,
