@@ -20,6 +20,9 @@
 //! - **Lease times** (`granted_unix_ms`, `deadline_unix_ms`, and the checks against them) use
 //!   the offset only on the real clock ([`Clock::is_real`]); a scaled test clock keeps its own
 //!   time (offset 0), since its seconds are not the store's.
+//! - What runs on the provider's clocks keeps this host's: the deadline written into an
+//!   instance's dead-man's switch is shifted back, and instance create and destroy times
+//!   (compared with the provider's bill) are this host's clock.
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 

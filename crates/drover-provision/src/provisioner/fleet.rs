@@ -157,6 +157,18 @@ impl<P: Provider, S: Store> Inner<P, S> {
     pub(super) fn lease_now_s(&self) -> f64 {
         if self.clock.is_real() { ms_to_s(self.store_now_ms()) } else { self.clock.now_s() }
     }
+
+    /// A lease time (see [`Self::lease_now_ms`]) on this host's clock, seconds: for what runs
+    /// on the provider's clocks rather than the store's (the instance's dead-man's switch), so
+    /// a store clock that is off does not end an instance early.
+    pub(super) fn lease_time_here_s(&self, lease_ms: u64) -> f64 {
+        let offset = self.store_offset_ms.load(Ordering::Relaxed);
+        ms_to_s(if self.clock.is_real() {
+            shift_ms(lease_ms, offset.saturating_neg())
+        } else {
+            lease_ms
+        })
+    }
 }
 
 #[cfg(test)]

@@ -382,7 +382,7 @@ impl<P: Provider, S: Store> Inner<P, S> {
         #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
         let (after_s, at_s) = (
             (f64::from(req.max_runtime_s) + grace).ceil() as u64,
-            (ms_to_s(rec.deadline_unix_ms) + grace).ceil() as u64,
+            (self.lease_time_here_s(rec.deadline_unix_ms) + grace).ceil() as u64,
         );
         let onstart = money::onstart_with_deadman(after_s, at_s, req.onstart.as_deref())
             .ok_or(AcquireError::Invalid("onstart leaves no room for the dead-man's switch"))?;
