@@ -337,10 +337,7 @@ impl<P: Provider, S: Store> Inner<P, S> {
                 Err(StoreError::NotToday { day, today }) => {
                     // This replica's idea of the store's clock is off (or the day just
                     // turned): measure again, and decide again on the store's day.
-                    warn!(
-                        day,
-                        today, "the reservation's day was not the store's; re-reading its clock"
-                    );
+                    warn!(day, today, "the store's day differs; re-reading its clock");
                     self.sync_clock().await?;
                     continue;
                 }
