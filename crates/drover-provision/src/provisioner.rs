@@ -264,7 +264,7 @@ impl<P: Provider, S: Store> Provisioner<P, S> {
         // Live before anything is reaped or rented, so no other replica takes this one's
         // leases for dead.
         inner.beat().await.map_err(StartError::Heartbeat)?;
-        inner.sync_clock().await.map_err(StartError::Heartbeat)?;
+        inner.sync_clock().await.map_err(StartError::StoreClock)?;
         let beating = Arc::clone(&inner);
         let heartbeat = tokio::spawn(async move {
             let every = Duration::from_secs_f64((beating.cfg.replica_expiry_s / 5.0).max(0.001));

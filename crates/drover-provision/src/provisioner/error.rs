@@ -20,6 +20,9 @@ pub enum StartError {
     /// The replica's first heartbeat could not be written.
     #[error("the replica's heartbeat could not be stored: {0}")]
     Heartbeat(#[source] StoreError),
+    /// The store's clock (today, lease deadlines) could not be read.
+    #[error("the store's clock could not be read: {0}")]
+    StoreClock(#[source] StoreError),
     /// The gate configuration is invalid.
     #[error(transparent)]
     Gate(#[from] GateConfigError),
