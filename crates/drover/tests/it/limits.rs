@@ -6,7 +6,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
 
-mod sandbox_harness;
+use crate::sandbox_harness;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;

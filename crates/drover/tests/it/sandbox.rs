@@ -9,7 +9,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
 
-mod sandbox_harness;
+use crate::sandbox_harness;
 
 use std::collections::BTreeMap;
 use std::process::{Command, Output, Stdio};
