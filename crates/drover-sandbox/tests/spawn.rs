@@ -145,14 +145,9 @@ fn a_failed_step_is_reported_not_run(dropped: &Dropped, work: &Path) {
 }
 
 fn main() -> ExitCode {
-    let uid = nix::unistd::geteuid().as_raw();
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let bounding_empty = status.lines().any(|l| l == "CapBnd:\t0000000000000000");
-    if uid != 0 && !bounding_empty {
-        println!(
-            "SKIPPED: Phase A needs root (as CI runs it) or an empty capability bounding set; uid {uid}"
-        );
-        println!("0 passed, 0 failed, 5 skipped");
+    if let Some(reason) = drover_testkit::privileged::sandbox_unavailable() {
+        // Phase A: without the privilege drop none of the cases below can run.
+        drover_testkit::privileged::cannot_run(&reason, cfg!(feature = "privileged-tests"));
         return ExitCode::SUCCESS;
     }
     let dropped = drop_privileges(&DropConfig::default(), &LinuxSys).unwrap();

@@ -886,13 +886,9 @@ async fn shutdown_climbs_the_ladder(world: &World) {
 // ---------------------------------------------------------------------------------------------
 
 fn main() -> ExitCode {
-    let uid = nix::unistd::geteuid().as_raw();
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let bounding_empty = status.lines().any(|l| l == "CapBnd:\t0000000000000000");
-    if uid != 0 && !bounding_empty {
-        println!(
-            "SKIPPED: Phase A needs root (as CI runs it) or an empty capability bounding set; uid {uid}"
-        );
+    if let Some(reason) = drover_testkit::privileged::sandbox_unavailable() {
+        // Phase A: without the privilege drop none of the cases below can run.
+        drover_testkit::privileged::cannot_run(&reason, cfg!(feature = "privileged-tests"));
         return ExitCode::SUCCESS;
     }
     // The Python SDK package and its example driver (drivers/python), read while this process may

@@ -4,7 +4,9 @@
 //! build or dev); a new edge fails the test until it is added here, with its reason, so the
 //! graph only changes on purpose. `FORBIDDEN_IN_CLOSURE` lists crates that must never be
 //! reached from a given crate through normal or build dependencies. Inside each crate, the
-//! module cycles and the file lengths are checked by [`modules`].
+//! module cycles and the file lengths are checked by [`modules`]; that no test prints its own
+//! skip, by [`skips`]. Each crate has one integration-test binary unless
+//! `SEVERAL_TEST_BINARIES` says why not.
 
 // A malformed `cargo metadata` answer is a test failure, so panicking helpers are right here.
 #![allow(clippy::expect_used)]
@@ -16,6 +18,7 @@ use std::process::Command;
 use serde_json::Value;
 
 mod modules;
+mod skips;
 
 /// Every allowed edge `(from, to)` between workspace crates.
 const ALLOWED: &[(&str, &str)] = &[
@@ -30,7 +33,8 @@ const ALLOWED: &[(&str, &str)] = &[
     ("drover", "drover-store"),
     ("drover", "drover-supervisor"),
     ("drover", "drover-transport"),
-    // Dev only: the fleet test runs replicas on a real PostgreSQL server.
+    // Dev only: the fleet test runs replicas on a real PostgreSQL server; the skip-or-fail rule
+    // for privileged tests.
     ("drover", "drover-testkit"),
     ("drover-api", "drover-proto"),
     // To go (issue 19): only for the schema checker and strict JSON parser, which move where
@@ -46,6 +50,8 @@ const ALLOWED: &[(&str, &str)] = &[
     ("drover-provision", "drover-proto"),
     ("drover-provision", "drover-store"),
     ("drover-sandbox", "drover-sys"),
+    // Dev only: the skip-or-fail rule for privileged tests.
+    ("drover-sandbox", "drover-testkit"),
     ("drover-service", "drover-api"),
     ("drover-service", "drover-proto"),
     ("drover-service", "drover-provision"),
@@ -56,6 +62,8 @@ const ALLOWED: &[(&str, &str)] = &[
     ("drover-store", "drover-testkit"),
     ("drover-supervisor", "drover-proto"),
     ("drover-supervisor", "drover-sandbox"),
+    // Dev only: the skip-or-fail rule for privileged tests.
+    ("drover-supervisor", "drover-testkit"),
     ("drover-supervisor", "drover-transport"),
     ("drover-transport", "drover-proto"),
 ];
@@ -210,4 +218,60 @@ fn the_check_sees_a_forbidden_crate() {
     let reached = closure(&graph, "drover-supervisor");
     assert!(reached.contains("seccompiler") && reached.contains("drover-sandbox"));
     assert!(!closure(&graph, "drover-driver").contains("drover-supervisor"));
+}
+
+/// Crates that may have more than one integration-test binary, and why. Every other crate has
+/// at most one (issue 19): `tests/it/main.rs` with a module per area, so the helpers build and
+/// link once. An entry that no longer applies should go, but is not a failure, so that the
+/// crates still being merged can land in any order.
+const SEVERAL_TEST_BINARIES: &[(&str, &str)] = &[
+    ("drover-store", "issue 19: its suite is being merged into one binary separately"),
+    ("drover-provision", "issue 19: its suite is being merged into one binary separately"),
+    (
+        "drover-sandbox",
+        "spawn.rs drops the whole process's privileges (Phase A) and runs its own cases (harness = false)",
+    ),
+    (
+        "drover-supervisor",
+        "sessions.rs drops the whole process's privileges (Phase A) and runs its own cases (harness = false)",
+    ),
+];
+
+#[test]
+fn one_integration_test_binary_per_crate() {
+    let meta = metadata();
+    let members: BTreeSet<&str> = meta["workspace_members"]
+        .as_array()
+        .expect("workspace_members")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    let mut several = Vec::new();
+    for package in meta["packages"].as_array().expect("packages") {
+        if !members.contains(str_of(package, "id")) {
+            continue;
+        }
+        let name = str_of(package, "name");
+        let tests: Vec<&str> = package["targets"]
+            .as_array()
+            .expect("targets")
+            .iter()
+            .filter(|target| {
+                target["kind"].as_array().is_some_and(|k| k.iter().any(|k| k == "test"))
+            })
+            .map(|target| str_of(target, "name"))
+            .collect();
+        if name == "drover" {
+            // Not vacuous: the binary's suite is there, as one target.
+            assert_eq!(tests, ["it"], "drover's integration tests");
+        }
+        if tests.len() > 1 && !SEVERAL_TEST_BINARIES.iter().any(|(krate, _)| *krate == name) {
+            several.push(format!("{name}: {tests:?}"));
+        }
+    }
+    assert!(
+        several.is_empty(),
+        "one integration-test binary per crate (tests/it/main.rs, a module per area); a test \
+         that needs a process of its own is listed in SEVERAL_TEST_BINARIES with why: {several:?}"
+    );
 }

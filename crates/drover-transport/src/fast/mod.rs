@@ -23,7 +23,7 @@
 //! `msg`, an integer written as `2.0`, an integer beyond 2^53, a parse error) makes it decline
 //! the frame; [`crate::FrameValidator::decode`] then runs the full path, which either accepts
 //! the frame too or produces the rejection with its violations. So the fast path can only be
-//! stricter than the schema, never laxer, and `tests/fast_path.rs` checks that both paths agree
+//! stricter than the schema, never laxer, and `tests/it/fast_path.rs` checks that both paths agree
 //! on accept and reject, and on the frame, for mutated frames of every type.
 
 mod checked;

@@ -5,7 +5,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
@@ -799,7 +799,7 @@ async fn estimates_drivers_readiness_and_metrics_answer() {
 /// `# TYPE` or `name{labels} value`; every sample belongs to a family with a `# TYPE` given
 /// before it, and only histograms have `_bucket`/`_sum`/`_count` samples; label values are
 /// quoted; values are numbers, never `-0`. Returns the samples as (name, labels, value).
-pub fn parse_exposition(text: &str) -> Vec<(String, String, f64)> {
+fn parse_exposition(text: &str) -> Vec<(String, String, f64)> {
     let mut types: std::collections::HashMap<String, String> = Default::default();
     let mut samples = Vec::new();
     for line in text.lines() {

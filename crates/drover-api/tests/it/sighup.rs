@@ -1,9 +1,11 @@
-//! SIGHUP reloads the tokens without a restart. Its own test binary: the signal goes to the
-//! whole process, and this process installs the handler before raising it.
+//! SIGHUP reloads the tokens without a restart. The signal goes to the whole test process: this
+//! test installs the handler before raising it (the handler then stays for the process's life),
+//! and no other test in this binary raises SIGHUP or installs a reload, so it needs no process
+//! of its own.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::Duration;

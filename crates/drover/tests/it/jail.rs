@@ -5,7 +5,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
 
-mod sandbox_harness;
+use crate::sandbox_harness;
 
 use std::process::{Command, Stdio};
 

@@ -93,10 +93,11 @@ fn every_file_and_test_named_exists() {
 
 #[test]
 fn the_checker_catches_a_renamed_test() {
-    let row = "| SR-001 | x | `crates/drover/tests/security_doc.rs` `no_such_test_here` |";
-    let text = std::fs::read_to_string(root().join("crates/drover/tests/security_doc.rs")).unwrap();
+    let row = "| SR-001 | x | `crates/drover/tests/it/security_doc.rs` `no_such_test_here` |";
+    let text =
+        std::fs::read_to_string(root().join("crates/drover/tests/it/security_doc.rs")).unwrap();
     let spans = code_spans(row);
-    assert_eq!(spans, ["crates/drover/tests/security_doc.rs", "no_such_test_here"]);
+    assert_eq!(spans, ["crates/drover/tests/it/security_doc.rs", "no_such_test_here"]);
     assert!(is_path(spans[0]) && is_test_name(spans[1]));
     assert!(!text.contains(&format!("fn {}(", spans[1])));
     assert!(text.contains("fn the_checker_catches_a_renamed_test("));

@@ -9,7 +9,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
 
-mod common;
+use crate::common;
 
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
@@ -23,12 +23,15 @@ use serde_json::Value;
 const UUID0: &str = "GPU-0a0a0a0a-1111-2222-3333-444444444444";
 const UUID1: &str = "GPU-1b1b1b1b-5555-6666-7777-888888888888";
 
-fn root_or_skip() -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    eprintln!("SKIPPED: the fake GPU machine needs root (mknod, privilege drop); CI runs as root");
-    false
+/// Ends the calling test unless this runs as root (see `drover_testkit::privileged`).
+macro_rules! require_root {
+    () => {
+        if !drover_testkit::privileged::is_root() {
+            drover_testkit::skip_or_fail!(
+                "the fake GPU machine needs root (mknod, privilege drop); CI runs as root"
+            );
+        }
+    };
 }
 
 /// Two GPUs whose minors are the reverse of their indices (index 0 is /dev/nvidia1), the
@@ -137,9 +140,7 @@ fn opened_by(machine: &FakeMachine, gpu: &str) -> String {
 
 #[test]
 fn a_driver_given_one_gpu_can_open_only_that_gpu_and_the_control_nodes() {
-    if !root_or_skip() {
-        return;
-    }
+    require_root!();
     let machine = FakeMachine::new();
     // GPU 0 is /dev/nvidia1 on this machine (its minor), GPU 1 is /dev/nvidia0. The other GPU's
     // node does not even exist in the driver's private tree (the GPU profile requires it).
@@ -159,9 +160,7 @@ fn a_driver_given_one_gpu_can_open_only_that_gpu_and_the_control_nodes() {
 
 #[test]
 fn a_gpu_that_is_not_there_is_refused_by_name() {
-    if !root_or_skip() {
-        return;
-    }
+    require_root!();
     let machine = FakeMachine::new();
     let output = machine
         .drover()
@@ -198,9 +197,7 @@ fn a_gpu_that_is_not_there_is_refused_by_name() {
 
 #[test]
 fn drivers_and_sandbox_status_show_which_gpu_each_driver_holds() {
-    if !root_or_skip() {
-        return;
-    }
+    require_root!();
     let machine = FakeMachine::new();
     let token = ApiToken::generate().unwrap();
     let extra = format!(
@@ -267,9 +264,7 @@ fn drivers_and_sandbox_status_show_which_gpu_each_driver_holds() {
 /// procfs; /proc/sys stays read-only; the default profile still cannot write /proc.
 #[test]
 fn under_the_gpu_profile_threads_can_name_themselves_as_cuda_does() {
-    if !root_or_skip() {
-        return;
-    }
+    require_root!();
     let script = "if printf cuda-worker > /proc/self/task/$$/comm; then cat /proc/$$/comm; else echo denied; fi; \
                   if echo x > /proc/sys/kernel/hostname; then echo sys-writable; else echo sys-read-only; fi";
     let run = |profile: Option<PathBuf>| {
@@ -313,9 +308,7 @@ fn gpu_check_without_a_gpu_says_so_and_exits_2() {
 
 #[test]
 fn gpu_check_with_gpus_listed_but_no_cuda_library_says_no_gpu() {
-    if !root_or_skip() {
-        return;
-    }
+    require_root!();
     // nvidia-smi lists GPUs, but libcuda.so.1 is not there: the outside run answers no GPU.
     // (Where a real libcuda exists this would run CUDA against fake nodes; CI has none.)
     let machine = FakeMachine::new();

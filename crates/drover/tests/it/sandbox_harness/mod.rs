@@ -22,36 +22,20 @@ use serde_json::Value;
 /// output.
 pub const FAKE_SECRET: &str = "drover-test-secret-3f9a1c";
 
-/// Why these tests cannot run here, if they cannot.
-pub fn unable() -> Option<String> {
-    let uid = nix::unistd::geteuid().as_raw();
-    if uid == 0 {
-        return None;
-    }
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let bounding = status.lines().find(|l| l.starts_with("CapBnd:")).unwrap_or_default();
-    if bounding.ends_with("0000000000000000") {
-        return None;
-    }
-    Some(format!(
-        "the sandbox tests need root (as CI runs them) or an empty capability bounding set; \
-         running as uid {uid} with {bounding}"
-    ))
-}
-
-/// Returns early (saying why) when these tests cannot run here.
+/// Ends the calling test when the sandbox cannot fully run here (see
+/// `drover_testkit::privileged`: a failure under the `privileged-tests` feature, which CI turns
+/// on; a printed skip otherwise).
 #[macro_export]
 macro_rules! require_privilege {
     () => {
-        if let Some(reason) = $crate::sandbox_harness::unable() {
-            eprintln!("SKIPPED: {reason}");
-            return;
+        if let Some(reason) = drover_testkit::privileged::sandbox_unavailable() {
+            drover_testkit::skip_or_fail!("{reason}");
         }
     };
 }
 
 pub fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
+    drover_testkit::privileged::is_root()
 }
 
 /// A world-readable copy of the drover binary (the target directory may not be reachable by

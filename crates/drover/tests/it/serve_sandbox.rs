@@ -5,7 +5,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead as _, BufReader};
 use std::os::unix::fs::PermissionsExt as _;
@@ -60,7 +60,7 @@ fn python_driver(name: &str, dir: &Path, script: &str, args: &[&Path]) -> String
 }
 
 fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
+    drover_testkit::privileged::is_root()
 }
 
 /// Gives `path` to the uid drover drops to (65534), when this test runs as root.
@@ -253,7 +253,7 @@ fn serve_leaves(controller: &str, serve_pid: u32) -> Vec<PathBuf> {
 fn every_driver_of_serve_runs_in_its_own_limited_cgroups() {
     if !is_root() {
         // Started non-root, serve has no cgroups to give (see the refusal test below).
-        return;
+        drover_testkit::skip_or_fail!("serve gives drivers cgroups only when started as root");
     }
     let drivers = drivers_dir();
     std::fs::write(
@@ -299,7 +299,7 @@ fn every_driver_of_serve_runs_in_its_own_limited_cgroups() {
 #[test]
 fn serve_without_cgroups_refuses_to_start_unless_the_risk_is_accepted() {
     if !is_root() {
-        return;
+        drover_testkit::skip_or_fail!("making serve find no cgroups needs root");
     }
     let drivers = drivers_dir();
     let scratch = scratch();

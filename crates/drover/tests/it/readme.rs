@@ -1,6 +1,7 @@
 //! README.md tells the truth: its quick start's first command is `drover demo`, which runs a
 //! whole job and exits 0 (so the demo runs in CI), its validation example prints what it says,
-//! and `.ci/run` runs exactly the test command it prints.
+//! and `.ci/run` runs exactly the test command it prints (plus the features that make the
+//! privileged tests required, which it names).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -32,10 +33,32 @@ fn ci_runs_the_test_command_from_the_readme() {
         .find(|c| c.starts_with("cargo test"))
         .expect("README's quick start has a test command");
     let ci = repository_file(".ci/run");
+    // CI adds only the features that make the privileged tests required (issue 19), for every
+    // crate that has that feature.
+    let features = privileged_features();
+    assert!(features.len() >= 3, "{features:?}");
+    let with_features = format!("{test_command} --features {}", features.join(","));
     assert!(
-        ci.lines().any(|line| line.trim() == test_command),
-        ".ci/run must run `{test_command}` exactly, as README.md says"
+        ci.lines().any(|line| line.trim() == with_features),
+        ".ci/run must run `{with_features}` exactly: README.md's command with the privileged tests required"
     );
+    assert!(readme.contains(&with_features[test_command.len()..].trim_start().to_owned()));
+}
+
+/// `<crate>/privileged-tests` for every workspace crate that declares that feature, by name.
+fn privileged_features() -> Vec<String> {
+    let crates = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut crates_with_feature: Vec<String> = std::fs::read_dir(crates)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|dir| {
+            std::fs::read_to_string(dir.join("Cargo.toml"))
+                .is_ok_and(|manifest| manifest.lines().any(|l| l == "privileged-tests = []"))
+        })
+        .map(|dir| dir.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    crates_with_feature.sort();
+    crates_with_feature.iter().map(|krate| format!("{krate}/privileged-tests")).collect()
 }
 
 /// Every shell command in README's "Quick start" section, in all its `sh` blocks.

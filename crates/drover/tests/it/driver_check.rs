@@ -54,10 +54,15 @@ fn dir() -> &'static Path {
     })
 }
 
+/// Whether driver-check runs sandboxed here: as root. Otherwise it runs with `--no-sandbox`,
+/// which the `privileged-tests` feature (on in CI) does not accept.
 fn sandboxed() -> bool {
-    let root = nix::unistd::geteuid().is_root();
+    let root = drover_testkit::privileged::is_root();
     if !root {
-        eprintln!("not root: driver-check runs with --no-sandbox here (CI runs it sandboxed)");
+        drover_testkit::privileged::cannot_run(
+            "not root: driver-check runs with --no-sandbox here (CI runs it sandboxed)",
+            cfg!(feature = "privileged-tests"),
+        );
     }
     root
 }

@@ -6,7 +6,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
 
-mod sandbox_harness;
+use crate::sandbox_harness;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -65,8 +65,9 @@ time.sleep(8)
 fn a_thread_bomb_stops_at_its_own_pids_limit_and_another_driver_still_starts() {
     require_privilege!();
     if !is_root() {
-        eprintln!("SKIPPED: drivers get cgroups only when drover starts as root (as on CI)");
-        return;
+        drover_testkit::skip_or_fail!(
+            "drivers get cgroups only when drover starts as root (as on CI)"
+        );
     }
     let bomb_profile = profile("[limits]\npids = 64\n");
     let mut bomb = exec_command(As::Root, &bomb_profile, &["/usr/bin/python3", "-c", THREAD_BOMB])
@@ -115,8 +116,9 @@ os.wait()
 fn a_driver_spinning_on_every_core_is_held_to_its_cpu_quota() {
     require_privilege!();
     if !is_root() {
-        eprintln!("SKIPPED: drivers get cgroups only when drover starts as root (as on CI)");
-        return;
+        drover_testkit::skip_or_fail!(
+            "drivers get cgroups only when drover starts as root (as on CI)"
+        );
     }
     // A tenth of a core for two processes that would each take a whole one (so the quota
     // binds even when other work on a busy machine leaves them little).
@@ -155,8 +157,9 @@ fn a_driver_spinning_on_every_core_is_held_to_its_cpu_quota() {
 fn the_memory_limit_is_still_enforced_beside_the_new_limits() {
     require_privilege!();
     if !is_root() {
-        eprintln!("SKIPPED: drivers get cgroups only when drover starts as root (as on CI)");
-        return;
+        drover_testkit::skip_or_fail!(
+            "drivers get cgroups only when drover starts as root (as on CI)"
+        );
     }
     let limited = profile("[limits]\nmemory_bytes = 67108864\npids = 32\ncpu_millicores = 2000\n");
     let hog = "x = bytearray(256 << 20)\nprint(len(x))\n";

@@ -9,7 +9,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
 
-mod sandbox_harness;
+use crate::sandbox_harness;
 
 use std::collections::BTreeMap;
 use std::process::{Command, Output, Stdio};
@@ -275,8 +275,9 @@ fn without_user_namespaces(args: &[&str]) -> Output {
 fn status_tells_the_truth_and_a_required_missing_feature_fails_closed() {
     require_privilege!();
     if !is_root() {
-        eprintln!("SKIPPED: building a kernel environment without user namespaces needs root");
-        return;
+        drover_testkit::skip_or_fail!(
+            "building a kernel environment without user namespaces needs root"
+        );
     }
     let drover = probe_bin();
     let output = Command::new(&drover).args(["sandbox", "status", "--json"]).output().unwrap();
@@ -346,8 +347,9 @@ fn status_tells_the_truth_and_a_required_missing_feature_fails_closed() {
 #[test]
 fn a_non_root_start_with_a_bounding_set_fails_closed() {
     if !is_root() {
-        eprintln!("SKIPPED: starting drover as another uid with a full bounding set needs root");
-        return;
+        drover_testkit::skip_or_fail!(
+            "starting drover as another uid with a full bounding set needs root"
+        );
     }
     let output = Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--"])
@@ -382,12 +384,10 @@ fn a_profile_error_names_the_field() {
 fn an_oom_kill_in_the_memory_cgroup_is_named() {
     require_privilege!();
     if !is_root() {
-        eprintln!("SKIPPED: preparing a memory cgroup needs root at start-up");
-        return;
+        drover_testkit::skip_or_fail!("preparing a memory cgroup needs root at start-up");
     }
     if drover_sandbox::cgroup::memory_hierarchy().is_none() {
-        eprintln!("SKIPPED: this kernel has no memory cgroup controller (v1 or v2)");
-        return;
+        drover_testkit::skip_or_fail!("this kernel has no memory cgroup controller (v1 or v2)");
     }
     let limited = profile("[limits]\nmemory_bytes = 33554432\n");
     let (output, lines) = probe(As::Root, &limited, &["alloc:8", "alloc:256"]);
@@ -422,8 +422,7 @@ fn processes_running(argv: &[&str]) -> Vec<u32> {
 fn orphans_that_leave_the_process_group_are_reaped_as_subreaper_and_as_pid_1() {
     require_privilege!();
     if !is_root() {
-        eprintln!("SKIPPED: running drover as PID 1 of a new pid namespace needs root");
-        return;
+        drover_testkit::skip_or_fail!("running drover as PID 1 of a new pid namespace needs root");
     }
     // Without namespaces, a daemonised grandchild escapes the driver's process group; the
     // supervisor (a subreaper, or PID 1 of a container) inherits it and must not leave it.
