@@ -225,8 +225,6 @@ fn the_check_sees_a_forbidden_crate() {
 /// link once. An entry that no longer applies should go, but is not a failure, so that the
 /// crates still being merged can land in any order.
 const SEVERAL_TEST_BINARIES: &[(&str, &str)] = &[
-    ("drover-store", "issue 19: its suite is being merged into one binary separately"),
-    ("drover-provision", "issue 19: its suite is being merged into one binary separately"),
     (
         "drover-sandbox",
         "spawn.rs drops the whole process's privileges (Phase A) and runs its own cases (harness = false)",

@@ -1,11 +1,7 @@
 //! The SQLite store on a real file: jobs, events, idempotency, leases and the ledger, audit,
 //! durability across reopening.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-
-use common::*;
+use crate::common::*;
 
 use drover_proto::JobPhase;
 use drover_store::{DEFAULT_FILE_NAME, ReserveLimits, SqliteStore, Store};

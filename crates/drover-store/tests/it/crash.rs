@@ -8,16 +8,12 @@
 //! prints `ack <id>` only after `submit_job` returned (the acknowledgement a client would
 //! get) and `done <id>` after the terminal state committed.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use drover_proto::api::JobEventKind;
 use drover_proto::{JobPhase, JobState, LeasePhase};
 use drover_store::{Idempotency, JobFilter, ReserveLimits, SqliteStore, Store};
@@ -55,7 +51,7 @@ fn run_child_and_kill(dir: &std::path::Path, round: u32) -> (Vec<String>, Vec<St
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
-            "kill_9_at_many_points_loses_no_acknowledged_job_and_the_ledger_balances",
+            "crash::kill_9_at_many_points_loses_no_acknowledged_job_and_the_ledger_balances",
             "--nocapture",
             "--test-threads=1",
         ])

@@ -3,12 +3,7 @@
 //! over `impl Store`, instantiated once per backend by `on_both!`; the cases at the end are
 //! PostgreSQL's own, where writers in several processes race.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-#[macro_use]
-mod common;
-
-use common::*;
+use crate::common::*;
 use drover_proto::api::{AuditEvent, JobEventKind};
 use drover_proto::{JobPhase, JobProgress, JobResult, JobState, LeasePhase, Outcome};
 use drover_store::{Idempotency, JobFilter, ReserveLimits, Store, StoreError};
@@ -229,7 +224,7 @@ fn audit_event(i: usize) -> AuditEvent {
 
 /// Two stores on one database: what two supervisor replicas hold.
 async fn two_replicas() -> (drover_store::PgStore, drover_store::PgStore) {
-    let options = common::postgres::fresh_database().await;
+    let options = crate::common::postgres::fresh_database().await;
     let first = drover_store::PgStore::connect_with(options.clone()).await.unwrap();
     let second = drover_store::PgStore::connect_with(options).await.unwrap();
     (first, second)
@@ -253,7 +248,7 @@ fn system_ms() -> u64 {
 
 #[tokio::test]
 async fn postgres_a_reservation_on_another_day_than_the_databases_is_refused() {
-    let store = common::postgres::store().await;
+    let store = crate::common::postgres::store().await;
     let limits = ReserveLimits { daily_cap_usd: 10.0, job_committed_seen_usd: 0.0 };
     let today = store.now_unix_ms().await.unwrap() / 86_400_000;
     // A replica whose clock is a day behind (or ahead) books nothing.
@@ -369,7 +364,7 @@ async fn postgres_events_from_two_replicas_are_numbered_without_gaps_and_end_at_
 #[tokio::test]
 async fn postgres_the_ledger_report_notices_an_entry_without_its_lease_state() {
     use sqlx::Connection as _;
-    let options = common::postgres::fresh_database().await;
+    let options = crate::common::postgres::fresh_database().await;
     let store = drover_store::PgStore::connect_with(options.clone()).await.unwrap();
     let limits = ReserveLimits { daily_cap_usd: 10.0, job_committed_seen_usd: 0.0 };
     store.reserve_lease(&lease("lease-1", "job-1", 2.0), limits).await.unwrap();

@@ -3,14 +3,9 @@
 //! orphan is taken over by exactly one replica, after which its old owner is fenced off, and
 //! a cancel sent to another replica reaches the owner once.
 
-#![allow(clippy::unwrap_used)]
-
-#[macro_use]
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use drover_proto::JobPhase;
 use drover_proto::api::JobEventKind;
 use drover_store::{Fleet, Heartbeat, Store, StoreError};

@@ -4,18 +4,14 @@
 //! errors, `Debug` of every value handed out. The restricted key the simulator gives each
 //! instance (`instance_api_key`) must not appear either.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod util;
-
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
+use crate::util::*;
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
 use drover_proto::Pricing;
 use drover_provision::{ApiKey, JobContext, VastClient};
-use util::*;
 
 #[derive(Clone, Default)]
 struct Capture(Arc<Mutex<Vec<u8>>>);

@@ -4,17 +4,13 @@
 //! settled at least at what the provider billed. And the deployment id: checked, generated
 //! once per store, kept across restarts, different between stores.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod util;
-
 use std::time::Duration;
 
+use crate::util::*;
 use drover_provision::fleet::{DeploymentError, DeploymentIdError, resolve_deployment};
 use drover_provision::provisioner::StartError;
 use drover_provision::{Clock, LeaseError, Provisioner, ProvisionerConfig};
 use drover_store::SqliteStore;
-use util::*;
 
 /// Two replicas of deployment "test": one store file (two handles, as two processes would
 /// open it), one simulator.

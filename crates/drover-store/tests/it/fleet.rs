@@ -3,14 +3,9 @@
 //! taken over by exactly one replica, after which its old owner's writes are refused; on both
 //! backends.
 
-#![allow(clippy::unwrap_used)]
-
-#[macro_use]
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use drover_store::fleet::DEPLOYMENT_ID_KEY;
 use drover_store::{Fleet, Heartbeat, ReserveLimits, SqliteStore, Store, StoreError};
 

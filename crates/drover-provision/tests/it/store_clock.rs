@@ -6,12 +6,9 @@
 //! The store is a real SQLite store whose clock ([`Store::now_unix_ms`]) reads a day off, as
 //! a PostgreSQL server with a skewed clock would; everything else is the SQLite store's.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod util;
-
 use std::time::Duration;
 
+use crate::util::*;
 use drover_proto::api::{AuditEvent, Job, JobEvent, JobEventKind};
 use drover_proto::{JobId, LeaseId, LeasePhase};
 use drover_provision::sim::{SimConfig, SimTiming, Simulator};
@@ -20,7 +17,6 @@ use drover_store::{
     Committed, Fleet, Heartbeat, JobFilter, JobOwners, JobPage, LeaseRecord, LedgerReport, NewJob,
     OwnedJob, Replica, ReserveLimits, SqliteStore, Store, StoreError, Submitted,
 };
-use util::*;
 
 const DAY_MS: i64 = 86_400_000;
 

@@ -2,15 +2,11 @@
 //! from the simulator's own billing ledger, that nothing was left billing and nothing was
 //! billed beyond a lease's reservation or a job's budget.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod util;
-
+use crate::util::*;
 use drover_proto::{ErrorCode, LeasePhase, Pricing};
 use drover_provision::sim::Faults;
 use drover_provision::vast::{CreateRequest, VastError};
 use drover_provision::{AcquireError, GateReason, JobContext, Provisioner};
-use util::*;
 
 /// Acquire, check it runs, release, check the ledger.
 async fn round_trip(rig: &Rig, job: &str) -> drover_proto::Lease {

@@ -3,15 +3,11 @@
 //!
 //! Needs root to mount a 4 MiB tmpfs (CI runs as root); fails, never skips, without it.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::*;
+use crate::common::*;
 use drover_store::{SqliteStore, Store};
 
 /// A tmpfs of `size` mounted on a fresh directory, unmounted on drop.

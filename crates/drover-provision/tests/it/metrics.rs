@@ -1,16 +1,12 @@
 //! Issue 17: nothing on gate decisions or provider calls reached `/metrics`. A refused and
 //! an allowed rental, an estimate and a refused key each move their series.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod util;
-
+use crate::util::{SPEED, config, ctx, request, retry, simulator, store};
 use drover_provision::{
     AcquireError, ApiKey, Clock, JobContext, ProvisionMetrics, Provisioner, ProvisionerConfig,
     VastClient,
 };
 use prometheus_client::registry::Registry;
-use util::{SPEED, config, ctx, request, retry, simulator, store};
 
 fn render(registry: &Registry) -> String {
     let mut text = String::new();
@@ -32,7 +28,7 @@ async fn gate_decisions_and_provider_calls_are_counted() {
     let clock = Clock::scaled(SPEED);
     let sim = simulator("", clock).await;
     let (store, _dir) = store().await;
-    let client = util::client(&sim).with_metrics(metrics.clone());
+    let client = crate::util::client(&sim).with_metrics(metrics.clone());
     let cfg = ProvisionerConfig { metrics: metrics.clone(), ..config() };
     let prov = Provisioner::start(client, store, cfg, clock).await.unwrap();
 

@@ -3,14 +3,10 @@
 //! (`assert_no_leak_no_overspend`): nothing left billing, settled >= billed for every lease,
 //! no job billed over its budget, and the day's settlements within the daily cap.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod util;
-
+use crate::util::*;
 use drover_proto::ErrorCode;
 use drover_provision::sim::DEADMAN_POLL_S;
 use drover_provision::{AcquireError, CostModel, JobContext, ProvisionerConfig};
-use util::*;
 
 /// The provisioner's own defaults for the watchdog, as production runs it.
 fn production_watchdog() -> ProvisionerConfig {
