@@ -121,7 +121,14 @@ async fn write_loop(
                         lines.push(b'\n');
                     }
                 }
-                if let Err(error) = handle.write_all(&lines).await {
+                // tokio's `File` hands a write to a blocking thread and returns before it is
+                // done; only `flush` waits for it. Without it a flushed auditor could leave the
+                // last batch unwritten (seen under load: the file one batch behind the store).
+                let written = match handle.write_all(&lines).await {
+                    Ok(()) => handle.flush().await,
+                    Err(error) => Err(error),
+                };
+                if let Err(error) = written {
                     tracing::error!(%error, "writing the audit file failed");
                 }
             }
