@@ -24,9 +24,10 @@ use std::time::{Duration, Instant};
 
 use drover_proto::api::AuditEvent;
 use drover_proto::config::{ApiLimitsConfig, RateLimitConfig};
+use drover_proto::text::rfc3339_now;
 use serde_json::{Map, Value};
 
-use crate::audit::{Auditor, rfc3339_now};
+use crate::audit::Auditor;
 use crate::auth::RateLimiter;
 pub use crate::listener::{peer_key, peer_of};
 

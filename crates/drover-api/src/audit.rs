@@ -58,7 +58,7 @@ impl Auditor {
         metadata: Map<String, Value>,
     ) {
         let event = AuditEvent {
-            timestamp: rfc3339_now(),
+            timestamp: drover_proto::text::rfc3339_now(),
             request_id: request_id.map(str::to_owned),
             actor: actor.to_owned(),
             action: action.to_owned(),
@@ -145,51 +145,4 @@ async fn write_loop(
 
 async fn open_append(path: &std::path::Path) -> std::io::Result<tokio::fs::File> {
     tokio::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(path).await
-}
-
-/// The current time as RFC 3339 UTC with milliseconds: `2026-11-22T09:14:03.120Z`.
-pub fn rfc3339_now() -> String {
-    let ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0);
-    rfc3339(ms)
-}
-
-/// Formats Unix milliseconds as RFC 3339 UTC with milliseconds.
-pub fn rfc3339(unix_ms: u64) -> String {
-    let secs = unix_ms / 1000;
-    let (days, rest) = (secs / 86_400, secs % 86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm), in unsigned
-    // arithmetic: valid for every date from 1970 on.
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + u64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rest / 3600,
-        rest % 3600 / 60,
-        rest % 60,
-        unix_ms % 1000
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn timestamps_are_rfc3339_utc() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(rfc3339(1_795_305_600_000), "2026-11-22T00:00:00.000Z");
-        assert_eq!(rfc3339(951_782_400_123), "2000-02-29T00:00:00.123Z");
-        assert_eq!(rfc3339(4_107_542_399_999), "2100-02-28T23:59:59.999Z");
-        assert_eq!(rfc3339_now().len(), 24);
-    }
 }

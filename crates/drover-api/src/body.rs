@@ -24,8 +24,8 @@ use axum::http::request::Parts;
 use bytes::Bytes;
 use drover_proto::Violation;
 use drover_proto::api::{API_SCHEMAS, ApiErrorCode, EstimateRequest, JobListQuery, JobSpec};
-use drover_transport::SchemaChecker;
-use drover_transport::json;
+use drover_schema::SchemaChecker;
+use drover_schema::json;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
@@ -259,16 +259,8 @@ impl<T: ApiBody> FromRequestParts<Arc<ApiState>> for ValidQuery<T> {
     }
 }
 
-fn truncate_pointer(mut pointer: String) -> String {
-    let max = drover_proto::limits::POINTER_LEN as usize;
-    if pointer.len() > max {
-        let mut cut = max;
-        while !pointer.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        pointer.truncate(cut);
-    }
-    pointer
+fn truncate_pointer(pointer: String) -> String {
+    drover_proto::text::truncate(&pointer, drover_proto::limits::POINTER_LEN)
 }
 
 /// `application/x-www-form-urlencoded` decoding of one key or value.

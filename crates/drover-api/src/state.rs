@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use drover_proto::api::ApiErrorCode;
 use drover_proto::config::{ApiConfig, ApiLimitsConfig, ApiMode};
 use drover_proto::{ActionName, DriverName, ParamsSchema};
-use drover_transport::SchemaChecker;
+use drover_schema::SchemaChecker;
 use tokio::sync::watch;
 
 use crate::anonymous::AnonymousGate;

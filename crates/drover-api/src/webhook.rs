@@ -218,6 +218,8 @@ impl WebhookSender {
         allow_http: bool,
         targets: TargetPolicy,
     ) -> Result<Self, WebhookError> {
+        // The one TLS provider (see the workspace manifest); a second install is a no-op.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .no_proxy()

@@ -169,7 +169,7 @@ fn wire(code: ErrorCode, message: &str) -> WireError {
 }
 
 fn cut(text: &str) -> String {
-    text.chars().take(MESSAGE_LEN as usize).collect()
+    drover_proto::text::truncate(text, MESSAGE_LEN)
 }
 
 impl<T: AsyncRead + AsyncWrite + Unpin, D: Driver> Session<T, D> {

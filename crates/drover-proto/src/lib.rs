@@ -31,6 +31,7 @@ pub mod limits;
 pub mod messages;
 pub mod profile;
 pub mod schema;
+pub mod text;
 
 pub use frame::{Frame, Message, MessageType, Party, Role};
 pub use ids::{ActionName, Capability, DriverName, IdError, JobId, LeaseId, MsgId, SessionId};

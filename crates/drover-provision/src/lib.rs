@@ -1,22 +1,20 @@
-//! drover's gated provisioner: the only code that holds the Vast.ai key and the only way a GPU
-//! is ever rented.
+//! drover's gated provisioner: the policy of renting, and the only way a GPU is ever rented.
+//! It drives the Vast.ai client ([`drover_vast`], which holds the key on the wire) and is
+//! tested against the simulator (`drover-vast-sim`), which it does not depend on.
 //!
 //! | Module | What it does |
 //! |---|---|
-//! | [`secret`] | [`ApiKey`]: read once from `VASTAI_API_KEY`, redacted in every `Debug`/`Display` |
-//! | [`vast`] | the Vast.ai REST client: retries, error classification, "any contract is live" |
-//! | [`sim`] | the Vast.ai simulator: same routes and shapes, faults, its own billing ledger |
+//! | [`clock`] | the store's clock, the budget day, audit timestamps ([`Clock`] is the client's) |
 //! | [`estimate`] | the deterministic cost model, with worked examples |
 //! | [`gate`] | the cost gate (SR-007): below 95% confidence, or any doubt, nothing is rented |
 //! | [`provisioner`] | leases: reserve, rent with failover, watchdog, confirmed destroy, settle, reaper; persisted through [`drover_store::Store`] |
-//! | [`metrics`] | gate decisions and provider calls for `/metrics` |
+//! | [`metrics`] | gate decisions (and, registered with them, the client's provider calls) for `/metrics` |
 //! | [`fleet`] | deployment id (configured, or generated once per store), replica ids and heartbeats, who owns a lease |
-//! | [`redact`] | blanks secret-bearing fields before anything is logged |
 //!
 //! Architecture invariants:
 //!
-//! - The key never leaves this crate: it is sent only as `Authorization: Bearer`, never in a
-//!   URL, log line, error, audit event or anything handed to a driver.
+//! - The key stays in the client: nothing here reads it, logs it, audits it or hands it to a
+//!   driver; provider errors are the client's, already scrubbed.
 //! - Fail closed: an estimate with any doubtful input, a stale quote, a confidence below the
 //!   floor, or a daily cap that cannot cover the worst case rents nothing.
 //! - Write before acting, close after proof: the lease is reserved before the first create, a
@@ -32,8 +30,8 @@
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-//! use drover_provision::vast::{DEFAULT_BASE_URL, base_url_from_env};
-//! use drover_provision::{ApiKey, Clock, Provisioner, ProvisionerConfig, RetryPolicy, VastClient};
+//! use drover_provision::{Provisioner, ProvisionerConfig};
+//! use drover_vast::{ApiKey, Clock, DEFAULT_BASE_URL, RetryPolicy, VastClient, base_url_from_env};
 //! use drover_store::SqliteStore;
 //!
 //! let key = ApiKey::from_env()?; // VASTAI_API_KEY, read once
@@ -45,29 +43,18 @@
 //! ```
 
 #![forbid(unsafe_code)]
-#![recursion_limit = "256"]
 
 pub mod clock;
 pub mod estimate;
 pub mod gate;
 pub mod metrics;
-pub mod provider;
 pub mod provisioner;
-pub mod redact;
-pub mod retry;
-pub mod secret;
-pub mod sim;
-pub mod vast;
 
 pub use clock::Clock;
 pub use estimate::{CostModel, Estimate, EstimateInputs};
 pub use gate::{CostGateError, Gate, GateReason};
 pub use metrics::{GatePurpose, ProvisionMetrics};
-pub use provider::Provider;
 pub use provisioner::fleet;
 pub use provisioner::{
     AcquireError, DryRun, JobContext, LeaseError, Provisioner, ProvisionerConfig, ReapReport,
 };
-pub use retry::RetryPolicy;
-pub use secret::ApiKey;
-pub use vast::{VastClient, VastError};

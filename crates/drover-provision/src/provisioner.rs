@@ -61,13 +61,13 @@ use tracing::{info, warn};
 use crate::clock::Clock;
 use crate::estimate::{CostModel, Estimate, GB_PER_GIB};
 use crate::gate::{CostGateError, Gate};
-use crate::provider::Provider;
-use crate::redact::bounded;
 use drover_proto::api::AuditEvent;
 use drover_store::{ContractRecord, LeaseRecord, Store};
+use drover_vast::VastClient;
+use drover_vast::redact::bounded;
 
-use crate::clock::rfc3339_ms;
-use crate::vast::VastError;
+use drover_proto::text::rfc3339_ms;
+use drover_vast::VastError;
 
 /// How the provisioner behaves. Durations are clock seconds.
 #[derive(Clone, Debug, PartialEq)]
@@ -144,8 +144,8 @@ enum Owner {
     Held { release: Arc<Notify>, watchdog: AbortHandle },
 }
 
-struct Inner<P, S> {
-    provider: P,
+struct Inner<S> {
+    provider: VastClient,
     store: S,
     gate: Gate,
     cfg: ProvisionerConfig,
@@ -166,13 +166,13 @@ struct Inner<P, S> {
 /// The gated provisioner. Dropping it stops its reaper and watchdogs without destroying
 /// anything (as a crash would); the next start's reaper reconciles. [`Provisioner::shutdown`]
 /// releases every lease first.
-pub struct Provisioner<P: Provider, S: Store> {
-    inner: Arc<Inner<P, S>>,
+pub struct Provisioner<S: Store> {
+    inner: Arc<Inner<S>>,
     reaper: JoinHandle<()>,
     heartbeat: JoinHandle<()>,
 }
 
-impl<P: Provider, S: Store> std::fmt::Debug for Provisioner<P, S> {
+impl<S: Store> std::fmt::Debug for Provisioner<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Provisioner")
             .field("deployment", &self.inner.cfg.deployment)
@@ -181,7 +181,7 @@ impl<P: Provider, S: Store> std::fmt::Debug for Provisioner<P, S> {
     }
 }
 
-impl<P: Provider, S: Store> Drop for Provisioner<P, S> {
+impl<S: Store> Drop for Provisioner<S> {
     fn drop(&mut self) {
         self.reaper.abort();
         self.heartbeat.abort();
@@ -234,12 +234,12 @@ pub struct DryRun {
     pub floor: f64,
 }
 
-impl<P: Provider, S: Store> Provisioner<P, S> {
+impl<S: Store> Provisioner<S> {
     /// Validates the configuration, reconciles the account (the start-up reaper: every
     /// instance of this deployment that no live lease owns is destroyed, and every lease a
     /// previous run left open is settled), then starts the periodic reaper.
     pub async fn start(
-        provider: P,
+        provider: VastClient,
         store: S,
         cfg: ProvisionerConfig,
         clock: Clock,
@@ -515,7 +515,7 @@ impl Drop for OwnerGuard<'_> {
     }
 }
 
-impl<P: Provider, S: Store> Inner<P, S> {
+impl<S: Store> Inner<S> {
     async fn audit(
         &self,
         action: &str,

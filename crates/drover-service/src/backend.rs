@@ -13,7 +13,7 @@ use drover_proto::api::{
     OfferSummary, Readiness,
 };
 use drover_proto::{ActionName, DriverName, JobId, ParamsSchema};
-use drover_provision::{AcquireError, Provider};
+use drover_provision::AcquireError;
 use drover_store::{Idempotency, JobFilter, NewJob, Store};
 use futures_util::StreamExt;
 use serde_json::{Map, Value, json};
@@ -24,7 +24,7 @@ use crate::{
     new_job_id, now_ms, phase_name, store_error,
 };
 
-impl<P: Provider, S: Store> Backend for Service<P, S> {
+impl<S: Store> Backend for Service<S> {
     fn submit(&self, submission: Submission) -> BoxFuture<'_, Result<Submitted, BackendError>> {
         Box::pin(async move {
             if !self.accepting.load(Ordering::SeqCst) {
@@ -95,7 +95,7 @@ impl<P: Provider, S: Store> Backend for Service<P, S> {
             let mut metadata = Map::new();
             metadata.insert("state_before".to_owned(), Value::from(phase_name(job.state)));
             let event = AuditEvent {
-                timestamp: drover_api::audit::rfc3339(now_ms()),
+                timestamp: drover_proto::text::rfc3339_ms(now_ms()),
                 request_id: None,
                 actor: actor.to_owned(),
                 action: "job.cancel".to_owned(),

@@ -16,7 +16,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use drover_proto::{AcquireGpu, ErrorCode, Lease, LeaseId, LeaseLog, WireError};
-use drover_provision::{JobContext, LeaseError, Provider, Provisioner};
+use drover_provision::{JobContext, LeaseError, Provisioner};
 use drover_store::Store;
 use drover_supervisor::broker::unknown_lease;
 use drover_supervisor::{BrokerFuture, GpuBroker, LeaseOwner};
@@ -24,24 +24,24 @@ use drover_supervisor::{BrokerFuture, GpuBroker, LeaseOwner};
 /// A [`GpuBroker`] over the gated provisioner: every rental is estimated, gated, reserved and
 /// bounded by `drover-provision`. Ownership is read from the lease's own record (the job it
 /// was rented for), so nothing here grows with the number of leases ever handed out.
-pub struct ProvisionerBroker<P: Provider, S: Store> {
-    provisioner: Arc<Provisioner<P, S>>,
+pub struct ProvisionerBroker<S: Store> {
+    provisioner: Arc<Provisioner<S>>,
 }
 
-impl<P: Provider, S: Store> std::fmt::Debug for ProvisionerBroker<P, S> {
+impl<S: Store> std::fmt::Debug for ProvisionerBroker<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ProvisionerBroker").finish_non_exhaustive()
     }
 }
 
-impl<P: Provider, S: Store> ProvisionerBroker<P, S> {
+impl<S: Store> ProvisionerBroker<S> {
     /// A broker that rents through `provisioner`.
-    pub fn new(provisioner: Arc<Provisioner<P, S>>) -> Self {
+    pub fn new(provisioner: Arc<Provisioner<S>>) -> Self {
         Self { provisioner }
     }
 
     /// The provisioner behind this broker.
-    pub fn provisioner(&self) -> &Arc<Provisioner<P, S>> {
+    pub fn provisioner(&self) -> &Arc<Provisioner<S>> {
         &self.provisioner
     }
 
@@ -75,7 +75,7 @@ fn lease_error(error: &LeaseError) -> WireError {
     }
 }
 
-impl<P: Provider, S: Store> GpuBroker for ProvisionerBroker<P, S> {
+impl<S: Store> GpuBroker for ProvisionerBroker<S> {
     fn acquire<'a>(
         &'a self,
         owner: &'a LeaseOwner,

@@ -26,7 +26,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use drover_proto::{JobId, JobPhase};
-use drover_provision::Provider;
 use drover_store::{OwnedJob, Store, StoreError};
 use serde_json::{Map, Value};
 
@@ -39,7 +38,7 @@ pub const FLEET_POLL: Duration = Duration::from_secs(1);
 /// while none arrives here: 500 ms.
 pub const REMOTE_EVENTS_POLL: Duration = Duration::from_millis(500);
 
-impl<P: Provider, S: Store> Service<P, S> {
+impl<S: Store> Service<S> {
     /// Takes over every orphan this replica can win: `queued` ones are dispatched here,
     /// `starting`/`running` ones are recorded `failed` with the reason. Returns (resumed,
     /// failed).

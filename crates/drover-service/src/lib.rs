@@ -66,7 +66,7 @@ use std::time::Duration;
 use drover_api::backend::BackendError;
 use drover_proto::api::{AuditEvent, Job, JobEvent, JobEventKind, WebhookEvent, WebhookKind};
 use drover_proto::{JobId, JobPhase, JobState};
-use drover_provision::{Provider, Provisioner};
+use drover_provision::Provisioner;
 use drover_store::{Store, StoreError};
 use serde_json::{Map, Value};
 use tokio::sync::{broadcast, watch};
@@ -88,9 +88,9 @@ struct Running {
 }
 
 /// The API backend. See the [module docs](self).
-pub struct Service<P: Provider, S: Store> {
+pub struct Service<S: Store> {
     store: S,
-    provisioner: Arc<Provisioner<P, S>>,
+    provisioner: Arc<Provisioner<S>>,
     runner: Arc<dyn JobRunner>,
     config: ServiceConfig,
     live: broadcast::Sender<JobEvent>,
@@ -100,19 +100,15 @@ pub struct Service<P: Provider, S: Store> {
     me: Weak<Self>,
 }
 
-impl<P: Provider, S: Store> std::fmt::Debug for Service<P, S> {
+impl<S: Store> std::fmt::Debug for Service<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Service").field("provider", &self.config.provider).finish_non_exhaustive()
     }
 }
 
-/// Unix time in milliseconds.
+/// Unix time in milliseconds, never 0 (the API's timestamps have a minimum of 1).
 pub fn now_ms() -> u64 {
-    let since = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_millis();
-    u64::try_from(since).unwrap_or(u64::MAX).max(1)
+    drover_proto::text::now_unix_ms().max(1)
 }
 
 fn new_job_id() -> Result<JobId, drover_proto::IdError> {
@@ -154,13 +150,13 @@ fn state(job_id: &JobId, phase: JobPhase, message: impl Into<String>) -> JobEven
     })
 }
 
-impl<P: Provider, S: Store> Service<P, S> {
+impl<S: Store> Service<S> {
     /// A service over `store`, `runner` and `provisioner`. Call [`Service::recover`] before
     /// serving.
     pub fn new(
         store: S,
         runner: Arc<dyn JobRunner>,
-        provisioner: Arc<Provisioner<P, S>>,
+        provisioner: Arc<Provisioner<S>>,
         config: ServiceConfig,
     ) -> Arc<Self> {
         let (live, _) = broadcast::channel(4096);
@@ -191,7 +187,7 @@ impl<P: Provider, S: Store> Service<P, S> {
     }
 
     /// The provisioner.
-    pub fn provisioner(&self) -> &Arc<Provisioner<P, S>> {
+    pub fn provisioner(&self) -> &Arc<Provisioner<S>> {
         &self.provisioner
     }
 
@@ -302,7 +298,7 @@ impl<P: Provider, S: Store> Service<P, S> {
         metadata: Map<String, Value>,
     ) {
         let event = AuditEvent {
-            timestamp: drover_api::audit::rfc3339(now_ms()),
+            timestamp: drover_proto::text::rfc3339_ms(now_ms()),
             request_id: None,
             actor: "supervisor".to_owned(),
             action: action.to_owned(),

@@ -249,8 +249,4 @@ pub(crate) fn ledger_report(
 }
 
 /// Now, in Unix milliseconds (0 before 1970).
-pub(crate) fn now_unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
+pub(crate) use drover_proto::text::now_unix_ms;

@@ -104,8 +104,10 @@
 pub mod codec;
 pub mod connection;
 mod fast;
-pub mod json;
 pub mod validate;
+
+/// Strict JSON parsing, shared with the HTTP API: [`drover_schema::json`].
+pub use drover_schema::json;
 
 pub use codec::{CodecError, Decoded, FrameCodec, FrameTooLarge};
 pub use connection::{Connection, ConnectionError, Inbound, pair};

@@ -175,6 +175,8 @@ impl ApiClient {
             let path = format!("{}/", url.path());
             url.set_path(&path);
         }
+        // The one TLS provider (see the workspace manifest); a second install is a no-op.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
             .redirect(reqwest::redirect::Policy::none())

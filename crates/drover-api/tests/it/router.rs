@@ -940,7 +940,7 @@ async fn openapi_describes_every_route_with_the_schemas_validation_uses() {
     let served = |name: &str| {
         let root = json!({"$ref": format!("#/components/schemas/{name}"),
                           "components": doc["components"].clone()});
-        drover_transport::SchemaChecker::new(&root).unwrap()
+        drover_schema::SchemaChecker::new(&root).unwrap()
     };
     let validated = |name: &str| &drover_api::body::ApiSchemas::shared().get(name).unwrap().checker;
     let estimate = json!({"gpu": {"count": 1}, "max_runtime_s": 3600, "budget_usd": 1.0});

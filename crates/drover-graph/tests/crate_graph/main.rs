@@ -33,13 +33,13 @@ const ALLOWED: &[(&str, &str)] = &[
     ("drover", "drover-store"),
     ("drover", "drover-supervisor"),
     ("drover", "drover-transport"),
+    ("drover", "drover-vast"),
+    ("drover", "drover-vast-sim"),
     // Dev only: the fleet test runs replicas on a real PostgreSQL server; the skip-or-fail rule
     // for privileged tests.
     ("drover", "drover-testkit"),
     ("drover-api", "drover-proto"),
-    // To go (issue 19): only for the schema checker and strict JSON parser, which move where
-    // transport and API can both use them without depending on each other.
-    ("drover-api", "drover-transport"),
+    ("drover-api", "drover-schema"),
     // Dev only: the API's tests run against a real store.
     ("drover-api", "drover-store"),
     ("drover-driver", "drover-proto"),
@@ -49,6 +49,9 @@ const ALLOWED: &[(&str, &str)] = &[
     ("drover-gpu", "drover-sandbox"),
     ("drover-provision", "drover-proto"),
     ("drover-provision", "drover-store"),
+    ("drover-provision", "drover-vast"),
+    // Dev only: the provisioner's tests rent from the simulator.
+    ("drover-provision", "drover-vast-sim"),
     ("drover-sandbox", "drover-sys"),
     // Dev only: the skip-or-fail rule for privileged tests.
     ("drover-sandbox", "drover-testkit"),
@@ -57,6 +60,9 @@ const ALLOWED: &[(&str, &str)] = &[
     ("drover-service", "drover-provision"),
     ("drover-service", "drover-store"),
     ("drover-service", "drover-supervisor"),
+    // Dev only: the service's tests build a client against the simulator.
+    ("drover-service", "drover-vast"),
+    ("drover-service", "drover-vast-sim"),
     ("drover-store", "drover-proto"),
     // Dev only: the store suite runs against a real PostgreSQL server the testkit starts.
     ("drover-store", "drover-testkit"),
@@ -65,7 +71,10 @@ const ALLOWED: &[(&str, &str)] = &[
     // Dev only: the skip-or-fail rule for privileged tests.
     ("drover-supervisor", "drover-testkit"),
     ("drover-supervisor", "drover-transport"),
+    ("drover-schema", "drover-proto"),
     ("drover-transport", "drover-proto"),
+    ("drover-transport", "drover-schema"),
+    ("drover-vast-sim", "drover-vast"),
 ];
 
 /// `(crate, crates its normal and build dependency closure must not contain, why)`.
@@ -86,7 +95,32 @@ const FORBIDDEN_IN_CLOSURE: &[(&str, &[&str], &str)] = &[
         "the sandbox knows nothing of an async runtime (the child between clone and exec allocates nothing)",
     ),
     ("drover-proto", &["tokio"], "the wire vocabulary does no I/O"),
+    (
+        "drover-schema",
+        &["tokio"],
+        "schema checking and strict JSON do no I/O (the driver SDK links them)",
+    ),
+    (
+        "drover-api",
+        &["drover-transport", "drover-supervisor"],
+        "the HTTP API shares the schema checker with the transport, not the transport itself",
+    ),
     ("drover", &["drover-testkit"], "test support never ships in the binary"),
+    (
+        "drover-vast",
+        &["drover-provision", "drover-vast-sim", "drover-store", "axum"],
+        "the client knows no policy, no simulator and no store",
+    ),
+    (
+        "drover-vast-sim",
+        &["drover-provision", "drover-store"],
+        "the simulator plays the provider: it knows no policy and no store",
+    ),
+    (
+        "drover-provision",
+        &["drover-vast-sim", "axum"],
+        "the policy rents through the client; the simulator is for its tests only",
+    ),
 ];
 
 struct Graph {

@@ -5,8 +5,8 @@ use drover_store::StoreError;
 
 use super::fleet;
 use crate::gate::{CostGateError, GateConfigError};
-use crate::redact::bounded;
-use crate::vast::VastError;
+use drover_vast::VastError;
+use drover_vast::redact::bounded;
 
 /// Why a provisioner could not start.
 #[derive(Debug, thiserror::Error)]

@@ -32,14 +32,12 @@
 //!   store's time, so replicas with skewed clocks agree on "today" and on deadlines.
 
 use std::sync::atomic::Ordering;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use drover_store::fleet::DEPLOYMENT_ID_KEY;
 use drover_store::{Fleet, Store, StoreError};
 
 use super::{Inner, ms_to_s};
 use crate::clock::{midpoint_offset_ms, shift_ms, unix_day};
-use crate::provider::Provider;
 
 /// The longest deployment id, in bytes.
 pub const DEPLOYMENT_MAX_LEN: usize = 64;
@@ -120,13 +118,9 @@ fn random_hex(bytes: usize) -> Result<String, DeploymentError> {
 }
 
 /// The host's wall clock, Unix ms: the SQLite store's clock, which heartbeats are judged by.
-pub(crate) fn wall_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
+use drover_proto::text::now_unix_ms as wall_ms;
 
-impl<P: Provider, S: Store> Inner<P, S> {
+impl<S: Store> Inner<S> {
     /// Reads the store's clock and keeps its offset from this host's (half the round trip
     /// corrected). Done at start and after every heartbeat.
     pub(super) async fn sync_clock(&self) -> Result<(), StoreError> {

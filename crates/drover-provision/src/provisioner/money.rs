@@ -25,21 +25,19 @@
 //! **Dead-man's switch.** Every instance's `onstart` begins with a script that, from the
 //! moment the container starts, waits `max_runtime_s + deadman_grace_s` (never past the
 //! absolute moment `grant + provision_max_s + max_runtime_s + deadman_grace_s`), checking the
-//! time every [`DEADMAN_POLL_S`] seconds, then destroys its own instance through the API with
+//! time every [`POLL_S`](drover_vast::deadman::POLL_S) seconds, then destroys its own instance through the API with
 //! the instance's own scoped key (`CONTAINER_API_KEY`, which Vast.ai puts in every
 //! container's environment with `CONTAINER_ID`), falling back to stopping it (compute billing
 //! ends; the reaper destroys what is left) and retrying for ten minutes. The container starts
 //! before drover sees it `running`, so the instance ends by the lease's hard deadline plus
-//! `deadman_grace_s` plus one check ([`DEADMAN_POLL_S`]) plus the API call, with the
+//! `deadman_grace_s` plus one check ([`POLL_S`](drover_vast::deadman::POLL_S)) plus the API call, with the
 //! supervisor alive or not. The switch is armed only once the container runs: an instance
 //! stuck loading is bounded by the provisioning window and the ceiling, which need the
 //! supervisor, and by the start-up reaper after a restart.
 
-use crate::sim::{DEADMAN_MARKER, DEADMAN_POLL_S};
-use crate::vast::DEFAULT_BASE_URL;
-
-/// The marker of the switch's relative delay, read by the simulator.
-pub const DEADMAN_AFTER_MARKER: &str = "DROVER_DEADMAN_AFTER_S=";
+use drover_vast::DEFAULT_BASE_URL;
+use drover_vast::deadman::POLL_S as DEADMAN_POLL_S;
+use drover_vast::deadman::{AFTER_MARKER as DEADMAN_AFTER_MARKER, AT_MARKER as DEADMAN_MARKER};
 
 /// The longest `onstart` Vast.ai accepts, in characters.
 pub const ONSTART_MAX: usize = 4048;

@@ -9,12 +9,11 @@ use serde_json::json;
 use tracing::warn;
 
 use super::{Inner, LeaseError, Owner, ReapReport, live_contract, lock, parse_label};
-use crate::provider::Provider;
 
 /// How long after its heartbeat expired a replica's row is forgotten (by the next pass).
 pub(super) const PRUNE_AFTER_MS: u64 = 3_600_000;
 
-impl<P: Provider, S: Store> Inner<P, S> {
+impl<S: Store> Inner<S> {
     /// One pass, if this replica gets the deployment's reaper lock (otherwise another replica
     /// is reaping: `skipped`).
     pub(super) async fn reap_once(this: &Arc<Self>) -> Result<ReapReport, LeaseError> {
@@ -167,7 +166,7 @@ impl<P: Provider, S: Store> Inner<P, S> {
     }
 }
 
-impl<P: Provider, S: Store> Inner<P, S> {
+impl<S: Store> Inner<S> {
     /// The store-clock lifetime of a heartbeat (and of the reaper lock), ms.
     pub(super) fn expiry_ms(&self) -> u64 {
         // Bounded by the configuration (at most an hour); the cast cannot truncate.

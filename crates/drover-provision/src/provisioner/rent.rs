@@ -16,9 +16,8 @@ use super::{
 };
 use crate::estimate::{EstimateInputs, GB_PER_GIB};
 use crate::gate::{CostGateError, GateReason};
-use crate::provider::Provider;
-use crate::redact::bounded;
-use crate::vast::{
+use drover_vast::redact::bounded;
+use drover_vast::{
     CreateOutcome, CreateRequest, Instance, InstanceState, Offer, OfferQuery, VastError,
 };
 
@@ -129,7 +128,7 @@ fn validate(req: &AcquireGpu, ctx: &JobContext) -> Result<(), AcquireError> {
     Ok(())
 }
 
-impl<P: Provider, S: Store> Inner<P, S> {
+impl<S: Store> Inner<S> {
     pub(super) fn offer_query(&self, gpu: &GpuRequest, disk_gb: f64) -> OfferQuery {
         OfferQuery {
             gpu_names: gpu.models.clone(),

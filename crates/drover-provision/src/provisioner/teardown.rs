@@ -9,10 +9,9 @@ use serde_json::json;
 use tracing::warn;
 
 use super::{Inner, LeaseError, lock, ms_to_s, settle_cost};
-use crate::provider::Provider;
-use crate::vast::Billed;
+use drover_vast::Billed;
 
-impl<P: Provider, S: Store> Inner<P, S> {
+impl<S: Store> Inner<S> {
     /// Destroys a failed attempt's instance and confirms it gone.
     pub(super) async fn end_attempt(
         &self,
@@ -52,7 +51,7 @@ impl<P: Provider, S: Store> Inner<P, S> {
             let sent_ms = self.clock.now_ms();
             match self.provider.destroy_instance(contract).await {
                 Ok(d) => {
-                    if d == crate::vast::Destroyed::Accepted {
+                    if d == drover_vast::Destroyed::Accepted {
                         accepted_at.get_or_insert(sent_ms);
                     }
                     self.audit(

@@ -10,11 +10,10 @@ use tokio::sync::Notify;
 use tracing::warn;
 
 use super::{Inner, live_contract, lock, money, ms_to_s, settle_cost};
-use crate::provider::Provider;
-use crate::redact::bounded;
-use crate::vast::InstanceState;
+use drover_vast::InstanceState;
+use drover_vast::redact::bounded;
 
-impl<P: Provider, S: Store> Inner<P, S> {
+impl<S: Store> Inner<S> {
     pub(super) async fn watchdog(
         this: Arc<Self>,
         lease_id: LeaseId,

@@ -4,9 +4,9 @@
 
 use crate::util::*;
 use drover_proto::{ErrorCode, LeasePhase, Pricing};
-use drover_provision::sim::Faults;
-use drover_provision::vast::{CreateRequest, VastError};
 use drover_provision::{AcquireError, GateReason, JobContext, Provisioner};
+use drover_vast::{CreateRequest, VastError};
+use drover_vast_sim::Faults;
 
 /// Acquire, check it runs, release, check the ledger.
 async fn round_trip(rig: &Rig, job: &str) -> drover_proto::Lease {
@@ -379,9 +379,7 @@ async fn the_reaper_destroys_only_this_deployments_orphans() {
             target_state: "running",
         };
         match c.create_instance(offers[20 + i].id, &req).await {
-            drover_provision::vast::CreateOutcome::Created { contract_id } => {
-                made.push(contract_id)
-            }
+            drover_vast::CreateOutcome::Created { contract_id } => made.push(contract_id),
             other => panic!("{other:?}"),
         }
     }

@@ -11,7 +11,8 @@ use crate::util::*;
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
 use drover_proto::Pricing;
-use drover_provision::{ApiKey, JobContext, VastClient};
+use drover_provision::JobContext;
+use drover_vast::{ApiKey, VastClient};
 
 #[derive(Clone, Default)]
 struct Capture(Arc<Mutex<Vec<u8>>>);

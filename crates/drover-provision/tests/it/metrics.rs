@@ -3,9 +3,9 @@
 
 use crate::util::{SPEED, config, ctx, request, retry, simulator, store};
 use drover_provision::{
-    AcquireError, ApiKey, Clock, JobContext, ProvisionMetrics, Provisioner, ProvisionerConfig,
-    VastClient,
+    AcquireError, Clock, JobContext, ProvisionMetrics, Provisioner, ProvisionerConfig,
 };
+use drover_vast::{ApiKey, VastClient};
 use prometheus_client::registry::Registry;
 
 fn render(registry: &Registry) -> String {
@@ -28,7 +28,7 @@ async fn gate_decisions_and_provider_calls_are_counted() {
     let clock = Clock::scaled(SPEED);
     let sim = simulator("", clock).await;
     let (store, _dir) = store().await;
-    let client = crate::util::client(&sim).with_metrics(metrics.clone());
+    let client = crate::util::client(&sim).with_metrics(metrics.provider().clone());
     let cfg = ProvisionerConfig { metrics: metrics.clone(), ..config() };
     let prov = Provisioner::start(client, store, cfg, clock).await.unwrap();
 
@@ -86,7 +86,7 @@ async fn gate_decisions_and_provider_calls_are_counted() {
     // A provider refusing the key is an `auth` outcome.
     let stranger = VastClient::new(sim.base_url(), ApiKey::new("not-the-key").unwrap(), retry())
         .unwrap()
-        .with_metrics(metrics.clone());
+        .with_metrics(metrics.provider().clone());
     stranger.list_instances(None).await.unwrap_err();
     let text = render(&registry);
     assert_eq!(

@@ -5,8 +5,8 @@
 
 use crate::util::*;
 use drover_proto::ErrorCode;
-use drover_provision::sim::DEADMAN_POLL_S;
 use drover_provision::{AcquireError, CostModel, JobContext, ProvisionerConfig};
+use drover_vast::deadman::POLL_S as DEADMAN_POLL_S;
 
 /// The provisioner's own defaults for the watchdog, as production runs it.
 fn production_watchdog() -> ProvisionerConfig {

@@ -11,12 +11,13 @@ use std::time::Duration;
 use crate::util::*;
 use drover_proto::api::{AuditEvent, Job, JobEvent, JobEventKind};
 use drover_proto::{JobId, LeaseId, LeasePhase};
-use drover_provision::sim::{SimConfig, SimTiming, Simulator};
-use drover_provision::{ApiKey, Clock, Provisioner, ProvisionerConfig};
+use drover_provision::{Clock, Provisioner, ProvisionerConfig};
 use drover_store::{
     Committed, Fleet, Heartbeat, JobFilter, JobOwners, JobPage, LeaseRecord, LedgerReport, NewJob,
     OwnedJob, Replica, ReserveLimits, SqliteStore, Store, StoreError, Submitted,
 };
+use drover_vast::ApiKey;
+use drover_vast_sim::{SimConfig, SimTiming, Simulator};
 
 const DAY_MS: i64 = 86_400_000;
 

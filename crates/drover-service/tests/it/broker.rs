@@ -8,13 +8,12 @@ use std::sync::Arc;
 
 use drover_proto::config::GateConfig;
 use drover_proto::{AcquireGpu, ErrorCode, GpuRequest, LeasePhase, Pricing};
-use drover_provision::sim::{SimConfig, Simulator};
-use drover_provision::{
-    ApiKey, Clock, CostModel, Provisioner, ProvisionerConfig, RetryPolicy, VastClient,
-};
+use drover_provision::{Clock, CostModel, Provisioner, ProvisionerConfig};
 use drover_service::ProvisionerBroker;
 use drover_store::{SqliteStore, Store};
 use drover_supervisor::{GpuBroker, LeaseOwner};
+use drover_vast::{ApiKey, RetryPolicy, VastClient};
+use drover_vast_sim::{SimConfig, Simulator};
 
 const KEY: &str = "drv-broker-test-key-0123456789abcdef";
 

@@ -18,12 +18,13 @@ use drover_proto::api::{
 };
 use drover_proto::config::ShutdownMode;
 use drover_proto::{ActionName, DriverName, GpuRequest, JobId, JobPhase, JobState, ParamsSchema};
-use drover_provision::sim::{SimConfig, Simulator};
-use drover_provision::{ApiKey, Clock, Provisioner, ProvisionerConfig, RetryPolicy, VastClient};
+use drover_provision::{Clock, Provisioner, ProvisionerConfig};
 use drover_service::{
     JobRunner, RunError, RunEvent, RunRequest, SIMULATOR_NOTICE, Service, ServiceConfig,
 };
 use drover_store::{NewJob, SqliteStore, Store};
+use drover_vast::{ApiKey, RetryPolicy, VastClient};
+use drover_vast_sim::{SimConfig, Simulator};
 use futures_util::StreamExt;
 use serde_json::json;
 use tokio::sync::{mpsc, watch};
@@ -131,7 +132,7 @@ impl JobRunner for Script {
 }
 
 struct Rig {
-    service: Arc<Service<VastClient, SqliteStore>>,
+    service: Arc<Service<SqliteStore>>,
     runner: Arc<Script>,
     _sim: Simulator,
     _dir: tempfile::TempDir,

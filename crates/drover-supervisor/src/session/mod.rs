@@ -283,11 +283,7 @@ fn unix_ms(at: SystemTime) -> u64 {
 
 /// Cuts `text` to the protocol's message limit, on a character boundary.
 fn bounded(text: &str) -> String {
-    let max = drover_proto::limits::MESSAGE_LEN as usize;
-    match text.char_indices().nth(max) {
-        Some((cut, _)) => text[..cut].to_owned(),
-        None => text.to_owned(),
-    }
+    drover_proto::text::truncate(text, drover_proto::limits::MESSAGE_LEN)
 }
 
 async fn wait_shutdown(rx: &mut tokio::sync::watch::Receiver<Option<Duration>>) -> Duration {

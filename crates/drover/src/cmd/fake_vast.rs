@@ -8,7 +8,7 @@
 //! on SIGINT or SIGTERM.
 //!
 //! The key clients must present is `--api-key`, else `VASTAI_API_KEY`, else any non-empty key
-//! is accepted. `--faults` takes the spec documented in `drover_provision::sim::faults`, e.g.
+//! is accepted. `--faults` takes the spec documented in `drover_vast_sim::faults`, e.g.
 //! `rate_limit=2,offer_gone=1,slow=200`; `GET`/`PUT /_sim/faults` change it at run time and
 //! `GET /_sim/ledger` shows what was billed.
 
@@ -17,8 +17,9 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use drover_provision::sim::{self, Faults, SimConfig};
-use drover_provision::{ApiKey, Clock};
+use drover_provision::Clock;
+use drover_vast::ApiKey;
+use drover_vast_sim::{self as sim, Faults, SimConfig};
 
 /// Arguments of `drover fake-vast`.
 #[derive(Debug, clap::Args)]
@@ -56,7 +57,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Some(k) => Some(k),
         None => match ApiKey::from_env() {
             Ok(k) => Some(k),
-            Err(drover_provision::secret::ApiKeyError::Missing) => None,
+            Err(drover_vast::secret::ApiKeyError::Missing) => None,
             Err(e) => return Err(e).context("VASTAI_API_KEY"),
         },
     };

@@ -278,11 +278,7 @@ pub fn write_table<const N: usize>(
     Ok(())
 }
 
-/// Unix milliseconds as an RFC 3339 UTC time with milliseconds (`2026-12-04T17:01:26.123Z`).
-pub fn rfc3339(unix_ms: u64) -> String {
-    let at = std::time::UNIX_EPOCH + Duration::from_millis(unix_ms);
-    humantime::format_rfc3339_millis(at).to_string()
-}
+use drover_proto::text::rfc3339_ms as rfc3339;
 
 fn print_job(json: bool, raw: &serde_json::Value, job: &Job) -> anyhow::Result<ExitCode> {
     let mut out = std::io::stdout().lock();

@@ -57,16 +57,15 @@ use anyhow::Context as _;
 use drover_api::{ApiState, Auditor};
 use drover_gpu::{DeviceSet, Gpu, Inventory, Roots};
 use drover_proto::config::{Config, DriverConfig, ProviderConfig};
-use drover_provision::sim::{SimConfig, Simulator};
-use drover_provision::{
-    ApiKey, Clock, Provisioner, ProvisionerConfig, RetryPolicy, VastClient, fleet,
-};
+use drover_provision::{Clock, Provisioner, ProvisionerConfig, fleet};
 use drover_sandbox::{DropConfig, Dropped, LinuxSys, drop_privileges};
 use drover_service::{
     ProviderKind, ProvisionerBroker, Service, ServiceConfig, SimulatorLedger, SupervisorRunner,
 };
 use drover_store::{AnyStore, Store};
 use drover_supervisor::{DriverSpec, Options, Supervisor};
+use drover_vast::{ApiKey, RetryPolicy, VastClient};
+use drover_vast_sim::{SimConfig, Simulator};
 
 use crate::cmd::{serve_files, serve_limits};
 use crate::profile;
@@ -328,7 +327,7 @@ pub struct Running {
     /// Where the API listens.
     pub addr: SocketAddr,
     /// The backend.
-    pub service: Arc<Service<VastClient, AnyStore>>,
+    pub service: Arc<Service<AnyStore>>,
     /// The supervisor.
     pub supervisor: Arc<Supervisor>,
     /// The embedded simulator, when it is the provider.
@@ -367,7 +366,7 @@ pub async fn start(
 
     let key = match ApiKey::from_env() {
         Ok(key) => Some(key),
-        Err(drover_provision::secret::ApiKeyError::Missing) => None,
+        Err(drover_vast::secret::ApiKeyError::Missing) => None,
         Err(error) => return Err(error).context("VASTAI_API_KEY"),
     };
     // Everything `/metrics` shows is registered in one registry, handed to the API last.
@@ -377,7 +376,7 @@ pub async fn start(
             tracing::warn!(%base_url, "provider: the REAL Vast.ai; rentals cost real money");
             let client = VastClient::new(base_url, key, RetryPolicy::default())
                 .context("the Vast.ai client")?
-                .with_metrics(provision_metrics.clone());
+                .with_metrics(provision_metrics.provider().clone());
             (client, Clock::system(), None, ProviderKind::Vastai)
         }
         (ProviderConfig::Vastai { .. }, None) => anyhow::bail!(
@@ -404,7 +403,7 @@ pub async fn start(
             );
             let client = VastClient::new(simulator.base_url(), sim_key, RetryPolicy::default())
                 .context("the simulator client")?
-                .with_metrics(provision_metrics.clone());
+                .with_metrics(provision_metrics.provider().clone());
             (client, clock, Some(Arc::new(simulator)), ProviderKind::Simulator)
         }
     };

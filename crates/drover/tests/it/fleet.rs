@@ -53,6 +53,7 @@ fn fake_vast() -> FakeVast {
 
 /// Every instance the account ever had: (contract id, label, still billing).
 async fn instances(fake: &FakeVast) -> Vec<(u64, String, bool)> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let bytes = reqwest::Client::new()
         .get(format!("{}/_sim/ledger", fake.url))
         .bearer_auth(KEY)

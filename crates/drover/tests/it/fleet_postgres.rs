@@ -67,6 +67,7 @@ fn fake_vast() -> FakeVast {
 
 /// The provider's ledger: (instances still billing, total billed USD).
 async fn billed(fake: &FakeVast) -> (usize, f64) {
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let bytes = reqwest::Client::new()
         .get(format!("{}/_sim/ledger", fake.url))
         .bearer_auth(KEY)

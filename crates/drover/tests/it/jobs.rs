@@ -20,10 +20,11 @@ use drover_proto::{
     ActionName, DriverName, JobId, JobLog, JobPhase, JobProgress, JobResult, JobState, LogStream,
     Outcome, ParamsSchema,
 };
-use drover_provision::sim::{SimConfig, Simulator};
-use drover_provision::{Clock, Provisioner, ProvisionerConfig, RetryPolicy, VastClient};
+use drover_provision::{Clock, Provisioner, ProvisionerConfig};
 use drover_service::{JobRunner, RunError, RunEvent, RunRequest, Service, ServiceConfig};
 use drover_store::SqliteStore;
+use drover_vast::{RetryPolicy, VastClient};
+use drover_vast_sim::{SimConfig, Simulator};
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, watch};
 
@@ -192,7 +193,7 @@ fn server() -> Server {
             .unwrap();
             let client = VastClient::new(
                 sim.base_url(),
-                drover_provision::ApiKey::new("sim-key-for-tests").unwrap(),
+                drover_vast::ApiKey::new("sim-key-for-tests").unwrap(),
                 RetryPolicy::default(),
             )
             .unwrap();

@@ -52,6 +52,7 @@ fn fake_vast() -> FakeVast {
 
 /// The provider's billing ledger: (instances still billing, total billed USD).
 async fn ledger(fake: &FakeVast) -> (usize, f64) {
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let bytes = reqwest::Client::new()
         .get(format!("{}/_sim/ledger", fake.url))
         .bearer_auth(KEY)

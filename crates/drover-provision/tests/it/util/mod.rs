@@ -10,11 +10,10 @@ use std::time::Duration;
 use drover_proto::api::AuditEvent;
 use drover_proto::config::GateConfig;
 use drover_proto::{AcquireGpu, GpuRequest, JobId, Pricing};
-use drover_provision::sim::{Faults, SimConfig, Simulator};
-use drover_provision::{
-    ApiKey, Clock, CostModel, JobContext, Provisioner, ProvisionerConfig, RetryPolicy, VastClient,
-};
+use drover_provision::{Clock, CostModel, JobContext, Provisioner, ProvisionerConfig};
 use drover_store::{LeaseRecord, SqliteStore, Store};
+use drover_vast::{ApiKey, RetryPolicy, VastClient};
+use drover_vast_sim::{Faults, SimConfig, Simulator};
 
 /// Simulated seconds per real second. A 60-second lease lasts 0.3 s.
 pub(crate) const SPEED: f64 = 200.0;
@@ -22,7 +21,7 @@ pub(crate) const SPEED: f64 = 200.0;
 /// The key of every test (never printed; the log-scrub test hunts for it).
 pub(crate) const KEY: &str = "drv-TEST+key/with=chars~5d41402abc4b2a76b9719d911017c592";
 
-pub(crate) type Prov = Provisioner<VastClient, SqliteStore>;
+pub(crate) type Prov = Provisioner<SqliteStore>;
 
 pub(crate) struct Rig {
     pub(crate) sim: Simulator,

@@ -116,13 +116,7 @@ pub fn onstart(command: &[String]) -> String {
     format!("{}\necho {EXIT_MARKER}$?\n", line.join(" "))
 }
 
-fn now_ms() -> u64 {
-    let ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_millis();
-    u64::try_from(ms).unwrap_or(u64::MAX)
-}
+use drover_proto::text::now_unix_ms as now_ms;
 
 /// How a workload ended.
 #[derive(Debug, PartialEq, Eq)]

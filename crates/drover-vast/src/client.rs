@@ -26,10 +26,6 @@
 //! **A failed list is an error, never an empty list.** A list whose body has no `instances`
 //! array, a failed page, or a pagination token loop all fail the whole call.
 
-mod billing;
-pub mod error;
-pub mod model;
-
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -39,17 +35,15 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use tracing::{debug, trace, warn};
 
-pub use billing::Billed;
-pub use error::{TransportFailure, VastError};
-pub use model::{
-    CreateOutcome, CreateRequest, Instance, InstanceState, Offer, OfferQuery, PriceIncrease, User,
+use crate::error::{ErrorBody, TransportFailure, VastError, classify};
+use crate::model::{
+    CreateOutcome, CreateRequest, Instance, Offer, OfferQuery, PriceIncrease, User,
 };
 
-use crate::metrics::ProvisionMetrics;
+use crate::metrics::ProviderMetrics;
 use crate::redact::{Scrubber, redact_json};
 use crate::retry::RetryPolicy;
 use crate::secret::{ApiKey, REDACTED};
-use error::{ErrorBody, classify};
 
 /// The real API's base URL.
 pub const DEFAULT_BASE_URL: &str = "https://console.vast.ai";
@@ -60,7 +54,7 @@ pub const BASE_URL_ENV: &str = "VAST_URL";
 /// Rows per page of the v1 instance list (the API's maximum).
 const PAGE_LIMIT: u32 = 25;
 /// Most pages one list call follows: 25 000 instances, far beyond any real account.
-const MAX_PAGES: u32 = 1000;
+pub(crate) const MAX_PAGES: u32 = 1000;
 /// Largest response body read, in bytes.
 const MAX_BODY: usize = 8 << 20;
 /// Polls of a log `result_url` before giving up (the CLI's count).
@@ -111,7 +105,7 @@ pub(crate) fn check_url(url: &str, allow_query: bool) -> Result<(), &'static str
 
 /// How a request is retried.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Mode {
+pub(crate) enum Mode {
     /// Safe to repeat: retried on 429/502/503/504, connection and timeout errors.
     Idempotent,
     /// Create: retried only when the request provably was not acted on.
@@ -119,14 +113,14 @@ enum Mode {
 }
 
 /// A response with a 2xx status.
-struct Reply {
-    status: u16,
+pub(crate) struct Reply {
+    pub(crate) status: u16,
     body: Bytes,
 }
 
 /// A call that failed.
-struct Failure {
-    error: VastError,
+pub(crate) struct Failure {
+    pub(crate) error: VastError,
     /// The server may have acted on the request.
     maybe_acted: bool,
     /// The body of the last response, if there was one.
@@ -152,7 +146,7 @@ pub struct VastClient {
     /// The key in every encoding a server may echo it in.
     scrubber: Scrubber,
     /// Calls counted for `/metrics`.
-    metrics: ProvisionMetrics,
+    metrics: ProviderMetrics,
 }
 
 impl std::fmt::Debug for VastClient {
@@ -176,6 +170,8 @@ impl VastClient {
                 VastError::Config { reason: "the API key cannot go in a header".into() }
             })?;
         auth.set_sensitive(true);
+        // The one TLS provider (see the workspace manifest); a second install is a no-op.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::builder()
             .user_agent(concat!("drover/", env!("CARGO_PKG_VERSION")))
             .redirect(reqwest::redirect::Policy::none())
@@ -186,11 +182,11 @@ impl VastClient {
                 reason: "the HTTP client could not be built".into(),
             })?;
         let scrubber = Scrubber::new(key.expose());
-        Ok(Self { http, base, auth, retry, scrubber, metrics: ProvisionMetrics::default() })
+        Ok(Self { http, base, auth, retry, scrubber, metrics: ProviderMetrics::default() })
     }
 
     /// Counts every call into `metrics` (see [`crate::metrics`]).
-    pub fn with_metrics(self, metrics: ProvisionMetrics) -> Self {
+    pub fn with_metrics(self, metrics: ProviderMetrics) -> Self {
         Self { metrics, ..self }
     }
 
@@ -205,7 +201,7 @@ impl VastClient {
     }
 
     /// One call with its retries, counted in the metrics.
-    async fn request(
+    pub(crate) async fn request(
         &self,
         op: &'static str,
         method: Method,
@@ -472,7 +468,7 @@ impl VastClient {
 
     /// Destroys an instance. Idempotent: an instance that is already gone is reported as
     /// such, not as an error. This does not confirm anything; see
-    /// [`Provisioner`](crate::Provisioner) for the confirmed destroy.
+    /// provisioner (`drover-provision`) for the confirmed destroy.
     pub async fn destroy_instance(&self, id: u64) -> Result<Destroyed, VastError> {
         const OP: &str = "destroy instance";
         let path = format!("/api/v0/instances/{id}/");
@@ -603,12 +599,12 @@ async fn read_body(mut resp: reqwest::Response) -> Result<Bytes, ()> {
     }
 }
 
-fn malformed(op: &'static str, status: u16, reason: &str) -> VastError {
+pub(crate) fn malformed(op: &'static str, status: u16, reason: &str) -> VastError {
     VastError::Malformed { op, status, reason: reason.to_owned() }
 }
 
 /// Parses a 2xx body as a JSON object and refuses `success: false`.
-fn success_json(op: &'static str, reply: &Reply) -> Result<Value, VastError> {
+pub(crate) fn success_json(op: &'static str, reply: &Reply) -> Result<Value, VastError> {
     let v: Value = serde_json::from_slice(&reply.body)
         .map_err(|_| malformed(op, reply.status, "the body is not JSON"))?;
     if !v.is_object() {

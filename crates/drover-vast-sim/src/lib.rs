@@ -2,7 +2,7 @@
 //! shapes as the real API, with switchable [`Faults`] and its own billing [`Ledger`].
 //!
 //! Nothing is rented and nothing is spent. Tests start one on a loopback port with
-//! [`Simulator::start`] and point a [`VastClient`](crate::VastClient) (or the official `vastai`
+//! [`Simulator::start`] and point a [`VastClient`](drover_vast::VastClient) (or the official `vastai`
 //! CLI, with `--url`) at [`Simulator::base_url`]; `drover fake-vast` runs one alone.
 //!
 //! | Route | Behaviour |
@@ -26,13 +26,17 @@
 //! in [`Stats::api_key_in_url`] so a test can fail on it. A wrong key gets 401 `auth_error`.
 //! The simulator logs method, path and status only; never a query string or a body.
 //!
-//! This module holds the server, the gatekeeper (authentication, faults, logging) and the
+//! This file holds the server, the gatekeeper (authentication, faults, logging) and the
 //! control routes; the Vast.ai routes are in `search`, `create`, `instances` and `charges`,
 //! and the simulated world they act on is [`state`].
 
 // Handlers build their error answers as `Response`s and return them through `Result`; one is
 // built per failed request, so boxing them would buy nothing.
 #![allow(clippy::result_large_err)]
+#![forbid(unsafe_code)]
+// An offer record (`catalogue.rs`) is one `json!` of about sixty fields, and serde_json's macro
+// recurses once per token tree: the default limit of 128 is too low for it.
+#![recursion_limit = "256"]
 
 pub mod catalogue;
 mod charges;
@@ -59,10 +63,9 @@ use tracing::info;
 
 pub use catalogue::SimOffer;
 pub use faults::{FaultSpecError, Faults, KeyEcho};
-pub use state::{DEADMAN_MARKER, DEADMAN_POLL_S, Ledger, LedgerEntry, SimTiming, Stats};
+pub use state::{Ledger, LedgerEntry, SimTiming, Stats};
 
-use crate::clock::Clock;
-use crate::secret::ApiKey;
+use drover_vast::{ApiKey, Clock};
 use faults::take;
 use state::World;
 

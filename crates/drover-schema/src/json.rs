@@ -41,7 +41,7 @@ pub enum JsonError {
 /// Parses `bytes` as exactly one JSON value under the rules in the [module docs](self).
 ///
 /// ```
-/// use drover_transport::json::{parse, JsonError};
+/// use drover_schema::json::{parse, JsonError};
 ///
 /// assert_eq!(parse(br#"{"a": [1, 2]}"#).unwrap()["a"][1], 2);
 /// assert!(matches!(parse(br#"{"a": 1, "a": 2}"#), Err(JsonError::Syntax { .. })));

@@ -1,15 +1,18 @@
 //! The Vast.ai API key, held so that it cannot be printed by accident.
 //!
 //! [`ApiKey`] is read once, from `VASTAI_API_KEY` ([`ApiKey::from_env`]), and from then on it
-//! exists only inside this crate: its `Debug` and `Display` print `[redacted]`, it has no
-//! `Serialize`, and the only way to the bytes is the crate-private `expose`, used in exactly
-//! three places: building the `Authorization: Bearer` header (marked sensitive, so `http`'s own
-//! `Debug` hides it too), building the client's [`Scrubber`](crate::redact::Scrubber) (which
-//! blanks the key in every encoding in provider text), and, in the simulator, comparing a
-//! presented key in constant time and echoing it encoded under the `echo_key` fault.
+//! exists only inside the client and the simulator: its `Debug` and `Display` print
+//! `[redacted]`, it has no `Serialize`, and the only way to the bytes is [`ApiKey::expose`],
+//! called in exactly two places in drover: building the `Authorization: Bearer` header (marked
+//! sensitive, so `http`'s own `Debug` hides it too) and building the client's
+//! [`Scrubber`](crate::redact::Scrubber) (which blanks the key in every encoding in provider
+//! text). The simulator (`drover-vast-sim`) plays the provider, which knows the key: it
+//! answers `GET /users/current/` with it as the real API does, and echoes it encoded under its
+//! `echo_key` fault, so that the client's scrubbing is tested. Presented keys are compared with
+//! [`ApiKey::matches`], in constant time.
 //!
 //! ```
-//! use drover_provision::ApiKey;
+//! use drover_vast::ApiKey;
 //!
 //! let key = ApiKey::new("k-123456789abcdef").unwrap();
 //! assert_eq!(format!("{key}"), "[redacted]");
@@ -77,13 +80,15 @@ impl ApiKey {
         }
     }
 
-    /// The key itself. Crate-private on purpose: see the module docs for its two callers.
-    pub(crate) fn expose(&self) -> &str {
+    /// The key itself: see the module docs for its callers. Nothing else may call it; the
+    /// provisioner, the service and the API never hold an `ApiKey` to call it on.
+    pub fn expose(&self) -> &str {
         &self.0
     }
 
-    /// Compares a presented key with this one in time that depends only on their lengths.
-    pub(crate) fn matches(&self, presented: &str) -> bool {
+    /// Compares a presented key with this one in time that depends only on their lengths (the
+    /// simulator's gatekeeper checks bearers with it; nothing reveals the key).
+    pub fn matches(&self, presented: &str) -> bool {
         let (a, b) = (self.0.as_bytes(), presented.as_bytes());
         if a.len() != b.len() {
             return false;

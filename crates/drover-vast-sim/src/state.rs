@@ -19,7 +19,7 @@
 //! The dead-man's switch: an instance whose `onstart` carries `DROVER_DEADMAN_AT=<unix s>`
 //! (and optionally `DROVER_DEADMAN_AFTER_S=<s>`) runs that script when it reaches `running`;
 //! the script takes the earlier of that moment and its start plus the delay, checks the time
-//! every [`DEADMAN_POLL_S`] seconds and, once past it, destroys its own instance with the
+//! every [`POLL_S`](drover_vast::deadman::POLL_S) seconds and, once past it, destroys its own instance with the
 //! instance's scoped key. The simulator models exactly that: the instance is destroyed at the
 //! first check at or after the moment, without any client call.
 //!
@@ -28,6 +28,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use drover_vast::deadman::{AFTER_MARKER, AT_MARKER, POLL_S as DEADMAN_POLL_S};
 use serde::Serialize;
 use serde_json::{Value, json};
 
@@ -35,15 +36,6 @@ use super::catalogue::SimOffer;
 use super::faults::{Faults, take};
 
 mod life;
-
-/// How often the dead-man's switch script checks the time, seconds (its `sleep`).
-pub const DEADMAN_POLL_S: f64 = 15.0;
-
-/// The marker in an `onstart` script that carries the dead-man's switch moment.
-pub const DEADMAN_MARKER: &str = "DROVER_DEADMAN_AT=";
-
-/// The marker of the switch's delay from the container's start.
-const DEADMAN_AFTER: &str = "DROVER_DEADMAN_AFTER_S=";
 
 /// Timings of the instance state machine, in simulated seconds.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -356,8 +348,8 @@ impl World {
         let compute_per_hour =
             args.price.unwrap_or(offer.dph_base) * self.faults.underquote.unwrap_or(1.0);
         let deadman = args.onstart.as_deref().and_then(|o| {
-            let latest = marked_number(o, DEADMAN_MARKER)?;
-            Some((marked_number(o, DEADMAN_AFTER).unwrap_or(f64::INFINITY), latest))
+            let latest = marked_number(o, AT_MARKER)?;
+            Some((marked_number(o, AFTER_MARKER).unwrap_or(f64::INFINITY), latest))
         });
         self.sold.insert(offer_id, id);
         self.ledger.insert(

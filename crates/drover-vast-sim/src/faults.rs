@@ -30,7 +30,7 @@
 //! | `bill_lag=S` | the charges listing counts each instance only up to S simulated seconds ago (its `end` says so; the amount is the whole bill's share of that time), as a provider that bills late |
 //!
 //! ```
-//! use drover_provision::sim::Faults;
+//! use drover_vast_sim::Faults;
 //!
 //! let f: Faults = "rate_limit=2,auth=404,double_sale,slow=150".parse().unwrap();
 //! assert_eq!(f.rate_limit, 2);

@@ -160,13 +160,13 @@ pub enum CreateOutcome {
         /// The instance that exists despite the error.
         contract_id: u64,
         /// The error.
-        error: super::VastError,
+        error: crate::VastError,
     },
     /// Refused, and the response proves nothing was created (a definite 4xx with no contract).
-    Refused(super::VastError),
+    Refused(crate::VastError),
     /// Unknown: the request may have been acted on (a timeout, a broken connection, a gateway
     /// error). The caller must look for the instance by its label before creating again.
-    Unknown(super::VastError),
+    Unknown(crate::VastError),
 }
 
 /// One instance, from a show or a list.

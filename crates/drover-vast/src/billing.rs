@@ -12,7 +12,8 @@ use std::collections::BTreeMap;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use super::{MAX_PAGES, Mode, VastClient, VastError, malformed, success_json};
+use crate::client::{MAX_PAGES, Mode, malformed, success_json};
+use crate::{VastClient, VastError};
 
 /// Charges asked for per page (the API's most).
 const CHARGES_PAGE: u32 = 100;

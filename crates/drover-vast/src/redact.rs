@@ -8,7 +8,7 @@
 //! names are in [`SECRET_FIELDS`].
 //!
 //! ```
-//! use drover_provision::redact::redact_json;
+//! use drover_vast::redact::redact_json;
 //! use serde_json::json;
 //!
 //! let mut body = json!({"new_contract": 7, "instance_api_key": "abc", "env": {"A": "1"}});
@@ -32,7 +32,7 @@ use crate::secret::REDACTED;
 /// are not searched (they would blank ordinary text).
 ///
 /// ```
-/// use drover_provision::redact::Scrubber;
+/// use drover_vast::redact::Scrubber;
 ///
 /// let s = Scrubber::new("k3y/with+chars=and-more");
 /// // base64 of the key: all but its last, partly padded, character go.
