@@ -19,6 +19,13 @@
 //! which goes first; the ratio is taken per round): *one in flight* (each request waits for
 //! its answer: latency, p50/p99 per pair) and *64 in flight* (pipelined: throughput).
 //!
+//! Each shape runs in two placements, every process pinned: *same CPU* (the bench and its
+//! peers on one CPU: a wake-up is a context switch there) and *across CPUs* (the peers on
+//! another CPU: every wake-up crosses CPUs, which in a virtual machine wakes an idle vCPU).
+//! Unpinned, the scheduler chose a placement per process and run, and one contender could
+//! pay cross-CPU wake-ups while the other did not: one run had the raw echo 2.8x slower than
+//! the validated pair, a ratio that measured placement, not validation.
+//!
 //! Usage: `cargo bench -p drover-driver --bench roundtrip [-- --smoke]`. Prints a Markdown
 //! section on stdout (`benches/roundtrip.sh`).
 
@@ -34,6 +41,8 @@ use std::time::Instant;
 use drover_driver::{Action, Driver, Job, JobContext, JobOutcome};
 use drover_proto::{Frame, Message, Party, Ping, Welcome};
 use drover_transport::{Connection, FrameValidator, Inbound};
+use nix::sched::{CpuSet, sched_getaffinity, sched_setaffinity};
+use nix::unistd::Pid;
 use tokio::net::UnixStream;
 
 /// Validated pairs must stay within this factor of the raw echo.
@@ -44,6 +53,37 @@ const TARGET_PAIRS_PER_S: f64 = 100_000.0;
 const WINDOW: usize = 64;
 
 const ROLE_ENV: &str = "ROUNDTRIP_ROLE";
+/// The CPU a child pins itself to before anything else.
+const CPU_ENV: &str = "ROUNDTRIP_CPU";
+
+/// Pins the calling thread (and the threads it starts later) to one CPU.
+fn pin(cpu: usize) {
+    let mut set = CpuSet::new();
+    set.set(cpu).unwrap();
+    sched_setaffinity(Pid::from_raw(0), &set).unwrap();
+}
+
+/// The CPUs this process may run on, in order.
+fn usable_cpus() -> Vec<usize> {
+    let set = sched_getaffinity(Pid::from_raw(0)).unwrap();
+    (0..CpuSet::count()).filter(|&cpu| set.is_set(cpu).unwrap_or(false)).collect()
+}
+
+/// Where the peers run relative to the bench, which is pinned to the first usable CPU.
+#[derive(Clone, Copy)]
+enum Placement {
+    SameCpu,
+    AcrossCpus,
+}
+
+impl Placement {
+    fn label(self) -> &'static str {
+        match self {
+            Self::SameCpu => "same CPU",
+            Self::AcrossCpus => "across CPUs",
+        }
+    }
+}
 
 struct Bench;
 
@@ -80,14 +120,19 @@ fn echo() {
     }
 }
 
-/// The Python SDK's example driver, with the socket at its own descriptor number.
-fn spawn_python(theirs: StdUnixStream) -> Child {
+/// The Python SDK's example driver, with the socket at its own descriptor number, pinned to
+/// `cpu` before the script runs.
+fn spawn_python(theirs: StdUnixStream, cpu: usize) -> Child {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../drivers/python/example_driver.py");
     let fd = OwnedFd::from(theirs);
     nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty())).unwrap();
     let sdk = concat!(env!("CARGO_MANIFEST_DIR"), "/../../drivers/python/src");
+    let pinned = format!(
+        "import os, runpy, sys; os.sched_setaffinity(0, {{{cpu}}}); sys.argv = [{script:?}]; \
+         runpy.run_path({script:?}, run_name='__main__')"
+    );
     let child = Command::new("python3")
-        .arg(script)
+        .args(["-c", &pinned])
         // The SDK from the source tree (a development run; drivers/python/test.sh installs it).
         .env("PYTHONPATH", sdk)
         .env("DROVER_TRANSPORT_FD", fd.as_raw_fd().to_string())
@@ -116,10 +161,10 @@ async fn handshake(ours: StdUnixStream) -> Validated {
     Validated { conn }
 }
 
-fn spawn(role: &str, theirs: StdUnixStream) -> Child {
+fn spawn(role: &str, theirs: StdUnixStream, cpu: usize) -> Child {
     let exe = std::env::current_exe().unwrap();
     let mut command = Command::new(exe);
-    command.env(ROLE_ENV, role).stderr(Stdio::inherit());
+    command.env(ROLE_ENV, role).env(CPU_ENV, cpu.to_string()).stderr(Stdio::inherit());
     if role == "echo" {
         let copy = theirs.try_clone().unwrap();
         command.stdin(OwnedFd::from(theirs)).stdout(OwnedFd::from(copy));
@@ -227,6 +272,7 @@ impl Raw {
 
 struct Shape {
     label: &'static str,
+    placement: Placement,
     window: usize,
     raw_ns: Stats,
     validated_ns: Stats,
@@ -241,6 +287,7 @@ struct Shape {
 
 async fn measure(
     label: &'static str,
+    placement: Placement,
     window: usize,
     rounds: usize,
     validated: &mut Validated,
@@ -286,6 +333,7 @@ async fn measure(
     let validated_ns = stats(validated_ns);
     Shape {
         label,
+        placement,
         window,
         raw_pairs_per_s: 1e9 / raw_ns.median,
         validated_pairs_per_s: 1e9 / validated_ns.median,
@@ -301,42 +349,51 @@ async fn measure(
 
 async fn bench(smoke: bool) {
     let rounds = if smoke { 2 } else { 60 };
-
-    // The SDK driver, and the handshake.
-    let (ours, theirs) = StdUnixStream::pair().unwrap();
-    let mut driver = spawn("driver", theirs);
-    let mut validated = handshake(ours).await;
-
-    // The raw echo of the same bytes: a framed ping as the supervisor sends it.
-    let (ours, theirs) = StdUnixStream::pair().unwrap();
-    let mut echo_child = spawn("echo", theirs);
-    let payload = FrameValidator::shared()
-        .encode(&Frame::request(drover_proto::MsgId::FIRST, Ping {}))
-        .unwrap();
-    let mut frame = (payload.len() as u32).to_be_bytes().to_vec();
-    frame.extend_from_slice(&payload);
-    let mut raw = Raw { stream: ours, frame };
-
-    let shapes = [
-        measure("one in flight", 1, rounds, &mut validated, &mut raw).await,
-        measure("64 in flight", WINDOW, rounds, &mut validated, &mut raw).await,
-    ];
-    validated.conn.close().await.unwrap();
-    let _ = driver.wait();
-
-    // The Python SDK driver, against the same raw echo (fewer rounds: it is much slower).
-    let (ours, theirs) = StdUnixStream::pair().unwrap();
-    let mut python = spawn_python(theirs);
-    let mut py = handshake(ours).await;
     let py_rounds = (rounds / 3).max(2);
-    let py_shapes = [
-        measure("one in flight", 1, py_rounds, &mut py, &mut raw).await,
-        measure("64 in flight", WINDOW, py_rounds, &mut py, &mut raw).await,
-    ];
-    py.conn.close().await.unwrap();
-    let _ = python.wait();
-    drop(raw);
-    let _ = echo_child.wait();
+    let cpus = usable_cpus();
+    pin(cpus[0]);
+    let mut placements = vec![(Placement::SameCpu, cpus[0])];
+    if let Some(&other) = cpus.get(1) {
+        placements.push((Placement::AcrossCpus, other));
+    }
+
+    let mut shapes = Vec::new();
+    let mut py_shapes = Vec::new();
+    for &(placement, peer_cpu) in &placements {
+        // The SDK driver, and the handshake.
+        let (ours, theirs) = StdUnixStream::pair().unwrap();
+        let mut driver = spawn("driver", theirs, peer_cpu);
+        let mut validated = handshake(ours).await;
+
+        // The raw echo of the same bytes: a framed ping as the supervisor sends it.
+        let (ours, theirs) = StdUnixStream::pair().unwrap();
+        let mut echo_child = spawn("echo", theirs, peer_cpu);
+        let payload = FrameValidator::shared()
+            .encode(&Frame::request(drover_proto::MsgId::FIRST, Ping {}))
+            .unwrap();
+        let mut frame = (payload.len() as u32).to_be_bytes().to_vec();
+        frame.extend_from_slice(&payload);
+        let mut raw = Raw { stream: ours, frame };
+
+        shapes.push(measure("one in flight", placement, 1, rounds, &mut validated, &mut raw).await);
+        shapes.push(
+            measure("64 in flight", placement, WINDOW, rounds, &mut validated, &mut raw).await,
+        );
+        validated.conn.close().await.unwrap();
+        let _ = driver.wait();
+
+        // The Python SDK driver, against the same raw echo (fewer rounds: it is much slower).
+        let (ours, theirs) = StdUnixStream::pair().unwrap();
+        let mut python = spawn_python(theirs, peer_cpu);
+        let mut py = handshake(ours).await;
+        py_shapes.push(measure("one in flight", placement, 1, py_rounds, &mut py, &mut raw).await);
+        py_shapes
+            .push(measure("64 in flight", placement, WINDOW, py_rounds, &mut py, &mut raw).await);
+        py.conn.close().await.unwrap();
+        let _ = python.wait();
+        drop(raw);
+        let _ = echo_child.wait();
+    }
 
     if smoke {
         println!(
@@ -370,9 +427,9 @@ async fn bench(smoke: bool) {
     );
     println!();
     println!(
-        "| Shape | Raw echo | Validated | Ratio (p10-p90) | Validated pairs/s | Raw pairs/s | Latency p50 / p99 (validated; raw) | Verdict |"
+        "| Shape | Placement | Raw echo | Validated | Ratio (p10-p90) | Validated pairs/s | Raw pairs/s | Latency p50 / p99 (validated; raw) | Verdict |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|");
     for s in &shapes {
         let ratio_ok = s.ratio <= TARGET_RATIO;
         let rate_ok = s.window == 1 || s.validated_pairs_per_s >= TARGET_PAIRS_PER_S;
@@ -392,8 +449,9 @@ async fn bench(smoke: bool) {
             _ => "(pipelined)".to_owned(),
         };
         println!(
-            "| {} | {} ({}-{}) | {} ({}-{}) | {:.2}x ({:.2}-{:.2}) | {:.0} | {:.0} | {} | {} |",
+            "| {} | {} | {} ({}-{}) | {} ({}-{}) | {:.2}x ({:.2}-{:.2}) | {:.0} | {:.0} | {} | {} |",
             s.label,
+            s.placement.label(),
             format_us(s.raw_ns.median),
             format_us(s.raw_ns.min),
             format_us(s.raw_ns.max),
@@ -411,14 +469,27 @@ async fn bench(smoke: bool) {
     }
     println!();
     println!(
-        "Targets: validated within {TARGET_RATIO}x of the raw echo in both shapes, and at least {TARGET_PAIRS_PER_S:.0} validated"
+        "Targets: validated within {TARGET_RATIO}x of the raw echo in every shape and placement, and at least {TARGET_PAIRS_PER_S:.0} validated"
     );
     println!(
-        "pairs per second pipelined. One in flight, both contenders pay two process wake-ups per pair,"
+        "pairs per second pipelined. Every process is pinned: *same CPU*, the bench and its peers on one"
     );
     println!(
-        "so on a busy machine the scheduler, not validation, sets the pace. Pipelined, both sides"
+        "CPU; *across CPUs*, the peers on another, so every wake-up crosses CPUs (in a virtual machine,"
     );
+    println!(
+        "an idle vCPU woken). Unpinned, the scheduler chose per process and run, and one contender could"
+    );
+    println!(
+        "cross CPUs while the other did not: a run on 2026-12-05 put the raw echo at 35.4 µs and the"
+    );
+    println!(
+        "validated pair at 12.8 µs (0.36x), a figure of placement, not validation. One in flight, both"
+    );
+    println!(
+        "contenders pay two process wake-ups per pair, so the scheduler, not validation, sets most of"
+    );
+    println!("the pace. Pipelined, both sides");
     println!(
         "write one frame per `write` (the `Connection` flushes every frame), so the raw contender does"
     );
@@ -434,21 +505,22 @@ async fn bench(smoke: bool) {
         "The same with the Python SDK's example driver (`drivers/python/example_driver.py`) in place of the"
     );
     println!(
-        "Rust one ({py_rounds} paired rounds per shape, same raw echo); reported for comparison, no target:"
+        "Rust one ({py_rounds} paired rounds per shape and placement, the same raw echo); reported for comparison, no target:"
     );
     println!();
     println!(
-        "| Shape | Raw echo | Python SDK | Ratio (p10-p90) | Python pairs/s | Latency p50 / p99 |"
+        "| Shape | Placement | Raw echo | Python SDK | Ratio (p10-p90) | Python pairs/s | Latency p50 / p99 |"
     );
-    println!("|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|");
     for s in &py_shapes {
         let latency = s.validated_latency.map_or_else(
             || "(pipelined)".to_owned(),
             |(v50, v99)| format!("{} / {}", format_us(v50), format_us(v99)),
         );
         println!(
-            "| {} | {} | {} ({}-{}) | {:.2}x ({:.2}-{:.2}) | {:.0} | {} |",
+            "| {} | {} | {} | {} ({}-{}) | {:.2}x ({:.2}-{:.2}) | {:.0} | {} |",
             s.label,
+            s.placement.label(),
             format_us(s.raw_ns.median),
             format_us(s.validated_ns.median),
             format_us(s.validated_ns.min),
@@ -470,6 +542,9 @@ fn raw_frame_len() -> usize {
 }
 
 fn main() {
+    if let Some(cpu) = std::env::var(CPU_ENV).ok().and_then(|cpu| cpu.parse().ok()) {
+        pin(cpu);
+    }
     match std::env::var(ROLE_ENV).as_deref() {
         Ok("driver") => {
             let _ = drover_driver::run(Bench);
@@ -479,6 +554,7 @@ fn main() {
         _ => {}
     }
     let smoke = std::env::args().any(|a| a == "--smoke" || a == "--test");
+    // Children pin themselves first; the bench pins itself in `bench`.
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     runtime.block_on(bench(smoke));
 }
