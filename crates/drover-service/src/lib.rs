@@ -76,8 +76,9 @@ pub use config::{
     DEFAULT_LOG_QUOTA_BYTES, DEFAULT_MIN_FREE_BYTES, ProviderKind, SIMULATOR_NOTICE, ServiceConfig,
     SimulatorLedger,
 };
+pub use drover_supervisor::Dispatch;
 use quota::LogQuota;
-pub use runner::{JobRunner, RunError, RunEvent, RunRequest};
+pub use runner::{JobRunner, RunError};
 pub use supervisor::SupervisorRunner;
 
 /// A job the service is running (waiting for a driver, or on one).
@@ -329,7 +330,7 @@ impl<S: Store> Service<S> {
         let id = job.id.clone();
         let max_runtime = Duration::from_secs(u64::from(job.spec.max_runtime_s));
         let deadline = tokio::time::Instant::now() + max_runtime;
-        let request = RunRequest {
+        let request = Dispatch {
             job_id: id.clone(),
             driver: job.spec.driver.clone(),
             action: job.spec.action.clone(),
@@ -381,7 +382,7 @@ impl<S: Store> Service<S> {
                 event = events.recv() => {
                     let Some(event) = event else { break };
                     match event {
-                        RunEvent::Job(kind) => {
+                        drover_supervisor::JobEvent::Job(kind) => {
                             if kind.job_id() != &id {
                                 tracing::warn!(job = %id, other = %kind.job_id(), "runner sent another job's event; dropped");
                                 continue;
@@ -402,7 +403,7 @@ impl<S: Store> Service<S> {
                                 ended = true;
                             }
                         }
-                        RunEvent::DriverDied { cause } => {
+                        drover_supervisor::JobEvent::DriverDied { cause } => {
                             tracing::warn!(job = %id, %cause, "the driver died with the job running");
                             let mut metadata = Map::new();
                             metadata.insert("cause".to_owned(), Value::from(cause));

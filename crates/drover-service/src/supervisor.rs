@@ -1,9 +1,8 @@
 //! The real [`JobRunner`]: [`drover_supervisor::Supervisor`].
 //!
 //! Dispatch errors map to [`RunError::Retry`] when waiting can help (no ready session yet,
-//! every session busy) and to [`RunError::Refused`] otherwise. A job's supervisor events are
-//! forwarded as they come; `DriverDied` is passed on (the supervisor's terminal state
-//! follows it). Params schemas are cached per driver action and the same `Arc` is returned
+//! every session busy) and to [`RunError::Refused`] otherwise. A job's events are the
+//! supervisor's own receiver, handed over as it is. Params schemas are cached per driver action and the same `Arc` is returned
 //! while the driver declares the same schema, so the API reuses its compiled validator.
 
 use std::collections::HashMap;
@@ -11,13 +10,13 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use drover_api::BoxFuture;
 use drover_api::backend::SchemaLookupError;
-use drover_proto::api::{DriverHealth, DriverList, JobEventKind};
+use drover_proto::api::{DriverHealth, DriverList};
 use drover_proto::{ActionName, DriverName, JobId, ParamsSchema};
 use drover_supervisor::{Dispatch, DispatchError, JobEvent, Supervisor};
 use serde_json::Value;
 use tokio::sync::mpsc;
 
-use crate::runner::{JobRunner, RunError, RunEvent, RunRequest};
+use crate::runner::{JobRunner, RunError};
 
 type SchemaCache = HashMap<(DriverName, ActionName), (Value, Arc<ParamsSchema>)>;
 
@@ -57,35 +56,11 @@ fn run_error(error: DispatchError) -> RunError {
 impl JobRunner for SupervisorRunner {
     fn dispatch(
         &self,
-        request: RunRequest,
-    ) -> BoxFuture<'_, Result<mpsc::Receiver<RunEvent>, RunError>> {
+        request: Dispatch,
+    ) -> BoxFuture<'_, Result<mpsc::Receiver<JobEvent>, RunError>> {
         Box::pin(async move {
-            let dispatch = Dispatch {
-                job_id: request.job_id,
-                driver: request.driver,
-                action: request.action,
-                params: request.params,
-                gpu: request.gpu,
-                max_runtime: request.max_runtime,
-                budget_usd: request.budget_usd,
-            };
-            let mut run = self.supervisor.dispatch(dispatch).await.map_err(run_error)?;
-            let (tx, rx) = mpsc::channel(64);
-            tokio::spawn(async move {
-                while let Some(event) = run.events.recv().await {
-                    let event = match event {
-                        JobEvent::State(s) => RunEvent::Job(JobEventKind::JobState(s)),
-                        JobEvent::Progress(p) => RunEvent::Job(JobEventKind::JobProgress(p)),
-                        JobEvent::Log(l) => RunEvent::Job(JobEventKind::JobLog(l)),
-                        JobEvent::Result(r) => RunEvent::Job(JobEventKind::JobResult(r)),
-                        JobEvent::DriverDied { cause } => RunEvent::DriverDied { cause },
-                    };
-                    if tx.send(event).await.is_err() {
-                        return;
-                    }
-                }
-            });
-            Ok(rx)
+            let run = self.supervisor.dispatch(request).await.map_err(run_error)?;
+            Ok(run.events)
         })
     }
 

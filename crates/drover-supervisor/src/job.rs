@@ -1,7 +1,7 @@
 //! Jobs as the supervisor's caller sees them: [`Dispatch`] in, a stream of [`JobEvent`]s out.
 //!
 //! The events of one job arrive in the order the driver sent them. The stream always ends
-//! with a [`JobEvent::State`] whose phase is terminal (`succeeded`, `failed` or `cancelled`),
+//! with a [`JobEventKind::JobState`] whose phase is terminal (`succeeded`, `failed` or `cancelled`),
 //! and then closes:
 //!
 //! - normally, the driver's own terminal `job_state`;
@@ -25,9 +25,9 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use drover_proto::api::JobEventKind;
 use drover_proto::{
-    ActionName, DriverName, GpuRequest, JobId, JobLog, JobPhase, JobProgress, JobResult, JobState,
-    LogStream, Violation,
+    ActionName, DriverName, GpuRequest, JobId, JobLog, JobPhase, JobProgress, LogStream, Violation,
 };
 use serde_json::{Map, Value};
 use tokio::sync::{Notify, mpsc};
@@ -63,17 +63,15 @@ pub struct JobRun {
     pub events: mpsc::Receiver<JobEvent>,
 }
 
-/// Something that happened to a job.
+/// Something that happened to a job: a job frame in the API's own vocabulary
+/// ([`JobEventKind`], what the service stores and streams), or the supervisor's note that the
+/// driver died.
 #[derive(Clone, Debug, PartialEq)]
 pub enum JobEvent {
-    /// The job changed state. A terminal phase is the last event.
-    State(JobState),
-    /// How far the job has come (coalesced).
-    Progress(JobProgress),
-    /// A batch of the job's log lines.
-    Log(JobLog),
-    /// The job's result, before its terminal state.
-    Result(JobResult),
+    /// A job frame: a state (a terminal phase is the last event), progress (coalesced), a batch
+    /// of log lines, or the result (before the terminal state). A terminal state the supervisor
+    /// makes for a job whose driver died or refused it is one too.
+    Job(JobEventKind),
     /// The driver process died while the job was running; a terminal state follows.
     DriverDied {
         /// The cause, as [`crate::DeathReport`] describes it.
@@ -226,7 +224,9 @@ impl JobSink {
     /// closes the stream.
     pub(crate) fn push_critical(&self, event: JobEvent) {
         let terminal = match &event {
-            JobEvent::State(s) if s.state.is_terminal() => Some(s.job_id.clone()),
+            JobEvent::Job(JobEventKind::JobState(s)) if s.state.is_terminal() => {
+                Some(s.job_id.clone())
+            }
             _ => None,
         };
         self.with_queue(|q| {
@@ -238,12 +238,12 @@ impl JobSink {
                 for (stream, index) in [(LogStream::Stdout, 0), (LogStream::Stderr, 1)] {
                     let dropped = std::mem::take(&mut q.dropped[index]);
                     if dropped > 0 {
-                        q.events.push_back(JobEvent::Log(JobLog {
+                        q.events.push_back(JobEvent::Job(JobEventKind::JobLog(JobLog {
                             job_id: job_id.clone(),
                             stream,
                             lines: vec![format!("[drover: {dropped} log lines dropped]")],
                             dropped,
-                        }));
+                        })));
                     }
                 }
             }
@@ -258,12 +258,15 @@ impl JobSink {
             if q.closed || q.gone {
                 return;
             }
-            if let Some(slot) =
-                q.events.iter_mut().rev().find(|e| matches!(e, JobEvent::Progress(_)))
+            if let Some(slot) = q
+                .events
+                .iter_mut()
+                .rev()
+                .find(|e| matches!(e, JobEvent::Job(JobEventKind::JobProgress(_))))
             {
-                *slot = JobEvent::Progress(progress);
+                *slot = JobEvent::Job(JobEventKind::JobProgress(progress));
             } else {
-                q.events.push_back(JobEvent::Progress(progress));
+                q.events.push_back(JobEvent::Job(JobEventKind::JobProgress(progress)));
             }
         });
     }
@@ -285,7 +288,7 @@ impl JobSink {
             }
             log.dropped = log.dropped.saturating_add(std::mem::take(&mut q.dropped[index]));
             q.log_bytes += bytes;
-            q.events.push_back(JobEvent::Log(log));
+            q.events.push_back(JobEvent::Job(JobEventKind::JobLog(log)));
         });
     }
 }
@@ -297,7 +300,7 @@ async fn forward(shared: Arc<Shared>, tx: mpsc::Sender<JobEvent>) {
             let mut queue = shared.queue.lock().unwrap_or_else(PoisonError::into_inner);
             match queue.events.pop_front() {
                 Some(event) => {
-                    if let JobEvent::Log(log) = &event {
+                    if let JobEvent::Job(JobEventKind::JobLog(log)) = &event {
                         let bytes: usize = log.lines.iter().map(|l| l.len() + 1).sum();
                         queue.log_bytes = queue.log_bytes.saturating_sub(bytes);
                     }
@@ -336,13 +339,18 @@ pub(crate) fn rank(phase: JobPhase) -> u8 {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+    use drover_proto::{JobResult, JobState};
 
     fn id() -> JobId {
         "job-1".parse().unwrap()
     }
 
     fn state(phase: JobPhase) -> JobEvent {
-        JobEvent::State(JobState { job_id: id(), state: phase, message: None })
+        JobEvent::Job(JobEventKind::JobState(JobState {
+            job_id: id(),
+            state: phase,
+            message: None,
+        }))
     }
 
     fn log(lines: usize) -> JobLog {
@@ -380,38 +388,45 @@ mod tests {
             sink.push_log(log(10));
             sink.push_progress(progress(f64::from(i)));
         }
-        sink.push_critical(JobEvent::Result(JobResult {
+        sink.push_critical(JobEvent::Job(JobEventKind::JobResult(JobResult {
             job_id: id(),
             outcome: drover_proto::Outcome::Succeeded,
             output: None,
             message: None,
-        }));
+        })));
         sink.push_critical(state(JobPhase::Succeeded));
         sink.push_critical(state(JobPhase::Failed)); // after the end: ignored
         let events = drain(&mut run).await;
         let tail = &events[JOB_CHANNEL_CAPACITY..];
-        assert!(matches!(&tail[0], JobEvent::State(s) if s.state == JobPhase::Running));
+        assert!(
+            matches!(&tail[0], JobEvent::Job(JobEventKind::JobState(s)) if s.state == JobPhase::Running)
+        );
         let (mut delivered, mut dropped) = (0, 0);
         let mut progress_seen = Vec::new();
         for event in tail {
             match event {
-                JobEvent::Log(l) if l.lines[0].starts_with("line") => {
+                JobEvent::Job(JobEventKind::JobLog(l)) if l.lines[0].starts_with("line") => {
                     delivered += l.lines.len() as u64;
                     dropped += l.dropped;
                 }
-                JobEvent::Log(l) => {
+                JobEvent::Job(JobEventKind::JobLog(l)) => {
                     assert_eq!(l.lines, [format!("[drover: {} log lines dropped]", l.dropped)]);
                     dropped += l.dropped;
                 }
-                JobEvent::Progress(p) => progress_seen.push(p.current),
+                JobEvent::Job(JobEventKind::JobProgress(p)) => progress_seen.push(p.current),
                 _ => {}
             }
         }
         assert_eq!(delivered, 30, "three batches fit");
         assert_eq!(delivered + dropped, 100, "every line delivered or counted");
         assert_eq!(progress_seen, [9.0], "progress coalesced to the latest");
-        assert!(matches!(&tail[tail.len() - 2], JobEvent::Result(_) | JobEvent::Log(_)));
-        let Some(JobEvent::State(last)) = tail.last() else { panic!("{tail:?}") };
+        assert!(matches!(
+            &tail[tail.len() - 2],
+            JobEvent::Job(JobEventKind::JobResult(_)) | JobEvent::Job(JobEventKind::JobLog(_))
+        ));
+        let Some(JobEvent::Job(JobEventKind::JobState(last))) = tail.last() else {
+            panic!("{tail:?}")
+        };
         assert_eq!(last.state, JobPhase::Succeeded);
     }
 

@@ -58,6 +58,7 @@
 //! #               broker: std::sync::Arc<dyn drover_supervisor::GpuBroker>)
 //! #               -> Result<(), Box<dyn std::error::Error>> {
 //! use std::time::Duration;
+//! use drover_proto::api::JobEventKind;
 //! use drover_supervisor::{Dispatch, DriverSpec, JobEvent, Options, Supervisor};
 //!
 //! let supervisor =
@@ -75,7 +76,7 @@
 //!     })
 //!     .await?;
 //! while let Some(event) = run.events.recv().await {
-//!     if let JobEvent::State(state) = event {
+//!     if let JobEvent::Job(JobEventKind::JobState(state)) = event {
 //!         println!("{:?}", state.state);
 //!     }
 //! }

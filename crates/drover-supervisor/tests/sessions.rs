@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use drover_proto::api::DriverHealth;
+use drover_proto::api::{DriverHealth, JobEventKind};
 use drover_proto::config::DriverConfig;
 use drover_proto::{
     AcquireGpu, ErrorCode, GpuRequest, JobPhase, Lease, LeaseId, LeaseLog, LeasePhase, WireError,
@@ -310,7 +310,7 @@ fn states(events: &[JobEvent]) -> Vec<JobPhase> {
     events
         .iter()
         .filter_map(|e| match e {
-            JobEvent::State(s) => Some(s.state),
+            JobEvent::Job(JobEventKind::JobState(s)) => Some(s.state),
             _ => None,
         })
         .collect()
@@ -320,7 +320,7 @@ fn output(events: &[JobEvent]) -> Value {
     events
         .iter()
         .find_map(|e| match e {
-            JobEvent::Result(r) => r.output.clone(),
+            JobEvent::Job(JobEventKind::JobResult(r)) => r.output.clone(),
             _ => None,
         })
         .unwrap_or(Value::Null)
@@ -333,7 +333,7 @@ async fn wait_for_state(run: &mut drover_supervisor::JobRun, phase: JobPhase) ->
             .await
             .expect("timed out")
             .expect("stream ended");
-        let hit = matches!(&event, JobEvent::State(s) if s.state == phase);
+        let hit = matches!(&event, JobEvent::Job(JobEventKind::JobState(s)) if s.state == phase);
         seen.push(event);
         if hit {
             return seen;
@@ -382,8 +382,14 @@ async fn a_good_job_runs_with_ordered_states(world: &World) {
     let events = all_events(&mut run).await;
     assert_eq!(states(&events), [JobPhase::Starting, JobPhase::Running, JobPhase::Succeeded]);
     assert_eq!(output(&events), json!({"echo": "hi"}));
-    assert!(events.iter().any(|e| matches!(e, JobEvent::Log(l) if l.lines == ["echo hi"])));
-    assert!(matches!(events.last(), Some(JobEvent::State(s)) if s.state.is_terminal()));
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, JobEvent::Job(JobEventKind::JobLog(l)) if l.lines == ["echo hi"]))
+    );
+    assert!(
+        matches!(events.last(), Some(JobEvent::Job(JobEventKind::JobState(s))) if s.state.is_terminal())
+    );
     // No deadline worth the name is no problem either.
     let mut endless = job("good", "echo", json!({"text": "forever"}));
     endless.max_runtime = Duration::MAX;
@@ -584,7 +590,9 @@ async fn a_crash_mid_job_fails_the_job_with_the_cause_and_restarts(world: &World
         })
         .expect("a DriverDied event");
     assert!(died.contains("exited with status 3"), "{died}");
-    let Some(JobEvent::State(last)) = events.last() else { panic!("{events:?}") };
+    let Some(JobEvent::Job(JobEventKind::JobState(last))) = events.last() else {
+        panic!("{events:?}")
+    };
     assert_eq!(last.state, JobPhase::Failed);
     assert!(last.message.as_deref().unwrap().contains("exited with status 3"));
     let (_, death) = death_of(world, "crashy").await;
@@ -603,7 +611,9 @@ async fn a_crash_mid_job_fails_the_job_with_the_cause_and_restarts(world: &World
 async fn a_driver_that_hangs_mid_job_is_killed_and_the_job_fails_with_the_cause(world: &World) {
     let mut run = world.supervisor.dispatch(job("freezer", "freeze", json!({}))).await.unwrap();
     let events = all_events(&mut run).await;
-    let Some(JobEvent::State(last)) = events.last() else { panic!("{events:?}") };
+    let Some(JobEvent::Job(JobEventKind::JobState(last))) = events.last() else {
+        panic!("{events:?}")
+    };
     assert_eq!(last.state, JobPhase::Failed);
     let message = last.message.clone().unwrap();
     assert!(message.contains("hung: 3 heartbeats in a row unanswered (every 200 ms)"), "{message}");
@@ -628,7 +638,9 @@ async fn a_job_that_ignores_cancel_gets_its_driver_killed(world: &World) {
     wait_for_state(&mut run, JobPhase::Running).await;
     world.supervisor.cancel(&job_id, "test").await.unwrap();
     let events = all_events(&mut run).await;
-    let Some(JobEvent::State(last)) = events.last() else { panic!("{events:?}") };
+    let Some(JobEvent::Job(JobEventKind::JobState(last))) = events.last() else {
+        panic!("{events:?}")
+    };
     assert_eq!(last.state, JobPhase::Cancelled);
     assert!(last.message.as_deref().unwrap().contains("did not end within 1000 ms of its cancel"));
     let (_, death) = death_of(world, "stubborn").await;
@@ -654,7 +666,7 @@ async fn a_log_flood_is_slowed_bounded_and_counted(world: &World) {
     let took = started.elapsed();
     let (mut lines, mut dropped) = (0u64, 0u64);
     for event in &events {
-        if let JobEvent::Log(log) = event {
+        if let JobEvent::Job(JobEventKind::JobLog(log)) = event {
             lines += log.lines.iter().filter(|l| l.starts_with("flood line")).count() as u64;
             dropped += log.dropped;
         }

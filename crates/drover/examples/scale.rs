@@ -32,6 +32,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use drover_proto::api::JobEventKind;
 use drover_proto::config::DriverConfig;
 use drover_proto::messages::{AcquireGpu, ErrorCode, Lease, LeaseLog, WireError};
 use drover_proto::{JobPhase, LeaseId};
@@ -263,7 +264,7 @@ async fn batch(
             let mut last = None;
             while let Some(event) = run.events.recv().await {
                 frames.fetch_add(1, Ordering::Relaxed);
-                if let JobEvent::State(state) = event {
+                if let JobEvent::Job(JobEventKind::JobState(state)) = event {
                     last = Some(state.state);
                 }
             }

@@ -19,10 +19,9 @@ use drover_proto::api::{
 use drover_proto::config::ShutdownMode;
 use drover_proto::{ActionName, DriverName, GpuRequest, JobId, JobPhase, JobState, ParamsSchema};
 use drover_provision::{Clock, Provisioner, ProvisionerConfig};
-use drover_service::{
-    JobRunner, RunError, RunEvent, RunRequest, SIMULATOR_NOTICE, Service, ServiceConfig,
-};
+use drover_service::{Dispatch, JobRunner, RunError, SIMULATOR_NOTICE, Service, ServiceConfig};
 use drover_store::{NewJob, SqliteStore, Store};
+use drover_supervisor::JobEvent;
 use drover_vast::{ApiKey, RetryPolicy, VastClient};
 use drover_vast_sim::{SimConfig, Simulator};
 use futures_util::StreamExt;
@@ -36,8 +35,8 @@ struct Script {
     dispatched: Mutex<Vec<JobId>>,
 }
 
-fn state(id: &JobId, phase: JobPhase) -> RunEvent {
-    RunEvent::Job(JobEventKind::JobState(JobState {
+fn state(id: &JobId, phase: JobPhase) -> JobEvent {
+    JobEvent::Job(JobEventKind::JobState(JobState {
         job_id: id.clone(),
         state: phase,
         message: None,
@@ -47,8 +46,8 @@ fn state(id: &JobId, phase: JobPhase) -> RunEvent {
 impl JobRunner for Script {
     fn dispatch(
         &self,
-        request: RunRequest,
-    ) -> BoxFuture<'_, Result<mpsc::Receiver<RunEvent>, RunError>> {
+        request: Dispatch,
+    ) -> BoxFuture<'_, Result<mpsc::Receiver<JobEvent>, RunError>> {
         Box::pin(async move {
             let id = request.job_id.clone();
             match request.driver.as_str() {
@@ -85,7 +84,7 @@ impl JobRunner for Script {
                                 lines: vec!["y".repeat(1024); 100],
                                 dropped: 0,
                             };
-                            tx.send(RunEvent::Job(JobEventKind::JobLog(log))).await.unwrap();
+                            tx.send(JobEvent::Job(JobEventKind::JobLog(log))).await.unwrap();
                         }
                         tx.send(state(&id, JobPhase::Succeeded)).await.unwrap();
                     }

@@ -5,6 +5,7 @@
 use std::sync::atomic::Ordering;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use drover_proto::api::JobEventKind;
 use drover_proto::{CancelJob, ErrorCode, JobId, JobPhase, JobState, Level, Message, RunJob};
 use drover_transport::{ConnectionError, Inbound};
 use tokio::time::Instant;
@@ -78,11 +79,11 @@ impl Session {
 
     /// A job that never reached the driver: one failed state, and it is forgotten.
     pub(super) fn end_job_early(&mut self, job_id: &JobId, sink: &JobSink, reason: &str) {
-        sink.push_critical(JobEvent::State(JobState {
+        sink.push_critical(JobEvent::Job(JobEventKind::JobState(JobState {
             job_id: job_id.clone(),
             state: JobPhase::Failed,
             message: Some(bounded(reason)),
-        }));
+        })));
         self.forget_job(job_id);
     }
 
@@ -185,12 +186,14 @@ impl Session {
                 }
                 entry.rank = Some(new);
                 let terminal = state.state.is_terminal();
-                entry.sink.push_critical(JobEvent::State(state));
+                entry.sink.push_critical(JobEvent::Job(JobEventKind::JobState(state)));
                 if terminal {
                     self.forget_job(&job_id);
                 }
             }
-            Message::JobResult(result) => entry.sink.push_critical(JobEvent::Result(result)),
+            Message::JobResult(result) => {
+                entry.sink.push_critical(JobEvent::Job(JobEventKind::JobResult(result)))
+            }
             Message::JobProgress(progress) => entry.sink.push_progress(progress),
             Message::JobLog(log) => entry.sink.push_log(log),
             _ => {}
@@ -227,11 +230,11 @@ impl Session {
             let Some(entry) = self.jobs.get(&job_id) else { continue };
             let state = if entry.cancel.is_some() { JobPhase::Cancelled } else { JobPhase::Failed };
             entry.sink.push_critical(JobEvent::DriverDied { cause: cause.to_owned() });
-            entry.sink.push_critical(JobEvent::State(JobState {
+            entry.sink.push_critical(JobEvent::Job(JobEventKind::JobState(JobState {
                 job_id: job_id.clone(),
                 state,
                 message: Some(bounded(&format!("the driver died: {cause}"))),
-            }));
+            })));
             self.forget_job(&job_id);
         }
     }

@@ -21,8 +21,9 @@ use drover_proto::{
     Outcome, ParamsSchema,
 };
 use drover_provision::{Clock, Provisioner, ProvisionerConfig};
-use drover_service::{JobRunner, RunError, RunEvent, RunRequest, Service, ServiceConfig};
+use drover_service::{Dispatch, JobRunner, RunError, Service, ServiceConfig};
 use drover_store::SqliteStore;
+use drover_supervisor::JobEvent;
 use drover_vast::{RetryPolicy, VastClient};
 use drover_vast_sim::{SimConfig, Simulator};
 use serde_json::{Value, json};
@@ -46,8 +47,8 @@ fn schema() -> Arc<ParamsSchema> {
 impl JobRunner for Counter {
     fn dispatch(
         &self,
-        request: RunRequest,
-    ) -> BoxFuture<'_, Result<mpsc::Receiver<RunEvent>, RunError>> {
+        request: Dispatch,
+    ) -> BoxFuture<'_, Result<mpsc::Receiver<JobEvent>, RunError>> {
         Box::pin(async move {
             if request.driver.as_str() != "counter" {
                 return Err(RunError::Refused(format!("no driver named {}", request.driver)));
@@ -60,7 +61,7 @@ impl JobRunner for Counter {
             tokio::spawn(async move {
                 let send = |kind| {
                     let tx = tx.clone();
-                    async move { tx.send(RunEvent::Job(kind)).await.unwrap() }
+                    async move { tx.send(JobEvent::Job(kind)).await.unwrap() }
                 };
                 let phase = |state| {
                     JobEventKind::JobState(JobState { job_id: id.clone(), state, message: None })
