@@ -5,6 +5,13 @@
 //! store; this adapter, here in the service that owns both, is what `drover serve` hands it.
 //! Every rental is estimated, gated, reserved and bounded by `drover-provision`.
 //!
+//! A rental is only for a job that is still running: the job's stored state is read before
+//! the provisioner is asked, and again when the lease comes back. A job that ended meanwhile
+//! (its driver died, it was cancelled, its deadline passed while the rental was being
+//! decided) has its lease released at once and the driver gets `unknown_job`. Together with
+//! the service's release of a job's open leases when it ends, no window is left in which a
+//! lease outlives its job until the lease's own deadline.
+//!
 //! Ownership is read from the lease's own record (the job it was rented for), so nothing here
 //! grows with the number of leases ever handed out: a lease of another job is refused with
 //! `unknown_lease`, said alike for a lease that does not exist, so a driver cannot even learn
@@ -15,7 +22,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use drover_proto::{AcquireGpu, ErrorCode, Lease, LeaseId, LeaseLog, WireError};
+use drover_proto::{AcquireGpu, ErrorCode, JobId, Lease, LeaseId, LeaseLog, WireError};
 use drover_provision::{JobContext, LeaseError, Provisioner};
 use drover_store::Store;
 use drover_supervisor::broker::unknown_lease;
@@ -26,6 +33,7 @@ use drover_supervisor::{BrokerFuture, GpuBroker, LeaseOwner};
 /// was rented for), so nothing here grows with the number of leases ever handed out.
 pub struct ProvisionerBroker<S: Store> {
     provisioner: Arc<Provisioner<S>>,
+    store: S,
 }
 
 impl<S: Store> std::fmt::Debug for ProvisionerBroker<S> {
@@ -35,9 +43,26 @@ impl<S: Store> std::fmt::Debug for ProvisionerBroker<S> {
 }
 
 impl<S: Store> ProvisionerBroker<S> {
-    /// A broker that rents through `provisioner`.
-    pub fn new(provisioner: Arc<Provisioner<S>>) -> Self {
-        Self { provisioner }
+    /// A broker that rents through `provisioner` for the jobs in `store`.
+    pub fn new(provisioner: Arc<Provisioner<S>>, store: S) -> Self {
+        Self { provisioner, store }
+    }
+
+    /// Whether the store holds `job` in a terminal state. A job the store does not know is
+    /// not ended (the provisioner's own checks still apply).
+    async fn job_ended(&self, job: &JobId) -> Result<bool, WireError> {
+        match self.store.get_job(job).await {
+            Ok(found) => Ok(found.is_some_and(|j| j.state.is_terminal())),
+            Err(error) => {
+                tracing::warn!(job = %job, %error, "reading the job before a rental");
+                Err(wire(ErrorCode::Internal, "internal error"))
+            }
+        }
+    }
+
+    /// The refusal for a rental whose job has ended.
+    fn ended(job: &JobId) -> WireError {
+        wire(ErrorCode::UnknownJob, format!("job {job} has ended; it gets no GPU"))
     }
 
     /// The provisioner behind this broker.
@@ -87,10 +112,25 @@ impl<S: Store> GpuBroker for ProvisionerBroker<S> {
             if req.job_id != owner.job_id {
                 return Err(wire(ErrorCode::Forbidden, "the lease must be for the asking job"));
             }
-            self.provisioner.acquire(&req, &ctx).await.map_err(|error| {
+            if self.job_ended(&owner.job_id).await? {
+                return Err(Self::ended(&owner.job_id));
+            }
+            let lease = self.provisioner.acquire(&req, &ctx).await.map_err(|error| {
                 tracing::info!(driver = %owner.driver, job = %owner.job_id, %error, "acquire_gpu refused");
                 error.to_wire()
-            })
+            })?;
+            // The job may have ended while the rental was decided and made; the service's
+            // release of its leases may have run before this lease existed.
+            if self.job_ended(&owner.job_id).await.unwrap_or(false) {
+                match self.provisioner.release(&lease.lease_id, "supervisor").await {
+                    Ok(_) => tracing::warn!(job = %owner.job_id, lease = %lease.lease_id,
+                        "the job ended while its GPU was rented; released"),
+                    Err(error) => tracing::warn!(job = %owner.job_id, lease = %lease.lease_id,
+                        %error, "releasing the lease of an ended job failed; the reaper will retry"),
+                }
+                return Err(Self::ended(&owner.job_id));
+            }
+            Ok(lease)
         })
     }
 

@@ -6,11 +6,14 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use drover_proto::api::JobEventKind;
 use drover_proto::config::GateConfig;
-use drover_proto::{AcquireGpu, ErrorCode, GpuRequest, LeasePhase, Pricing};
+use drover_proto::{
+    AcquireGpu, ErrorCode, GpuRequest, JobId, JobPhase, JobState, LeasePhase, Pricing,
+};
 use drover_provision::{Clock, CostModel, Provisioner, ProvisionerConfig};
 use drover_service::ProvisionerBroker;
-use drover_store::{SqliteStore, Store};
+use drover_store::{NewJob, SqliteStore, Store};
 use drover_supervisor::{GpuBroker, LeaseOwner};
 use drover_vast::{ApiKey, RetryPolicy, VastClient};
 use drover_vast_sim::{SimConfig, Simulator};
@@ -41,8 +44,15 @@ fn request(job: &str) -> AcquireGpu {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn leases_are_rented_through_the_gate_and_stay_with_their_driver() {
+/// The simulator (with `faults`), a store and a broker over the real provisioner.
+struct Rig {
+    sim: Simulator,
+    store: SqliteStore,
+    broker: ProvisionerBroker<SqliteStore>,
+    _dir: tempfile::TempDir,
+}
+
+async fn rig(faults: &str) -> Rig {
     // Simulated time runs 200x faster, so provisioning takes milliseconds.
     let clock = Clock::scaled(200.0);
     let sim = Simulator::start(
@@ -51,6 +61,7 @@ async fn leases_are_rented_through_the_gate_and_stay_with_their_driver() {
             api_key: Some(ApiKey::new(KEY).unwrap()),
             seed: 7,
             clock,
+            faults: faults.parse().unwrap(),
             ..SimConfig::default()
         },
     )
@@ -70,7 +81,75 @@ async fn leases_are_rented_through_the_gate_and_stay_with_their_driver() {
         ..ProvisionerConfig::new("test")
     };
     let provisioner = Provisioner::start(client, store.clone(), config, clock).await.unwrap();
-    let broker = ProvisionerBroker::new(Arc::new(provisioner));
+    let broker = ProvisionerBroker::new(Arc::new(provisioner), store.clone());
+    Rig { sim, store, broker, _dir: dir }
+}
+
+/// Stores job `id` as submitted (queued).
+async fn stored_job(store: &SqliteStore, id: &str) -> JobId {
+    let spec = serde_json::from_value(serde_json::json!({
+        "driver": "alpha", "action": "run", "max_runtime_s": 600, "budget_usd": 5.0,
+        "gpu": {"count": 1}
+    }))
+    .unwrap();
+    let job = NewJob {
+        id: id.parse().unwrap(),
+        spec,
+        submitted_by: "t".to_owned(),
+        at_unix_ms: 1_795_305_600_000,
+        idempotency: None,
+    };
+    store.submit_job(job).await.unwrap();
+    id.parse().unwrap()
+}
+
+/// Ends job `id` as its driver's death would.
+async fn end_job(store: &SqliteStore, id: &JobId) {
+    let state = JobEventKind::JobState(JobState {
+        job_id: id.clone(),
+        state: JobPhase::Failed,
+        message: Some("the driver died".to_owned()),
+    });
+    store.append_event(id, 1_795_305_601_000, state).await.unwrap();
+}
+
+/// A job that has ended gets no GPU, and one that ends while its GPU is being rented (its
+/// driver killed mid-acquire: the service released the job's leases before this one
+/// existed) has the lease released as it comes back, instead of billing until the lease's
+/// deadline. Found under load by serve's "dead driver's lease was never released".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_that_ended_keeps_no_gpu_even_one_rented_as_it_ended() {
+    let Rig { sim, store, broker, _dir } = rig("slow_create=1500").await;
+
+    let ended = stored_job(&store, "job-ended").await;
+    end_job(&store, &ended).await;
+    let err = broker.acquire(&owner("alpha", "job-ended"), 5.0, request("job-ended")).await;
+    assert_eq!(err.unwrap_err().code, ErrorCode::UnknownJob);
+    assert!(store.open_leases().await.unwrap().is_empty());
+    assert!(sim.ledger().entries.is_empty(), "an instance was rented for an ended job");
+
+    let dying = stored_job(&store, "job-dying").await;
+    let broker = Arc::new(broker);
+    let acquiring = {
+        let broker = Arc::clone(&broker);
+        tokio::spawn(async move {
+            broker.acquire(&owner("alpha", "job-dying"), 5.0, request("job-dying")).await
+        })
+    };
+    // The lease is reserved and its create is on its way (delayed by the simulator).
+    while store.open_leases().await.unwrap().is_empty() {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    end_job(&store, &dying).await;
+    let err = acquiring.await.unwrap().unwrap_err();
+    assert_eq!(err.code, ErrorCode::UnknownJob, "{err:?}");
+    assert!(store.open_leases().await.unwrap().is_empty(), "the ended job still holds a lease");
+    assert!(sim.ledger().live().is_empty(), "an instance of an ended job is still billing");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_are_rented_through_the_gate_and_stay_with_their_driver() {
+    let Rig { sim, store, broker, _dir } = rig("none").await;
 
     let alpha = owner("alpha", "job-a");
     let lease = broker.acquire(&alpha, 2.0, request("job-a")).await.unwrap();

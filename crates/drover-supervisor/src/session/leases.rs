@@ -1,17 +1,27 @@
 //! A driver's requests: `ping`, and the lease calls (`acquire_gpu` checked against its job's
 //! GPU request, `lease_status`, `lease_logs`, `release_gpu` only for a lease of a job running
-//! on this session), run on the broker at most [`super::MAX_BROKER_REQUESTS`] at a time, their
-//! answers recorded in the driver's lease map and sent back as replies.
+//! on this session), run on the broker at most [`super::MAX_BROKER_REQUESTS`] at a time (the
+//! rest wait in arrival order, at most [`super::MAX_BROKER_WAITING`]), their answers recorded
+//! in the driver's lease map and sent back as replies.
 
 use std::sync::Arc;
 
 use drover_proto::{ErrorCode, JobId, Message, MsgId, WireError};
 
-use super::{End, JobEntry, MAX_BROKER_REQUESTS, MAX_LEASES_PER_DRIVER, Session};
+use super::{
+    End, JobEntry, MAX_BROKER_REQUESTS, MAX_BROKER_WAITING, MAX_LEASES_PER_DRIVER, Session,
+};
 use crate::broker::{LeaseOwner, unknown_lease, wire};
 use crate::registry::lock;
 
 pub(super) type BrokerResult = (MsgId, Result<Message, WireError>, Option<LeaseRecord>);
+
+/// A broker call waiting for a free slot.
+pub(super) struct Waiting {
+    id: MsgId,
+    owner: LeaseOwner,
+    call: BrokerCall,
+}
 
 /// What a broker answer changes in the driver's lease map.
 pub(super) enum LeaseRecord {
@@ -107,13 +117,26 @@ impl Session {
         owner: LeaseOwner,
         call: BrokerCall,
     ) -> Result<(), End> {
-        if self.broker_inflight >= MAX_BROKER_REQUESTS {
+        if self.broker_inflight < MAX_BROKER_REQUESTS {
+            self.start_broker(Waiting { id, owner, call });
+            return Ok(());
+        }
+        if self.broker_waiting.len() >= MAX_BROKER_WAITING {
             let error = wire(
                 ErrorCode::NotReady,
-                format!("{MAX_BROKER_REQUESTS} lease requests are already in flight"),
+                format!(
+                    "{MAX_BROKER_REQUESTS} lease requests are in flight and \
+                     {MAX_BROKER_WAITING} more are waiting"
+                ),
             );
             return self.reply(id, error).await;
         }
+        self.broker_waiting.push_back(Waiting { id, owner, call });
+        Ok(())
+    }
+
+    /// Runs `call` on the broker; its answer comes back through `broker_tx`.
+    fn start_broker(&mut self, Waiting { id, owner, call }: Waiting) {
         self.broker_inflight += 1;
         let broker = Arc::clone(&self.inner.broker);
         let results = self.broker_tx.clone();
@@ -125,6 +148,20 @@ impl Session {
             };
             let _ = results.send(Box::new(result)).await;
         });
+    }
+
+    /// Starts waiting calls while slots are free; one whose job ended meanwhile is answered
+    /// `unknown_job` without reaching the broker.
+    async fn start_waiting(&mut self) -> Result<(), End> {
+        while self.broker_inflight < MAX_BROKER_REQUESTS {
+            let Some(next) = self.broker_waiting.pop_front() else { break };
+            if self.jobs.contains_key(&next.owner.job_id) {
+                self.start_broker(next);
+            } else {
+                let message = format!("no job {} runs on this session", next.owner.job_id);
+                self.reply(next.id, wire(ErrorCode::UnknownJob, message)).await?;
+            }
+        }
         Ok(())
     }
 
@@ -145,7 +182,10 @@ impl Session {
             Ok(msg) => msg,
             Err(error) => Message::Error(error),
         };
-        self.reply(id, msg).await.err()
+        if let Err(end) = self.reply(id, msg).await {
+            return Some(end);
+        }
+        self.start_waiting().await.err()
     }
 }
 

@@ -29,7 +29,10 @@
 //!   see the `metered` module), so a driver that floods blocks in its own `write` and is slowed
 //!   to that rate; what it sends is handled within fixed bounds, so the supervisor's memory
 //!   stays bounded.
-//! - **Leases.** At most [`MAX_BROKER_REQUESTS`] broker calls run at once per session. An
+//! - **Leases.** At most [`MAX_BROKER_REQUESTS`] broker calls run at once per session; up to
+//!   [`MAX_BROKER_WAITING`] more wait their turn in arrival order (so one job's lease polls
+//!   cannot starve another job's `acquire_gpu`), and beyond that a request is refused with
+//!   `not_ready`. A waiting request whose job ended meanwhile never reaches the broker. An
 //!   `acquire_gpu` is checked against its job's GPU request ([`crate::broker::authorize`]);
 //!   a lease is scoped to (session, job): only requests while its job runs on the session that
 //!   acquired it reach the broker, and it is forgotten when released or when its job ends.
@@ -72,6 +75,10 @@ use leases::BrokerResult;
 
 /// Broker calls (`acquire_gpu`, `lease_*`) one session may have in flight.
 pub const MAX_BROKER_REQUESTS: usize = 16;
+
+/// Broker calls one session may have waiting for a free slot, in arrival order; more are
+/// refused with `not_ready`. As many as the jobs a session may run, each with one request.
+pub const MAX_BROKER_WAITING: usize = 64;
 
 /// Leases one driver may hold at once (a lease is forgotten when it is released or its job
 /// ends); `acquire_gpu` beyond it is refused with `forbidden`.
@@ -182,6 +189,7 @@ pub(crate) async fn run(inner: &Arc<Inner>, driver: &Arc<Driver>, slot: u16) -> 
         broker_tx,
         broker_rx,
         broker_inflight: 0,
+        broker_waiting: std::collections::VecDeque::new(),
         jobs: HashMap::new(),
         pending: BTreeMap::new(),
         logged: (StdInstant::now(), 0, 0),
@@ -243,6 +251,8 @@ struct Session {
     broker_tx: mpsc::Sender<Box<BrokerResult>>,
     broker_rx: mpsc::Receiver<Box<BrokerResult>>,
     broker_inflight: usize,
+    /// Broker calls waiting for a free slot, oldest first; at most [`MAX_BROKER_WAITING`].
+    broker_waiting: std::collections::VecDeque<leases::Waiting>,
     jobs: HashMap<JobId, JobEntry>,
     /// This side's requests awaiting a reply, oldest first; at most [`MAX_PENDING`].
     pending: BTreeMap<MsgId, Pending>,

@@ -28,6 +28,8 @@
 #   steal  {"lease_id": id}    release_gpu on someone else's lease; the reply is the output
 #   gpu_keep {}                acquire_gpu and end without releasing; the lease is the output
 #   gpu_many {"n": N}          N rounds of acquire_gpu + release_gpu; output {leases, last}
+#   gpu_burst {"n": N}         N acquire_gpu at once (image example/slow:1, which the test
+#                              broker answers slowly); output {leases, refused: [codes]}
 #   errors {"wait_for": n}     the codes of the `error` events received so far are the output
 #                              (after waiting up to 10 s until there are n)
 #   disorder {}                running, then starting (out of order), a state for a job that
@@ -114,6 +116,8 @@ ACTIONS = {
     "gpu_keep": {"type": "object"},
     "gpu_many": {"type": "object", "properties": {"n": {"type": "integer", "minimum": 1}},
                  "required": ["n"]},
+    "gpu_burst": {"type": "object", "properties": {"n": {"type": "integer", "minimum": 1}},
+                  "required": ["n"]},
     "steal": {"type": "object", "properties": {"lease_id": {"type": "string"}},
               "required": ["lease_id"]},
     "errors": {"type": "object"},
@@ -184,6 +188,25 @@ def run_job(job, action, params):
             request({"type": "release_gpu", "lease_id": last["lease_id"]})
         event({"type": "job_result", "job_id": job, "outcome": "succeeded",
                "output": {"leases": leases, "last": last}})
+        state(job, "succeeded")
+    elif action == "gpu_burst":
+        state(job, "running")
+        replies = []
+
+        def one():
+            replies.append(request({"type": "acquire_gpu", "job_id": job, "gpu": {"count": 1},
+                                    "image": "example/slow:1", "disk_gib": 16,
+                                    "max_runtime_s": 600}))
+
+        threads = [threading.Thread(target=one) for _ in range(params["n"])]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        leases = sum(1 for r in replies if r["type"] == "lease")
+        refused = [r["code"] for r in replies if r["type"] == "error"]
+        event({"type": "job_result", "job_id": job, "outcome": "succeeded",
+               "output": {"leases": leases, "refused": refused}})
         state(job, "succeeded")
     elif action == "errors":
         until = time.time() + 10

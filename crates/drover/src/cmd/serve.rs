@@ -444,7 +444,7 @@ pub async fn start(
         spec.gpus = gpus;
         specs.push(spec);
     }
-    let broker = Arc::new(ProvisionerBroker::new(Arc::clone(&provisioner)));
+    let broker = Arc::new(ProvisionerBroker::new(Arc::clone(&provisioner), store.clone()));
     let mut options = Options::new(prepared.dropped.clone());
     options.cgroups = prepared.cgroups.clone();
     let supervisor = Arc::new(

@@ -8,12 +8,13 @@
 //!    shell-quoted, followed by `echo drover-exit-status=$?`), `env`, `disk` GiB (default 16)
 //!    and the GPU request (`gpu` in the params, else the job's), for the job's remaining
 //!    time (at least 60 s). The supervisor estimates, gates (nothing is rented below 95%
-//!    confidence) and rents. A refusal that says "later" (`not_ready`: the session's lease
-//!    requests are all in flight; `provider_unavailable`: no offer could be started, e.g.
-//!    another rental took the last ones) is asked again, at most [`RETRIES`] times, after a
-//!    pause that doubles from [`RETRY_FIRST`] up to [`RETRY_MAX`] (about 40 s in all), logged
-//!    each time, unless the job is cancelled or its deadline comes first; any other refusal
-//!    (the cost gate, the budget) fails the job at once.
+//!    confidence) and rents. A refusal that says "later" is asked again after a pause that
+//!    doubles from [`RETRY_FIRST`] up to [`RETRY_MAX`], logged each time, unless the job is
+//!    cancelled or its deadline comes first: `not_ready` (the session's lease requests are
+//!    all in flight: a queue, which a busy supervisor works through) as often as the deadline
+//!    allows; `provider_unavailable` (no offer could be started, e.g. another rental took the
+//!    last ones) at most [`RETRIES`] times (about 40 s in all). Any other refusal (the cost
+//!    gate, the budget) fails the job at once.
 //! 2. Every second (default): `lease_status` and `lease_logs` (last 100 lines); new log lines
 //!    become the job's log, the lease state its progress (`provisioning` 1/4, `loading` 2/4,
 //!    `running` 3/4, done 4/4).
@@ -41,7 +42,8 @@ const POLL: Duration = Duration::from_secs(1);
 pub const RETRY_FIRST: Duration = Duration::from_millis(500);
 /// The longest pause between two asks.
 pub const RETRY_MAX: Duration = Duration::from_secs(8);
-/// How many times a "later" refusal is asked again.
+/// How many times a `provider_unavailable` refusal is asked again (`not_ready` is asked again
+/// until the job's deadline).
 pub const RETRIES: u32 = 7;
 /// Log lines asked for per poll.
 const TAIL: u32 = 100;
@@ -89,13 +91,24 @@ async fn acquire(
     deadline_unix_ms: u64,
 ) -> Result<Lease, RequestError> {
     let mut pause = RETRY_FIRST;
-    for _ in 0..RETRIES {
+    let mut unavailable = 0;
+    loop {
         let error = match ctx.acquire_gpu(request.clone()).await {
             Ok(lease) => return Ok(lease),
             Err(error) => error,
         };
-        let later = matches!(&error, RequestError::Refused { error, .. }
-            if matches!(error.code, ErrorCode::NotReady | ErrorCode::ProviderUnavailable));
+        let code = match &error {
+            RequestError::Refused { error, .. } => Some(error.code),
+            _ => None,
+        };
+        let later = match code {
+            Some(ErrorCode::NotReady) => true,
+            Some(ErrorCode::ProviderUnavailable) => {
+                unavailable += 1;
+                unavailable <= RETRIES
+            }
+            _ => false,
+        };
         let wait_ms = u64::try_from(pause.as_millis()).unwrap_or(u64::MAX);
         if !later || ctx.is_cancelled() || now_ms().saturating_add(wait_ms) >= deadline_unix_ms {
             return Err(error);
@@ -107,7 +120,6 @@ async fn acquire(
         }
         pause = (pause * 2).min(RETRY_MAX);
     }
-    ctx.acquire_gpu(request).await
 }
 
 /// The instance's start script for `command`.
