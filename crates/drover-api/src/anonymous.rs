@@ -17,9 +17,10 @@
 //!   the number of distinct peers and the [`TOP_PEERS`] busiest peers. A window's rows are
 //!   written when it ends, so a flood of any size leaves at most five rows per window.
 
+use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use drover_proto::api::AuditEvent;
@@ -75,7 +76,7 @@ impl AnonymousGate {
 
     /// Counts one rejection; the first of a window schedules the window's rows.
     pub fn note(&self, result: &'static str, peer: Option<IpAddr>, auditor: &Auditor) {
-        let mut window = self.window.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut window = self.window.lock();
         if window.started.is_none() {
             window.started = Some(rfc3339_now());
             let (shared, auditor, length) = (self.window.clone(), auditor.clone(), self.length);
@@ -104,7 +105,7 @@ impl AnonymousGate {
 
 /// Takes the window and queues its rows.
 async fn write(window: &Mutex<Window>, auditor: &Auditor) {
-    let taken = std::mem::take(&mut *window.lock().unwrap_or_else(PoisonError::into_inner));
+    let taken = std::mem::take(&mut *window.lock());
     let Some(started) = taken.started else { return };
     let mut busiest: Vec<(IpAddr, u64)> = taken.peers.iter().map(|(p, c)| (*p, *c)).collect();
     busiest.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));

@@ -23,9 +23,10 @@
 //! started with. A token never appears in a log line, an error or an audit event: only its
 //! configured name does.
 
+use parking_lot::{Mutex, RwLock};
 use std::collections::{HashMap, HashSet};
 use std::marker::PhantomData;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
 use std::time::Instant;
 
 use drover_proto::config::{RateLimitConfig, Scope, TokenEntry};
@@ -209,10 +210,7 @@ impl TokenRegistry {
 
     /// The set in force.
     pub fn current(&self) -> Arc<TokenSet> {
-        match self.current.read() {
-            Ok(guard) => guard.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
+        self.current.read().clone()
     }
 
     /// Checks `entries` and, if they pass, makes them the set in force. On error the old set
@@ -220,10 +218,7 @@ impl TokenRegistry {
     pub fn replace(&self, entries: &[TokenEntry]) -> Result<usize, TokenConfigError> {
         let set = Arc::new(TokenSet::new(entries)?);
         let count = set.len();
-        match self.current.write() {
-            Ok(mut guard) => *guard = set,
-            Err(poisoned) => *poisoned.into_inner() = set,
-        }
+        *self.current.write() = set;
         Ok(count)
     }
 }
@@ -265,10 +260,7 @@ impl<K: std::hash::Hash + Eq + Clone> RateLimiter<K> {
 
     /// Takes one request from `key`'s bucket, or says how many seconds until one is free.
     pub fn check(&self, key: &K, now: Instant) -> Result<(), u64> {
-        let mut buckets = match self.buckets.lock() {
-            Ok(guard) => guard,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut buckets = self.buckets.lock();
         if buckets.len() >= self.max_keys && !buckets.contains_key(key) {
             let (per_second, burst) = (self.per_second, self.burst);
             buckets.retain(|_, b| {

@@ -6,7 +6,8 @@
 //! production mode (the default) the body never holds an error text, a path, SQL or a trace.
 //! Development mode (`--development` and `mode = "development"`) adds the cause as `detail`.
 
-use std::sync::{Arc, Mutex};
+use parking_lot::Mutex;
+use std::sync::Arc;
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -49,23 +50,19 @@ impl RequestContext {
     }
 
     pub(crate) fn set_actor(&self, actor: Arc<str>) {
-        if let Ok(mut slot) = self.actor.lock() {
-            *slot = Some(actor);
-        }
+        *self.actor.lock() = Some(actor);
     }
 
     pub(crate) fn set_rejection(&self, rejection: crate::token::Rejection) {
-        if let Ok(mut slot) = self.rejection.lock() {
-            *slot = Some(rejection);
-        }
+        *self.rejection.lock() = Some(rejection);
     }
 
     pub(crate) fn rejection(&self) -> Option<crate::token::Rejection> {
-        self.rejection.lock().ok().and_then(|slot| *slot)
+        *self.rejection.lock()
     }
 
     pub(crate) fn actor(&self) -> Option<Arc<str>> {
-        self.actor.lock().ok().and_then(|slot| slot.clone())
+        self.actor.lock().clone()
     }
 }
 

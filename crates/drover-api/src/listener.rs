@@ -20,9 +20,10 @@
 //!
 //! Requests in flight are capped separately, in the router ([`crate::server::context`]).
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -80,7 +81,7 @@ struct PeerSlot {
 
 impl PeerCounts {
     fn admit(&self, key: IpAddr, cap: u32) -> Option<PeerSlot> {
-        let mut counts = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut counts = self.0.lock();
         let count = counts.entry(key).or_default();
         if *count >= cap {
             return None;
@@ -92,7 +93,7 @@ impl PeerCounts {
 
 impl Drop for PeerSlot {
     fn drop(&mut self) {
-        let mut counts = self.counts.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut counts = self.counts.0.lock();
         if let Some(count) = counts.get_mut(&self.key) {
             *count = count.saturating_sub(1);
             if *count == 0 {

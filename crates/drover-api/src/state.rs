@@ -9,8 +9,9 @@
 //! Defaults: at most `api.limits.sse_streams_per_token` open event streams per token (at
 //! least 1) and `api.limits.max_concurrent_requests` requests in flight (at least 1).
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 
 use drover_proto::api::ApiErrorCode;
 use drover_proto::config::{ApiConfig, ApiLimitsConfig, ApiMode};
@@ -186,8 +187,7 @@ impl ParamsCache {
         schema: Arc<ParamsSchema>,
     ) -> Result<Arc<SchemaChecker>, ApiError> {
         let key = (driver.clone(), action.clone());
-        if let Ok(cache) = self.compiled.lock()
-            && let Some((cached, checker)) = cache.get(&key)
+        if let Some((cached, checker)) = self.compiled.lock().get(&key)
             && Arc::ptr_eq(cached, &schema)
         {
             return Ok(checker.clone());
@@ -196,9 +196,7 @@ impl ParamsCache {
             ApiError::new(ApiErrorCode::Unavailable)
                 .with_message("the driver's params schema for this action does not compile")
         })?);
-        if let Ok(mut cache) = self.compiled.lock() {
-            cache.insert(key, (schema, checker.clone()));
-        }
+        self.compiled.lock().insert(key, (schema, checker.clone()));
         Ok(checker)
     }
 }
@@ -225,7 +223,7 @@ impl StreamSlots {
 
     /// A slot for `name`, or `None` when it already holds its limit.
     pub fn open(&self, name: &Arc<str>) -> Option<StreamSlot> {
-        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut open = self.open.lock();
         let count = open.entry(name.clone()).or_default();
         if *count >= self.per_token {
             return None;
@@ -236,14 +234,14 @@ impl StreamSlots {
 
     /// How many streams `name` holds open.
     pub fn held(&self, name: &str) -> u32 {
-        let open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        let open = self.open.lock();
         open.get(name).copied().unwrap_or(0)
     }
 }
 
 impl Drop for StreamSlot {
     fn drop(&mut self) {
-        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut open = self.open.lock();
         if let Some(count) = open.get_mut(&self.name) {
             *count = count.saturating_sub(1);
             if *count == 0 {

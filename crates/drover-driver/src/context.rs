@@ -8,8 +8,9 @@
 //! flushes every [`crate::FLUSH_INTERVAL`] and once more before the job's result, so a job's
 //! last lines always come before its `job_result`.
 
+use parking_lot::Mutex;
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 
 use drover_proto::limits::LOG_LINE_LEN;
 use drover_proto::{
@@ -231,8 +232,8 @@ impl JobContext {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Buffers> {
-        self.buffers.lock().unwrap_or_else(PoisonError::into_inner)
+    fn lock(&self) -> parking_lot::MutexGuard<'_, Buffers> {
+        self.buffers.lock()
     }
 }
 

@@ -7,8 +7,9 @@
 //! the loop over a channel, so a slow job never delays a heartbeat (as long as it does not
 //! block the runtime's thread).
 
+use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use drover_proto::limits::{LOG_LINES_PER_FRAME, MESSAGE_LEN, NEGOTIABLE_MAX_FRAME_BYTES};
@@ -432,7 +433,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin, D: Driver> Session<T, D> {
         buffers: &Mutex<Buffers>,
     ) -> Result<(), DriverError> {
         let (lines, mut dropped, progress) = {
-            let mut b = buffers.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut b = buffers.lock();
             (std::mem::take(&mut b.lines), std::mem::take(&mut b.dropped), b.progress.take())
         };
         let budget = (self.conn.max_frame_bytes().min(NEGOTIABLE_MAX_FRAME_BYTES) as usize)

@@ -46,9 +46,10 @@ mod watchdog;
 pub use error::{AcquireError, LeaseError, ReapReport, StartError};
 use rent::estimate_inputs;
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use drover_proto::config::GateConfig;
@@ -185,17 +186,12 @@ impl<S: Store> Drop for Provisioner<S> {
     fn drop(&mut self) {
         self.reaper.abort();
         self.heartbeat.abort();
-        for owner in lock(&self.inner.owners).values() {
+        for owner in self.inner.owners.lock().values() {
             if let Owner::Held { watchdog, .. } = owner {
                 watchdog.abort();
             }
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Plain maps; a panic elsewhere leaves them consistent enough to keep going.
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The label of a lease's instances.
@@ -364,7 +360,7 @@ impl<S: Store> Provisioner<S> {
     /// Releases a lease: destroy, confirm, settle. Releasing twice is harmless.
     pub async fn release(&self, lease_id: &LeaseId, actor: &str) -> Result<Lease, LeaseError> {
         let held = {
-            let mut owners = lock(&self.inner.owners);
+            let mut owners = self.inner.owners.lock();
             match owners.get(lease_id) {
                 Some(Owner::Acquiring) => return Err(LeaseError::Busy(lease_id.clone())),
                 Some(Owner::Held { .. }) => owners.remove(lease_id),
@@ -482,7 +478,10 @@ impl<S: Store> Provisioner<S> {
 
     /// Releases every held lease, then stops.
     pub async fn shutdown(self) {
-        let held: Vec<LeaseId> = lock(&self.inner.owners)
+        let held: Vec<LeaseId> = self
+            .inner
+            .owners
+            .lock()
             .iter()
             .filter(|(_, o)| matches!(o, Owner::Held { .. }))
             .map(|(id, _)| id.clone())
@@ -507,7 +506,7 @@ struct OwnerGuard<'a> {
 impl Drop for OwnerGuard<'_> {
     fn drop(&mut self) {
         if self.armed {
-            let mut owners = lock(self.owners);
+            let mut owners = self.owners.lock();
             if matches!(owners.get(&self.lease_id), Some(Owner::Acquiring)) {
                 owners.remove(&self.lease_id);
             }

@@ -29,7 +29,7 @@ use drover_proto::{JobId, JobPhase};
 use drover_store::{OwnedJob, Store, StoreError};
 use serde_json::{Map, Value};
 
-use crate::{Service, lock, phase_name, state};
+use crate::{Service, phase_name, state};
 
 /// How often a replica looks for orphans and cancel requests: 1 s.
 pub const FLEET_POLL: Duration = Duration::from_secs(1);
@@ -89,7 +89,7 @@ impl<S: Store> Service<S> {
 
     /// Ends a job this replica owns: through its run if it has one here, else directly.
     pub(crate) async fn cancel_here(&self, id: &JobId, reason: String) {
-        let sender = lock(&self.running).get(id).map(|run| run.cancel.clone());
+        let sender = self.running.lock().get(id).map(|run| run.cancel.clone());
         match sender {
             // The job task passes it to the runner (now, or once dispatched).
             Some(sender) => {
@@ -106,14 +106,14 @@ impl<S: Store> Service<S> {
     /// can no longer write anything to it.
     pub(crate) fn lost(&self, id: &JobId) {
         tracing::warn!(job = %id, "another replica took the job over; stopping its run here");
-        if let Some(run) = lock(&self.running).get(id) {
+        if let Some(run) = self.running.lock().get(id) {
             let _ = run.cancel.send(Some("taken over by another replica".to_owned()));
         }
     }
 
     /// Whether this replica runs the job now.
     pub(crate) fn runs_here(&self, id: &JobId) -> bool {
-        lock(&self.running).contains_key(id)
+        self.running.lock().contains_key(id)
     }
 
     /// Every [`FLEET_POLL`] until the service is dropped: orphans, then cancel requests.

@@ -58,9 +58,10 @@ mod quota;
 pub mod runner;
 pub mod supervisor;
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use drover_api::backend::BackendError;
@@ -130,10 +131,6 @@ fn store_error(error: StoreError) -> BackendError {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
 fn state(job_id: &JobId, phase: JobPhase, message: impl Into<String>) -> JobEventKind {
     let mut message: String = message.into();
     let max = usize::try_from(drover_proto::limits::MESSAGE_LEN).unwrap_or(1024);
@@ -194,7 +191,7 @@ impl<S: Store> Service<S> {
 
     /// Jobs waiting for a driver or running on one.
     pub fn running_jobs(&self) -> usize {
-        lock(&self.running).len()
+        self.running.lock().len()
     }
 
     /// Takes over what a previous run, or a replica that died, left unfinished: `queued`
@@ -221,7 +218,7 @@ impl<S: Store> Service<S> {
             tracing::warn!(left = self.running_jobs(), "drain period over: cancelling the rest");
         }
         let ids: Vec<JobId> = {
-            let running = lock(&self.running);
+            let running = self.running.lock();
             running
                 .iter()
                 .map(|(id, run)| {
@@ -265,7 +262,7 @@ impl<S: Store> Service<S> {
     /// Waits until no job is running.
     async fn wait_all(&self) {
         let waiting: Vec<watch::Receiver<bool>> =
-            lock(&self.running).values().map(|run| run.done.clone()).collect();
+            self.running.lock().values().map(|run| run.done.clone()).collect();
         for mut done in waiting {
             let _ = done.wait_for(|d| *d).await;
         }
@@ -316,11 +313,11 @@ impl<S: Store> Service<S> {
         let Some(me) = self.me.upgrade() else { return };
         let (cancel, cancelled) = watch::channel(None);
         let (done_tx, done) = watch::channel(false);
-        lock(&self.running).insert(job.id.clone(), Running { cancel, done });
+        self.running.lock().insert(job.id.clone(), Running { cancel, done });
         tokio::spawn(async move {
             let id = job.id.clone();
             me.run(job, cancelled).await;
-            lock(&me.running).remove(&id);
+            me.running.lock().remove(&id);
             let _ = done_tx.send(true);
         });
     }

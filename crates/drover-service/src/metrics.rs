@@ -18,7 +18,8 @@
 //! USD values are written as plain decimals; a zero is always `0`, never `-0` (an empty
 //! floating-point sum is negative zero in Rust, which the simulator's empty bill was).
 
-use std::sync::{Arc, Mutex, PoisonError};
+use parking_lot::Mutex;
+use std::sync::Arc;
 
 use drover_api::metrics::Registry;
 use prometheus_client::collector::Collector;
@@ -45,7 +46,7 @@ impl ServiceMetrics {
     }
 
     pub(crate) fn set(&self, snapshot: Snapshot) {
-        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = snapshot;
+        *self.0.lock() = snapshot;
     }
 }
 
@@ -70,7 +71,7 @@ where
 
 impl Collector for ServiceMetrics {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
-        let snapshot = self.0.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        let snapshot = self.0.lock().clone();
         let e = &mut encoder;
         let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
         gauge(

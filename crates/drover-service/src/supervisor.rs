@@ -5,8 +5,9 @@
 //! supervisor's own receiver, handed over as it is. Params schemas are cached per driver action and the same `Arc` is returned
 //! while the driver declares the same schema, so the API reuses its compiled validator.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 
 use drover_api::BoxFuture;
 use drover_api::backend::SchemaLookupError;
@@ -92,7 +93,7 @@ impl JobRunner for SupervisorRunner {
                 SchemaLookupError::UnknownAction
             });
         };
-        let mut cache = self.schemas.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut cache = self.schemas.lock();
         let key = (driver.clone(), action.clone());
         if let Some((seen, shared)) = cache.get(&key)
             && seen == schema

@@ -21,8 +21,9 @@
 //! or counted. A caller that drops its
 //! receiver simply stops the delivery; the job goes on.
 
+use parking_lot::Mutex;
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use drover_proto::api::JobEventKind;
@@ -213,7 +214,7 @@ impl JobSink {
 
     fn with_queue<R>(&self, f: impl FnOnce(&mut Queue) -> R) -> R {
         let result = {
-            let mut queue = self.shared.queue.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut queue = self.shared.queue.lock();
             f(&mut queue)
         };
         self.shared.notify.notify_one();
@@ -297,7 +298,7 @@ impl JobSink {
 async fn forward(shared: Arc<Shared>, tx: mpsc::Sender<JobEvent>) {
     loop {
         let next = {
-            let mut queue = shared.queue.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut queue = shared.queue.lock();
             match queue.events.pop_front() {
                 Some(event) => {
                     if let JobEvent::Job(JobEventKind::JobLog(log)) = &event {
@@ -313,7 +314,7 @@ async fn forward(shared: Arc<Shared>, tx: mpsc::Sender<JobEvent>) {
         match next {
             Some(event) => {
                 if tx.send(event).await.is_err() {
-                    let mut queue = shared.queue.lock().unwrap_or_else(PoisonError::into_inner);
+                    let mut queue = shared.queue.lock();
                     queue.gone = true;
                     queue.events.clear();
                     queue.log_bytes = 0;
@@ -438,7 +439,7 @@ mod tests {
         sink.push_log(log(5));
         tokio::task::yield_now().await;
         sink.push_critical(state(JobPhase::Succeeded));
-        let queue = sink.shared.queue.lock().unwrap();
+        let queue = sink.shared.queue.lock();
         assert!(queue.events.is_empty() && queue.log_bytes == 0);
     }
 

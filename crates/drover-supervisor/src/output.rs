@@ -14,8 +14,9 @@
 //! [`READ_CHUNK`] bytes (8 KiB) into a buffer that lives only for that read, so each connected
 //! driver pays only for its partial line (at most the line cap) and its kept tail.
 
+use parking_lot::Mutex;
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::net::unix::pipe;
@@ -65,11 +66,11 @@ pub(crate) struct Tail {
 impl Tail {
     /// A copy of the kept lines, oldest first.
     pub(crate) fn snapshot(&self) -> Vec<String> {
-        self.lines.lock().unwrap_or_else(PoisonError::into_inner).iter().cloned().collect()
+        self.lines.lock().iter().cloned().collect()
     }
 
     fn push(&self, line: String, keep: usize) {
-        let mut lines = self.lines.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut lines = self.lines.lock();
         if lines.len() >= keep {
             lines.pop_front();
         }

@@ -6,9 +6,10 @@
 //! depend on it and not on each other's internals: `supervisor -> session -> registry`, and
 //! `supervisor -> registry`, with no way back.
 
+use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::AtomicUsize;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use drover_proto::api::DriverHealth;
@@ -101,10 +102,6 @@ pub(crate) struct SessionHandle {
     pub(crate) checkers: Arc<BTreeMap<ActionName, Arc<SchemaChecker>>>,
 }
 
-pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
 impl Driver {
     pub(crate) fn name(&self) -> &DriverName {
         &self.spec.config.name
@@ -118,12 +115,12 @@ impl Driver {
     ) -> Result<Arc<SchemaChecker>, drover_transport::SchemaError> {
         // serde_json's maps keep their keys sorted, so equal schemas print equally.
         let key = schema.to_string();
-        if let Some(shared) = lock(&self.checkers).get(&key).and_then(Weak::upgrade) {
+        if let Some(shared) = self.checkers.lock().get(&key).and_then(Weak::upgrade) {
             return Ok(shared);
         }
         // Compiled outside the lock; a session that compiled the same schema meanwhile wins.
         let compiled = Arc::new(SchemaChecker::new(schema)?);
-        let mut checkers = lock(&self.checkers);
+        let mut checkers = self.checkers.lock();
         if let Some(shared) = checkers.get(&key).and_then(Weak::upgrade) {
             return Ok(shared);
         }
@@ -137,7 +134,7 @@ impl Driver {
     }
 
     pub(crate) fn status(&self) -> DriverStatus {
-        let state = lock(&self.state);
+        let state = self.state.lock();
         let pool = usize::from(self.spec.config.pool_size);
         let ready = state.sessions.len();
         let health = if state.failed_keepers >= pool {

@@ -18,9 +18,10 @@
 //! heal when the flood stopped). The API keeps descriptors in reserve for exactly this
 //! (`api.limits.fd_reserve`).
 
+use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use drover_proto::{ActionName, DriverName, JobId};
@@ -29,7 +30,7 @@ use tokio::time::Instant;
 
 use crate::broker::GpuBroker;
 use crate::job::{CancelError, Dispatch, DispatchError, JobRun, JobSink};
-use crate::registry::{Command, Driver, DriverState, Inner, lock};
+use crate::registry::{Command, Driver, DriverState, Inner};
 use crate::session;
 use crate::spec::{DriverSpec, Options};
 use crate::status::{DeathReport, DriverStatus};
@@ -105,7 +106,7 @@ impl Supervisor {
                 keepers.push(tokio::spawn(keep(Arc::clone(&inner), Arc::clone(driver), slot)));
             }
         }
-        *lock(&inner.keepers) = keepers;
+        *inner.keepers.lock() = keepers;
         Ok(Supervisor { inner })
     }
 
@@ -122,7 +123,7 @@ impl Supervisor {
         action: &ActionName,
     ) -> Option<serde_json::Value> {
         let driver = self.inner.drivers.get(driver)?;
-        lock(&driver.state).actions.get(action).cloned()
+        driver.state.lock().actions.get(action).cloned()
     }
 
     /// Validates `job.params` against the schema its driver declared for the action, then
@@ -143,7 +144,7 @@ impl Supervisor {
             }
             let mut changed = driver.changed.subscribe();
             let picked = {
-                let state = lock(&driver.state);
+                let state = driver.state.lock();
                 if state.failed_keepers >= usize::from(driver.spec.config.pool_size) {
                     let cause = state
                         .last_death
@@ -191,7 +192,7 @@ impl Supervisor {
                 });
             }
             {
-                let mut jobs = lock(&inner.jobs);
+                let mut jobs = inner.jobs.lock();
                 if jobs.contains_key(&job.job_id) {
                     release();
                     return Err(DispatchError::DuplicateJob { job_id: job.job_id.clone() });
@@ -206,7 +207,7 @@ impl Supervisor {
             }
             // The session ended between the pick and the send: try another.
             release();
-            lock(&inner.jobs).remove(&job_id);
+            inner.jobs.lock().remove(&job_id);
         }
     }
 
@@ -215,7 +216,7 @@ impl Supervisor {
     /// won the race). A job that has not ended [`Options::cancel_grace`] later gets its
     /// driver killed, and ends `cancelled` with the cause.
     pub async fn cancel(&self, job_id: &JobId, reason: &str) -> Result<(), CancelError> {
-        let route = lock(&self.inner.jobs).get(job_id).cloned();
+        let route = self.inner.jobs.lock().get(job_id).cloned();
         let Some(route) = route else {
             return Err(CancelError::UnknownJob { job_id: job_id.clone() });
         };
@@ -240,7 +241,7 @@ impl Supervisor {
             first
         });
         if first {
-            let keepers = std::mem::take(&mut *lock(&self.inner.keepers));
+            let keepers = std::mem::take(&mut *self.inner.keepers.lock());
             for keeper in keepers {
                 let _ = keeper.await;
             }
@@ -283,7 +284,7 @@ async fn keep(inner: Arc<Inner>, driver: Arc<Driver>, slot: u16) {
         }
         inner.deaths.record(driver.name(), &report);
         {
-            let mut state = lock(&driver.state);
+            let mut state = driver.state.lock();
             state.last_death = Some(report);
             if crash_loop {
                 state.failed_keepers += 1;
@@ -302,7 +303,7 @@ async fn keep(inner: Arc<Inner>, driver: Arc<Driver>, slot: u16) {
             _ = shutdown.wait_for(Option::is_some) => break,
         }
         backoff = backoff.saturating_mul(2).min(options.restart_backoff_max);
-        lock(&driver.state).restarts += 1;
+        driver.state.lock().restarts += 1;
     }
 }
 
@@ -391,9 +392,9 @@ mod tests {
         drop((first, second));
         let again = driver.checker(&schema).unwrap();
         assert!(again.check(&json!({"n": "one"})).is_err());
-        assert_eq!(lock(&driver.checkers).len(), 2);
+        assert_eq!(driver.checkers.lock().len(), 2);
         // A schema that does not compile is refused and not remembered.
         assert!(driver.checker(&json!({"type": 5})).is_err());
-        assert_eq!(lock(&driver.checkers).len(), 2);
+        assert_eq!(driver.checkers.lock().len(), 2);
     }
 }

@@ -18,11 +18,12 @@
     missing_docs
 )]
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use drover_proto::api::{DriverHealth, JobEventKind};
@@ -118,14 +119,14 @@ impl DoubleBroker {
     }
 
     fn owned(&self, owner: &LeaseOwner, lease_id: &LeaseId) -> Result<(), WireError> {
-        match self.owners.lock().unwrap().get(lease_id) {
+        match self.owners.lock().get(lease_id) {
             Some(o) if o.driver == owner.driver => Ok(()),
             _ => Err(drover_supervisor::broker::unknown_lease(lease_id)),
         }
     }
 
     fn record(&self, call: String) {
-        self.calls.lock().unwrap().push(call);
+        self.calls.lock().push(call);
     }
 }
 
@@ -144,7 +145,7 @@ impl GpuBroker for DoubleBroker {
             }
             let n = self.next.fetch_add(1, Ordering::Relaxed) + 1;
             let lease_id: LeaseId = format!("lease-{n}").parse().unwrap();
-            self.owners.lock().unwrap().insert(lease_id.clone(), owner.clone());
+            self.owners.lock().insert(lease_id.clone(), owner.clone());
             Ok(self.lease(lease_id, owner, LeasePhase::Running))
         })
     }
@@ -482,7 +483,7 @@ async fn lease_requests_reach_the_broker_and_stay_with_their_driver(world: &Worl
     assert_eq!(out["status"]["state"], "running", "{out}");
     assert_eq!(out["release"]["state"], "released", "{out}");
     let lease_id = out["acquire"]["lease_id"].as_str().unwrap().to_owned();
-    let calls = world.broker.calls.lock().unwrap().clone();
+    let calls = world.broker.calls.lock().clone();
     assert!(calls.contains(&format!("acquire good {job_id} 5")), "{calls:?}");
     assert!(calls.contains(&format!("release good {lease_id}")), "{calls:?}");
 
@@ -495,7 +496,7 @@ async fn lease_requests_reach_the_broker_and_stay_with_their_driver(world: &Worl
     let out = output(&all_events(&mut run).await);
     assert_eq!(out["type"], "error", "{out}");
     assert_eq!(out["code"], ErrorCode::UnknownLease.as_str());
-    assert!(!world.broker.calls.lock().unwrap().iter().any(|c| c.starts_with("release thief")));
+    assert!(!world.broker.calls.lock().iter().any(|c| c.starts_with("release thief")));
 
     // A job without a GPU grant may not rent.
     let mut run = world.supervisor.dispatch(job("good", "gpu", json!({}))).await.unwrap();
@@ -529,14 +530,13 @@ async fn a_driver_asking_outside_its_jobs_gpu_request_is_refused_and_audited(wor
         let out = output(&all_events(&mut run).await);
         assert_eq!(out["acquire"]["code"], "forbidden", "{out}");
         assert_eq!(out["acquire"]["details"]["field"], field, "{out}");
-        let calls = world.broker.calls.lock().unwrap().clone();
+        let calls = world.broker.calls.lock().clone();
         assert!(!calls.contains(&format!("acquire good {job_id} 5")), "{calls:?}");
         eventually(world, "good", |_| {
             world
                 .broker
                 .calls
                 .lock()
-                .unwrap()
                 .iter()
                 .any(|c| c == &format!("refused good {job_id} forbidden Some(String(\"{field}\"))"))
         })
@@ -566,7 +566,7 @@ async fn a_lease_of_another_job_of_the_same_driver_is_refused(world: &World) {
         let out = output(&all_events(&mut run).await);
         assert_eq!(out["code"], ErrorCode::UnknownLease.as_str(), "{out}");
     }
-    let calls = world.broker.calls.lock().unwrap().clone();
+    let calls = world.broker.calls.lock().clone();
     assert!(!calls.contains(&format!("release good {lease_id}")), "{calls:?}");
 }
 

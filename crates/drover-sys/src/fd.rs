@@ -6,9 +6,9 @@
 //! open, is a socket (its `/proc/self/fd` link reads `socket:[inode]`), and has not been
 //! adopted by this process before (a process-wide set under a lock).
 
+use parking_lot::Mutex;
 use std::collections::BTreeSet;
 use std::os::fd::{FromRawFd as _, OwnedFd, RawFd};
-use std::sync::{Mutex, PoisonError};
 
 use thiserror::Error;
 
@@ -52,7 +52,7 @@ pub fn adopt_socket(fd: RawFd) -> Result<OwnedFd, AdoptError> {
     if !what.starts_with("socket:") {
         return Err(AdoptError::NotASocket { fd, what });
     }
-    let mut adopted = ADOPTED.lock().unwrap_or_else(PoisonError::into_inner);
+    let mut adopted = ADOPTED.lock();
     if !adopted.insert(fd) {
         return Err(AdoptError::AlreadyAdopted { fd });
     }

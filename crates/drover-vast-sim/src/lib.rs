@@ -46,8 +46,9 @@ mod instances;
 mod search;
 pub mod state;
 
+use parking_lot::{Mutex, MutexGuard};
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -108,8 +109,7 @@ struct Shared {
 
 impl Shared {
     fn world(&self) -> MutexGuard<'_, World> {
-        // A panic while holding the lock leaves plain data behind; keep serving it.
-        self.world.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.world.lock()
     }
     fn now(&self) -> f64 {
         self.clock.now_s()

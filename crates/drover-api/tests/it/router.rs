@@ -7,8 +7,9 @@
 
 use crate::common;
 
+use parking_lot::Mutex;
 use std::io::Write;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Body;
@@ -38,7 +39,7 @@ struct LogBuffer(Arc<Mutex<Vec<u8>>>);
 
 impl Write for LogBuffer {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
+        self.0.lock().extend_from_slice(buf);
         Ok(buf.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {
@@ -152,7 +153,7 @@ impl App {
     }
 
     fn logs(&self) -> String {
-        String::from_utf8_lossy(&self.logs.lock().unwrap()).into_owned()
+        String::from_utf8_lossy(&self.logs.lock()).into_owned()
     }
 
     fn every_token(&self) -> Vec<String> {
@@ -234,7 +235,7 @@ async fn every_protected_route_refuses_missing_malformed_unknown_and_revoked_tok
     // Audit: each refusal counted with its reason, as `anonymous`, and no token anywhere.
     app.state.anonymous.flush(&app.state.auditor).await;
     app.state.auditor.flush().await;
-    let audit = app.backend.audit.lock().unwrap().clone();
+    let audit = app.backend.audit.lock().clone();
     let results: Vec<&str> = audit.iter().map(|e| e.result.as_str()).collect();
     for reason in ["missing", "malformed", "unknown", "revoked"] {
         assert!(
@@ -1005,7 +1006,7 @@ async fn tokens_are_replaced_on_reload_and_revoked_ones_stop_working() {
     assert_eq!(drover_api::reload::reload_now(&app.state, &broken).await, None);
     assert!(!app.logs().contains("pasted-token"), "a loader error reached the log");
     app.state.auditor.flush().await;
-    let audit = app.backend.audit.lock().unwrap().clone();
+    let audit = app.backend.audit.lock().clone();
     let reloads: Vec<&str> = audit
         .iter()
         .filter(|e| e.action == "api.tokens.reload")
@@ -1119,7 +1120,7 @@ async fn an_unauthenticated_flood_is_throttled_and_audited_in_aggregate() {
 
     app.state.anonymous.flush(&app.state.auditor).await;
     app.state.auditor.flush().await;
-    let audit = app.backend.audit.lock().unwrap().clone();
+    let audit = app.backend.audit.lock().clone();
     let anonymous: Vec<_> = audit.iter().filter(|e| e.actor == "anonymous").collect();
     assert!(anonymous.len() <= 5, "{} audit rows for the flood", anonymous.len());
     assert!(audit.len() < 20, "{} audit rows in all", audit.len());

@@ -4,7 +4,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::sync::{Arc, Mutex};
+use parking_lot::Mutex;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -33,8 +34,8 @@ async fn receive(State(receiver): State<Receiver>, headers: HeaderMap, body: Byt
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
     let outcome = verify(SECRET, header, &body, now).map_err(|e| e.to_string());
     let ok = outcome.is_ok();
-    receiver.seen.lock().unwrap().push(outcome);
-    let mut script = receiver.script.lock().unwrap();
+    receiver.seen.lock().push(outcome);
+    let mut script = receiver.script.lock();
     if !script.is_empty() {
         return StatusCode::from_u16(script.remove(0)).unwrap();
     }
@@ -83,7 +84,7 @@ async fn deliveries_are_signed_and_retried_until_accepted() {
     assert_eq!(attempts, 4);
     // Backoff: 20 + 40 + 40 ms at least between the attempts.
     assert!(started.elapsed() >= Duration::from_millis(100));
-    let seen = receiver.seen.lock().unwrap().clone();
+    let seen = receiver.seen.lock().clone();
     assert_eq!(seen.len(), 4);
     assert!(seen.iter().all(Result::is_ok), "{seen:?}");
 }
@@ -93,12 +94,12 @@ async fn other_client_errors_are_not_retried_and_retries_end() {
     let (url, receiver) = start(vec![404]).await;
     let refused = sender(5, true).deliver(&url, &event()).await.unwrap_err();
     assert!(matches!(refused, WebhookError::Refused(404)), "{refused}");
-    assert_eq!(receiver.seen.lock().unwrap().len(), 1);
+    assert_eq!(receiver.seen.lock().len(), 1);
 
     let (url, receiver) = start(vec![500; 10]).await;
     let gave_up = sender(3, true).deliver(&url, &event()).await.unwrap_err();
     assert!(matches!(gave_up, WebhookError::GaveUp { attempts: 3 }), "{gave_up}");
-    assert_eq!(receiver.seen.lock().unwrap().len(), 3);
+    assert_eq!(receiver.seen.lock().len(), 3);
 }
 
 #[tokio::test]
@@ -106,7 +107,7 @@ async fn plain_http_needs_permission_and_a_wrong_secret_is_caught() {
     let (url, receiver) = start(vec![]).await;
     let refused = sender(1, false).deliver(&url, &event()).await.unwrap_err();
     assert!(matches!(refused, WebhookError::Url(_)));
-    assert!(receiver.seen.lock().unwrap().is_empty());
+    assert!(receiver.seen.lock().is_empty());
 
     let wrong = WebhookSender::new(
         WebhookSecret::new(b"not the receiver's secret, 32+ bytes".to_vec()).unwrap(),
@@ -116,7 +117,7 @@ async fn plain_http_needs_permission_and_a_wrong_secret_is_caught() {
     )
     .unwrap();
     assert!(matches!(wrong.deliver(&url, &event()).await, Err(WebhookError::Refused(401))));
-    let seen = receiver.seen.lock().unwrap().clone();
+    let seen = receiver.seen.lock().clone();
     assert_eq!(seen.len(), 1);
     assert!(seen[0].as_ref().unwrap_err().contains("does not match"));
 }
@@ -137,9 +138,9 @@ async fn loopback_webhook_targets_are_refused_unless_allowed() {
         assert!(matches!(refused, WebhookError::ForbiddenTarget), "{target}: {refused}");
         assert!(started.elapsed() < Duration::from_millis(500), "{target}: retried");
     }
-    assert!(receiver.seen.lock().unwrap().is_empty(), "a refused target was connected to");
+    assert!(receiver.seen.lock().is_empty(), "a refused target was connected to");
 
     let allowed = sender_for(1, true, TargetPolicy::AnyAddress);
     assert_eq!(allowed.deliver(&by_name, &event()).await.unwrap(), 1);
-    assert_eq!(receiver.seen.lock().unwrap().len(), 1);
+    assert_eq!(receiver.seen.lock().len(), 1);
 }

@@ -8,7 +8,7 @@ use drover_store::{LeaseRecord, Store};
 use serde_json::json;
 use tracing::warn;
 
-use super::{Inner, LeaseError, Owner, ReapReport, live_contract, lock, parse_label};
+use super::{Inner, LeaseError, Owner, ReapReport, live_contract, parse_label};
 
 /// How long after its heartbeat expired a replica's row is forgotten (by the next pass).
 pub(super) const PRUNE_AFTER_MS: u64 = 3_600_000;
@@ -54,7 +54,7 @@ impl<S: Store> Inner<S> {
                 .is_some_and(|o| others_live.iter().any(|r| r.replica_id == o))
         };
         let (acquiring, held): (Vec<LeaseId>, Vec<LeaseId>) = {
-            let owners = lock(&this.owners);
+            let owners = this.owners.lock();
             let mut a = Vec::new();
             let mut h = Vec::new();
             for (id, o) in owners.iter() {

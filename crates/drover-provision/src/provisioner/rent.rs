@@ -11,7 +11,7 @@ use tokio::sync::Notify;
 use tracing::warn;
 
 use super::{
-    AcquireError, Inner, JobContext, Owner, OwnerGuard, label_for, lock, money, ms_to_s, s_to_ms,
+    AcquireError, Inner, JobContext, Owner, OwnerGuard, label_for, money, ms_to_s, s_to_ms,
     settle_cost,
 };
 use crate::estimate::{EstimateInputs, GB_PER_GIB};
@@ -92,13 +92,13 @@ const MAX_AMBIGUOUS_RETRIES: u32 = 2;
 /// The offers one acquire is trying, given back however the acquire ends (a dropped future
 /// included).
 struct Trying<'a> {
-    set: &'a std::sync::Mutex<std::collections::HashSet<u64>>,
+    set: &'a parking_lot::Mutex<std::collections::HashSet<u64>>,
     offers: Vec<u64>,
 }
 
 impl Drop for Trying<'_> {
     fn drop(&mut self) {
-        let mut set = lock(self.set);
+        let mut set = self.set.lock();
         for id in &self.offers {
             set.remove(id);
         }
@@ -195,7 +195,7 @@ impl<S: Store> Inner<S> {
         let lease_id = this.new_lease_id();
         let label = label_for(&this.cfg.deployment, &lease_id);
         // Owned before the record exists, so the reaper never mistakes it for an orphan.
-        lock(&this.owners).insert(lease_id.clone(), Owner::Acquiring);
+        this.owners.lock().insert(lease_id.clone(), Owner::Acquiring);
         let mut guard =
             OwnerGuard { owners: &this.owners, lease_id: lease_id.clone(), armed: true };
 
@@ -216,7 +216,7 @@ impl<S: Store> Inner<S> {
                     Arc::clone(&release),
                     ceiling,
                 ));
-                lock(&this.owners).insert(
+                this.owners.lock().insert(
                     lease_id.clone(),
                     Owner::Held { release, watchdog: watchdog.abort_handle() },
                 );
@@ -249,7 +249,7 @@ impl<S: Store> Inner<S> {
             // Offers another acquire of this replica is trying are left to it (all of them
             // when nothing else is on offer: a race lost is then answered as before).
             {
-                let trying = lock(&self.trying);
+                let trying = self.trying.lock();
                 if offers.iter().any(|o| !trying.contains(&o.id)) {
                     offers.retain(|o| !trying.contains(&o.id));
                 }
@@ -329,7 +329,7 @@ impl<S: Store> Inner<S> {
                     // The ceiling the lease may accrue: its reservation, or the job's
                     // remaining budget if that is less.
                     let ceiling = record.reserved_usd.min(inputs.remaining_budget_usd);
-                    lock(&self.trying).extend(candidates.iter().map(|c| c.offer.id));
+                    self.trying.lock().extend(candidates.iter().map(|c| c.offer.id));
                     return Ok((record, candidates, ceiling));
                 }
                 Err(StoreError::Conflict) => continue,

@@ -8,7 +8,7 @@ use drover_store::{LeaseRecord, MICROS_PER_USD, Store};
 use serde_json::json;
 use tracing::warn;
 
-use super::{Inner, LeaseError, lock, ms_to_s, settle_cost};
+use super::{Inner, LeaseError, ms_to_s, settle_cost};
 use drover_vast::Billed;
 
 impl<S: Store> Inner<S> {
@@ -97,7 +97,7 @@ impl<S: Store> Inner<S> {
     }
 
     fn teardown_lock(&self, lease_id: &LeaseId) -> Arc<tokio::sync::Mutex<()>> {
-        Arc::clone(lock(&self.teardown_locks).entry(lease_id.clone()).or_default())
+        Arc::clone(self.teardown_locks.lock().entry(lease_id.clone()).or_default())
     }
 
     /// Destroys every instance of a lease (known ones, then any found by its label), confirms
@@ -160,7 +160,7 @@ impl<S: Store> Inner<S> {
             "billed_usd": settlement.billed, "accrued_usd": accrued, "basis": settlement.basis.as_str(),
             "contracts": rec.contracts.iter().map(|c| c.contract_id).collect::<Vec<_>>(), "message": message,
         })).await;
-        lock(&self.teardown_locks).remove(lease_id);
+        self.teardown_locks.lock().remove(lease_id);
         Ok(rec)
     }
 

@@ -9,7 +9,7 @@ use serde_json::json;
 use tokio::sync::Notify;
 use tracing::warn;
 
-use super::{Inner, live_contract, lock, money, ms_to_s, settle_cost};
+use super::{Inner, live_contract, money, ms_to_s, settle_cost};
 use drover_vast::InstanceState;
 use drover_vast::redact::bounded;
 
@@ -27,7 +27,7 @@ impl<S: Store> Inner<S> {
                 }
                 Ok(_) => {
                     // Settled, or taken over by another replica: no longer this one's.
-                    lock(&this.owners).remove(&lease_id);
+                    this.owners.lock().remove(&lease_id);
                     return;
                 }
                 Err(error) => {
@@ -72,7 +72,7 @@ impl<S: Store> Inner<S> {
     }
 
     async fn end_by_watchdog(&self, lease_id: &LeaseId, why: &str) {
-        lock(&self.owners).remove(lease_id);
+        self.owners.lock().remove(lease_id);
         if let Err(error) = self.teardown(lease_id, "watchdog", why).await {
             warn!(lease = %lease_id, %error, "watchdog teardown incomplete; the reaper will finish it");
         }

@@ -4,8 +4,9 @@
 //! errors, `Debug` of every value handed out. The restricted key the simulator gives each
 //! instance (`instance_api_key`) must not appear either.
 
+use parking_lot::Mutex;
 use std::io::Write;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use crate::util::*;
 use base64::Engine as _;
@@ -19,7 +20,7 @@ struct Capture(Arc<Mutex<Vec<u8>>>);
 
 impl Write for Capture {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
+        self.0.lock().extend_from_slice(buf);
         Ok(buf.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {
@@ -148,7 +149,7 @@ fn the_key_never_appears_in_captured_output() {
     });
     drop(runtime);
 
-    let logs = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+    let logs = String::from_utf8(capture.0.lock().clone()).unwrap();
     assert!(logs.contains("vast call"), "the capture saw the client's logs");
     assert!(logs.contains("sim request"), "the capture saw the simulator's logs");
     assert!(logs.contains("audit"), "the capture saw audit events");

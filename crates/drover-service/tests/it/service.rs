@@ -7,8 +7,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::cast_possible_truncation)]
 
+use parking_lot::Mutex;
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use drover_api::BoxFuture;
@@ -55,10 +56,10 @@ impl JobRunner for Script {
                 "refuse" => return Err(RunError::Refused("driver refuse has failed".to_owned())),
                 _ => {}
             }
-            self.dispatched.lock().unwrap().push(id.clone());
+            self.dispatched.lock().push(id.clone());
             let (tx, rx) = mpsc::channel(16);
             let (cancel, mut cancelled) = watch::channel(false);
-            self.cancels.lock().unwrap().insert(id.clone(), cancel);
+            self.cancels.lock().insert(id.clone(), cancel);
             let kind = request.driver.to_string();
             tokio::spawn(async move {
                 tx.send(state(&id, JobPhase::Running)).await.unwrap();
@@ -99,9 +100,9 @@ impl JobRunner for Script {
     }
 
     fn cancel<'a>(&'a self, job_id: &'a JobId, _reason: &'a str) -> BoxFuture<'a, bool> {
-        Box::pin(async move {
-            self.cancels.lock().unwrap().get(job_id).is_some_and(|c| c.send(true).is_ok())
-        })
+        Box::pin(
+            async move { self.cancels.lock().get(job_id).is_some_and(|c| c.send(true).is_ok()) },
+        )
     }
 
     fn drivers(&self) -> BoxFuture<'_, DriverList> {
@@ -306,7 +307,7 @@ async fn a_restart_resumes_queued_jobs_and_fails_running_ones() {
         [JobPhase::Queued, JobPhase::Running, JobPhase::Failed]
     );
     assert!(message(&rig, &running).await.contains("restarted while the job was running"));
-    assert_eq!(*rig.runner.dispatched.lock().unwrap(), [queued]);
+    assert_eq!(*rig.runner.dispatched.lock(), [queued]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -580,7 +581,7 @@ async fn a_job_whose_client_hangs_up_after_the_commit_is_still_dispatched() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let dispatched = rig.runner.dispatched.lock().unwrap().len();
+    let dispatched = rig.runner.dispatched.lock().len();
     assert_eq!(dispatched, 10, "every job reached the runner");
 }
 
@@ -762,7 +763,7 @@ async fn a_replica_streams_and_cancels_a_job_another_replica_runs() {
         })
         .collect();
     assert_eq!(phases, [JobPhase::Queued, JobPhase::Running, JobPhase::Cancelled]);
-    assert!(b.runner.dispatched.lock().unwrap().is_empty(), "b never ran it");
+    assert!(b.runner.dispatched.lock().is_empty(), "b never ran it");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

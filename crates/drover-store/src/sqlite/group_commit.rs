@@ -26,8 +26,9 @@
 //! the benchmark's profile showed costing more than SQLite's work. A batch with an idempotency
 //! key in it takes the statement-per-job path, where each key is looked up in order.
 
+use parking_lot::{Mutex, MutexGuard};
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
 
 use drover_proto::api::JobEventKind;
 use drover_proto::{JobPhase, JobState};
@@ -68,8 +69,7 @@ pub(crate) struct Pending {
 
 impl Submissions {
     fn lock(&self) -> MutexGuard<'_, Queue> {
-        // The queue holds no invariant a panic elsewhere could break half-way.
-        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+        self.queue.lock()
     }
 
     /// Queues `job` for the next commit and waits for its answer.

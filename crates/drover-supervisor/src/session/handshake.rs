@@ -14,7 +14,7 @@ use tokio::time::Instant;
 
 use super::{End, Session, bounded, flatten, wait_shutdown};
 use crate::broker::wire;
-use crate::registry::{SessionHandle, lock};
+use crate::registry::SessionHandle;
 
 impl Session {
     /// Waits for `hello` and answers it. `Err(None)`: the process died first.
@@ -140,7 +140,7 @@ impl Session {
         self.reply(id, welcome).await?;
         self.conn.set_max_frame_bytes(max_frame_bytes);
         {
-            let mut state = lock(&self.driver.state);
+            let mut state = self.driver.state.lock();
             state.version = Some(hello.driver.version.clone());
             state.actions =
                 hello.actions.into_iter().map(|(name, schema)| (name, schema.0)).collect();
@@ -160,7 +160,7 @@ impl Session {
             checkers,
         };
         {
-            let mut state = lock(&self.driver.state);
+            let mut state = self.driver.state.lock();
             state.ever_ready = true;
             state.sessions.push(handle.clone());
         }
@@ -171,7 +171,7 @@ impl Session {
     /// Takes the session out of the driver's ready list: no new jobs come.
     pub(super) fn deregister(&mut self) {
         if self.handle.is_some() {
-            lock(&self.driver.state).sessions.retain(|s| s.id != self.id);
+            self.driver.state.lock().sessions.retain(|s| s.id != self.id);
             self.driver.notify();
         }
     }

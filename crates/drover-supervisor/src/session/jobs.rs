@@ -16,7 +16,6 @@ use super::{
 use crate::broker::wire;
 use crate::job::{Dispatch, JobEvent, JobSink, rank};
 use crate::output::Escaped;
-use crate::registry::lock;
 
 impl Session {
     pub(super) async fn on_command(&mut self, command: Command, stopping: bool) -> Option<End> {
@@ -90,8 +89,8 @@ impl Session {
     pub(super) fn forget_job(&mut self, job_id: &JobId) {
         self.jobs.remove(job_id);
         // The job's leases end with it (the service releases any still open).
-        lock(&self.driver.leases).retain(|_, job| job != job_id);
-        lock(&self.inner.jobs).remove(job_id);
+        self.driver.leases.lock().retain(|_, job| job != job_id);
+        self.inner.jobs.lock().remove(job_id);
         if let Some(handle) = &self.handle {
             handle.jobs.fetch_sub(1, Ordering::Relaxed);
         }

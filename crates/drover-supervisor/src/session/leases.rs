@@ -12,7 +12,6 @@ use super::{
     End, JobEntry, MAX_BROKER_REQUESTS, MAX_BROKER_WAITING, MAX_LEASES_PER_DRIVER, Session,
 };
 use crate::broker::{LeaseOwner, unknown_lease, wire};
-use crate::registry::lock;
 
 pub(super) type BrokerResult = (MsgId, Result<Message, WireError>, Option<LeaseRecord>);
 
@@ -55,7 +54,7 @@ impl Session {
                     }
                 };
                 let refusal = refusal.or_else(|| {
-                    (lock(&self.driver.leases).len() >= MAX_LEASES_PER_DRIVER).then(|| {
+                    (self.driver.leases.lock().len() >= MAX_LEASES_PER_DRIVER).then(|| {
                         wire(
                             ErrorCode::Forbidden,
                             format!("this driver already holds {MAX_LEASES_PER_DRIVER} leases"),
@@ -101,7 +100,7 @@ impl Session {
         lease_id: drover_proto::LeaseId,
         call: BrokerCall,
     ) -> Result<(), End> {
-        let job_id = lock(&self.driver.leases).get(&lease_id).cloned();
+        let job_id = self.driver.leases.lock().get(&lease_id).cloned();
         match job_id {
             Some(job_id) if self.jobs.contains_key(&job_id) => {
                 let owner = LeaseOwner { driver: self.name().clone(), job_id };
@@ -171,10 +170,10 @@ impl Session {
         match record {
             // Remembered only while its job runs here; one that ended meanwhile is forgotten.
             Some(LeaseRecord::Acquired(lease_id, job_id)) if self.jobs.contains_key(&job_id) => {
-                lock(&self.driver.leases).insert(lease_id, job_id);
+                self.driver.leases.lock().insert(lease_id, job_id);
             }
             Some(LeaseRecord::Released(lease_id)) => {
-                lock(&self.driver.leases).remove(&lease_id);
+                self.driver.leases.lock().remove(&lease_id);
             }
             _ => {}
         }

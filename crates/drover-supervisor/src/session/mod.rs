@@ -64,7 +64,7 @@ use crate::job::JobSink;
 use crate::metered::{Metered, ReadBudget};
 use crate::output::{Escaped, Tail, drain};
 use crate::process::{self, Process};
-use crate::registry::{Command, Driver, Inner, SessionHandle, lock};
+use crate::registry::{Command, Driver, Inner, SessionHandle};
 use crate::status::DeathReport;
 
 mod handshake;
@@ -405,7 +405,7 @@ impl Session {
 
     fn count_violation(&mut self, what: &str) -> Result<(), End> {
         self.violations += 1;
-        lock(&self.driver.state).protocol_violations += 1;
+        self.driver.state.lock().protocol_violations += 1;
         tracing::info!(driver = %self.name(), session = self.id, violations = self.violations, %what, "frame rejected");
         if self.violations > self.inner.options.max_protocol_violations {
             return Err(End::kill(format!(

@@ -6,9 +6,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::cast_possible_truncation)]
 
+use parking_lot::Mutex;
 use std::collections::BTreeMap;
 use std::process::{Command, Output, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use drover_api::backend::SchemaLookupError;
@@ -56,7 +57,7 @@ impl JobRunner for Counter {
             let steps = request.params["steps"].as_u64().unwrap();
             let (tx, rx) = mpsc::channel(64);
             let (cancel, mut cancelled) = watch::channel(false);
-            self.running.lock().unwrap().insert(request.job_id.clone(), cancel);
+            self.running.lock().insert(request.job_id.clone(), cancel);
             let id = request.job_id;
             tokio::spawn(async move {
                 let send = |kind| {
@@ -108,7 +109,7 @@ impl JobRunner for Counter {
 
     fn cancel<'a>(&'a self, job_id: &'a JobId, _reason: &'a str) -> BoxFuture<'a, bool> {
         Box::pin(async move {
-            match self.running.lock().unwrap().get(job_id) {
+            match self.running.lock().get(job_id) {
                 Some(cancel) => cancel.send(true).is_ok(),
                 None => false,
             }

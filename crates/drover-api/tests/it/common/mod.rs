@@ -6,9 +6,10 @@
 
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
 
+use parking_lot::Mutex;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 
 use drover_api::backend::{
     Backend, BackendError, BoxFuture, EventStream, JobQuery, SchemaLookupError, Submission,
@@ -276,7 +277,7 @@ impl Backend for StoreBackend {
     fn audit(&self, events: Vec<AuditEvent>) -> BoxFuture<'_, Result<(), BackendError>> {
         Box::pin(async move {
             self.store.append_audit_batch(&events).await.map_err(store_error)?;
-            self.audit.lock().unwrap().extend(events);
+            self.audit.lock().extend(events);
             Ok(())
         })
     }

@@ -1,12 +1,13 @@
 //! Starting the driver under test: sandboxed (the default profile, as the supervisor would) or
 //! not (`--no-sandbox`), with the transport on fd 3 and stdout and stderr captured.
 
+use parking_lot::Mutex;
 use std::collections::VecDeque;
 use std::ffi::OsString;
 use std::os::fd::{AsFd as _, OwnedFd};
 use std::os::unix::net::UnixStream as StdUnixStream;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use drover_sandbox::{Command, Dropped, Policy, prepare};
@@ -209,7 +210,7 @@ impl Process {
 
     /// A short description of the driver's death with the end of its stderr, for reasons.
     pub(crate) fn death_note(&self) -> String {
-        let output = self.output.lock().unwrap_or_else(PoisonError::into_inner);
+        let output = self.output.lock();
         let tail = output.stderr_tail();
         let died = self.died().unwrap_or_else(|| "is still running".to_owned());
         if tail.is_empty() { died } else { format!("{died}; stderr: {tail}") }
@@ -257,7 +258,7 @@ where
                 .chars()
                 .take(TAIL_LINE_CHARS)
                 .collect();
-            let mut output = output.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut output = output.lock();
             match stream {
                 Stream::Stdout => {
                     output.stdout_lines += 1;

@@ -2,8 +2,9 @@
 //! time. See the [parent module](super) for the list and the deadlines. The scenarios and the
 //! kit's state are here; how the kit talks to a driver is in `plumbing`.
 
+use parking_lot::Mutex;
 use std::ffi::OsString;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use drover_proto::limits::DEFAULT_MAX_FRAME_BYTES;
@@ -560,7 +561,7 @@ impl Kit {
         let mut lines = 0;
         let mut first = None;
         for output in &self.outputs {
-            let output = output.lock().unwrap_or_else(PoisonError::into_inner);
+            let output = output.lock();
             lines += output.stdout_lines;
             if first.is_none() {
                 first.clone_from(&output.stdout_first);
