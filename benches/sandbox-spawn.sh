@@ -190,7 +190,7 @@ rows() { # WINDOW: its table rows; its medians go to $work/medians.WINDOW
   read -r b_med b_p99 b_n b_cpu b_cg < <(stats "$work/bwrap.$1")
   read -r f_med f_p99 f_n f_cpu f_cg < <(stats "$work/firejail.$1")
   read -r u_med u_p99 u_n u_cpu u_cg < <(stats "$work/unshare.$1")
-  echo "$d_med $b_med $u_med $(ratio_of "$d_med" "$b_med")" >"$work/medians.$1"
+  echo "$d_med $b_med $u_med $(ratio_of "$d_med" "$b_med") $d_cg $b_cg" >"$work/medians.$1"
   echo "| drover exec | ${d_n} | ${d_med} ms | ${d_p99} ms | ${d_cpu} ms | ${d_cg} ms |"
   echo "| bubblewrap | ${b_n} | ${b_med} ms | ${b_p99} ms | ${b_cpu} ms | ${b_cg} ms |"
   echo "| firejail | ${f_n} | ${f_med} ms | ${f_p99} ms | ${f_cpu} ms | ${f_cg} ms |"
@@ -205,8 +205,14 @@ verdict_of() { # RATIO DROVER_MEDIAN BWRAP_MEDIAN
 }
 quiet_rows=$(rows quiet)
 busy_rows=$(rows busy)
-read -r d_med b_med u_med ratio <"$work/medians.quiet"
-read -r busy_d busy_b _ busy_ratio <"$work/medians.busy"
+read -r d_med b_med u_med ratio d_cg b_cg <"$work/medians.quiet"
+read -r busy_d busy_b _ busy_ratio busy_d_cg busy_b_cg <"$work/medians.busy"
+cpu_verdict_of() { # DROVER_TREE_CPU BWRAP_TREE_CPU ("n/a" without a cgroup)
+  if [ "$1" = n/a ] || [ "$2" = n/a ]; then echo "not measured (no cgroup)"; return; fi
+  awk -v d="$1" -v b="$2" 'BEGIN { r = d / b
+    if (r <= 1.0) printf "**pass** (%.2fx)", r
+    else printf "**fail** (%.2fx: %.3f ms above bubblewrap'"'"'s %.3f ms)", r, d - b, b }'
+}
 floor_share=$(awk -v u="$u_med" -v b="$b_med" 'BEGIN {printf "%.2f", u / b}')
 allowed=$(awk -v b="$b_med" -v t="$TARGET_RATIO" -v u="$u_med" 'BEGIN {printf "%.2f", b * t - u}')
 verdict=$(awk -v r="$ratio" -v r2="$busy_ratio" -v t="$TARGET_RATIO" 'BEGIN {print (r <= t && r2 <= t) ? "pass" : "fail"}')
@@ -248,6 +254,7 @@ Busy window ($(nproc) busy loops of the script's own, one per core; load average
 ${busy_rows}
 
 Target: drover's median <= ${TARGET_RATIO}x bubblewrap's. Quiet: $(verdict_of "$ratio" "$d_med" "$b_med"); busy: $(verdict_of "$busy_ratio" "$busy_d" "$busy_b").
+Target: drover's whole-tree CPU per spawn <= 1.0x bubblewrap's. Quiet: $(cpu_verdict_of "$d_cg" "$b_cg"); busy: $(cpu_verdict_of "$busy_d_cg" "$busy_b_cg").
 EOF
 if [ "$verdict" = fail ]; then
 cat <<EOF
@@ -267,6 +274,9 @@ the binary, parsing the profile, probing kernel features) and about 3 ms from \`
 child's \`execve\`. The supervisor's own driver spawns skip the first part (no new drover
 process; the profile is parsed and features probed once per supervisor); for \`drover exec\`
 the plan is to cache the feature probes and to build with fewer start-up relocations. Giving up namespaces would meet the target; it is not an
-option.
+option. The whole-tree CPU target is missed
+for the same work: the tree of a drover spawn also runs the mount tree, Landlock, three seccomp
+filters and its init's fork, which bubblewrap as benchmarked does not; the start-up cuts above
+are the part of it that is not the jail's price.
 EOF
 fi
